@@ -1,0 +1,106 @@
+"""Typed configuration for ``tether serve``: one frozen object, validated once.
+
+The CLI and the ``TETHER_*`` environment variables map onto these fields; nothing
+else in tether reads flags or the environment. Invalid values raise
+:class:`~tether.errors.ConfigError` naming the option, never a bare traceback.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Literal
+
+from tether.errors import ConfigError
+from tether.loops import LoopName
+
+LifespanMode = Literal["auto", "on", "off"]
+LogLevel = Literal["critical", "error", "warning", "info", "debug", "trace"]
+
+
+@dataclass(frozen=True, slots=True)
+class RequestLimits:
+    """Bounds on what one request may make the server hold in memory or wait for."""
+
+    #: longest request target (the URL in the request line) accepted, in bytes -> 414
+    request_line: int = 8190
+    #: most header fields in one request -> 431
+    request_fields: int = 100
+    #: longest single header field (name + value), in bytes -> 431
+    request_field_size: int = 8190
+    #: largest request body, in bytes; None for no limit -> 413
+    request_body: int | None = None
+    #: seconds allowed from a request's first byte (or the connection's start)
+    #: to the end of its head; a slower client is closed (slowloris protection)
+    header_timeout: float = 10.0
+    #: seconds an idle keep-alive connection is kept open waiting for its next request
+    keep_alive_timeout: float = 5.0
+
+    @property
+    def max_head_bytes(self) -> int:
+        """Upper bound on a request head's size: more than this is 431 before parsing ends."""
+        return self.request_line + 64 + self.request_fields * (self.request_field_size + 4)
+
+
+@dataclass(frozen=True, slots=True)
+class ServerConfig:
+    """Everything ``tether serve`` needs to run one service."""
+
+    app: str
+    factory: bool = False
+    host: str = "127.0.0.1"
+    port: int = 8000
+    uds: str | None = None
+    fd: int | None = None
+    backlog: int = 2048
+    lifespan: LifespanMode = "auto"
+    root_path: str = ""
+    loop: LoopName = "auto"
+    limits: RequestLimits = field(default_factory=RequestLimits)
+    access_log: bool = True
+    log_level: LogLevel = "info"
+    #: seconds a stop waits for in-flight requests before cancelling them
+    graceful_timeout: float = 30.0
+    #: seconds after cancellation before the process exits regardless
+    force_exit_timeout: float = 5.0
+    app_dir: str | None = None
+
+    def __post_init__(self) -> None:
+        if ":" not in self.app:
+            raise ConfigError(f'APP must be "MODULE:ATTR", got {self.app!r}')
+        if not 0 <= self.port <= 65535:
+            raise ConfigError(f"--port must be between 0 and 65535, got {self.port}")
+        if self.uds is not None and self.fd is not None:
+            raise ConfigError("--uds and --fd are mutually exclusive")
+        if self.fd is not None and self.fd < 0:
+            raise ConfigError(f"--fd must be a non-negative descriptor, got {self.fd}")
+        if self.backlog < 1:
+            raise ConfigError(f"--backlog must be at least 1, got {self.backlog}")
+        if self.lifespan not in ("auto", "on", "off"):
+            raise ConfigError(f"--lifespan must be auto, on or off, not {self.lifespan!r}")
+        if self.loop not in ("auto", "asyncio", "uvloop"):
+            raise ConfigError(f"--loop must be auto, asyncio or uvloop, not {self.loop!r}")
+        if self.root_path and (not self.root_path.startswith("/") or self.root_path.endswith("/")):
+            raise ConfigError(
+                f"--root-path must start with '/' and not end with one, got {self.root_path!r}"
+            )
+        _positive("--keep-alive-timeout", self.limits.keep_alive_timeout)
+        _positive("--header-timeout", self.limits.header_timeout)
+        _positive("--graceful-timeout", self.graceful_timeout, allow_zero=True)
+        _positive("--force-exit-timeout", self.force_exit_timeout, allow_zero=True)
+        for name, value in (
+            ("--limit-request-line", self.limits.request_line),
+            ("--limit-request-fields", self.limits.request_fields),
+            ("--limit-request-field-size", self.limits.request_field_size),
+        ):
+            if value < 1:
+                raise ConfigError(f"{name} must be at least 1, got {value}")
+        if self.limits.request_body is not None and self.limits.request_body < 0:
+            raise ConfigError(
+                f"--limit-request-body must be non-negative, got {self.limits.request_body}"
+            )
+
+
+def _positive(name: str, value: float, *, allow_zero: bool = False) -> None:
+    if value < 0 or (value == 0 and not allow_zero):
+        rule = "non-negative" if allow_zero else "positive"
+        raise ConfigError(f"{name} must be {rule}, got {value}")

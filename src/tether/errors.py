@@ -1,0 +1,30 @@
+"""Exceptions a tether user can catch, in one place.
+
+Every error here carries a message a person can act on; none wraps another silently.
+"""
+
+from __future__ import annotations
+
+
+class TetherError(Exception):
+    """Base class of every error tether raises on purpose."""
+
+
+class ConfigError(TetherError, ValueError):
+    """A configuration value is invalid; the message names the option and the rule."""
+
+
+class AppImportError(TetherError):
+    """The application named by ``MODULE:ATTR`` could not be loaded."""
+
+
+class LifespanFailure(TetherError):
+    """The application's lifespan startup (or shutdown) reported failure or raised."""
+
+
+class ClientDisconnected(OSError):
+    """Raised by ASGI ``send()`` once the client has gone away.
+
+    ASGI 2.4 asks servers to raise an ``OSError`` subclass here so that a
+    streaming application stops producing a body nobody will read.
+    """

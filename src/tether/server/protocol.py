@@ -1,0 +1,805 @@
+"""HTTP/1.1 on ``asyncio.Protocol`` + httptools, turned into ASGI 3 ``scope/receive/send``.
+
+This is tether's one request cycle (uvicorn writes it twice, once per parser; we
+have one parser and one cycle). Rules of this file:
+
+* Bytes in go through ``httptools``; every limit (request line, header count and
+  size, head size, body size, head timeout) is enforced here, before the
+  application sees anything.
+* Responses are written in request order (pipelining); a bad pipelined request
+  is answered only after the ones before it.
+* Nothing an application or a client does may escape this module as an
+  exception: it becomes a status code, a close, and one log line with the client
+  address.
+* Flow control both ways: the application waits while the transport's write
+  buffer is full, and reading pauses while a request body sits unconsumed.
+
+Theory of operation: one :class:`HttpProtocol` per connection owns the parser
+and the timers; one :class:`RequestCycle` per request owns the ASGI
+``receive``/``send`` pair and the response framing. ``protocol.cycle`` is the
+request being answered; ``protocol.parsing`` is the request whose bytes are
+being parsed (the same one, or a later pipelined one waiting in
+``protocol.pipeline``).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+from collections import deque
+from collections.abc import Callable
+from typing import Any, Final, cast
+from urllib.parse import unquote
+
+import httptools
+
+from tether.asgi import ASGI_VERSION, ASGIApp, Message
+from tether.config import RequestLimits
+from tether.errors import ClientDisconnected
+from tether.server import wire
+
+error_log = logging.getLogger("tether.error")
+access_log = logging.getLogger("tether.access")
+
+#: bytes of unconsumed request body after which reading pauses (per connection)
+HIGH_WATER: Final = 64 * 1024
+
+# What the connection's single timer is waiting for.
+TIMER_NONE: Final = 0
+TIMER_HEAD: Final = 1  # a request head must complete (slowloris protection)
+TIMER_KEEPALIVE: Final = 2  # an idle keep-alive connection may wait this long
+
+_DISCONNECT: Final = {"type": "http.disconnect"}
+_NO_BODY_STATUS: Final = frozenset({204, 304})
+
+
+class _AlreadyReported(RuntimeError):
+    """An application error tether has already logged and answered (closed)."""
+
+
+class RequestRejected(Exception):
+    """Input the server answers itself, before or instead of the application."""
+
+    def __init__(self, status: int, detail: str) -> None:
+        super().__init__(detail)
+        self.status = status
+        self.detail = detail
+
+
+class ServerState:
+    """What every connection of one worker shares.
+
+    The worker owns it: it sweeps ``connections`` for timeouts, refreshes
+    ``date_header`` once a second, and flips ``draining`` when a stop begins.
+    """
+
+    def __init__(
+        self,
+        app: ASGIApp,
+        limits: RequestLimits,
+        *,
+        root_path: str = "",
+        access_log: bool = True,
+        app_state: dict[str, Any] | None = None,
+    ) -> None:
+        self.app = app
+        self.limits = limits
+        self.root_path = root_path
+        self.root_path_bytes = root_path.encode("ascii")
+        self.access_log = access_log
+        self.app_state: dict[str, Any] = app_state if app_state is not None else {}
+        self.connections: set[HttpProtocol] = set()
+        self.tasks: set[asyncio.Task[None]] = set()
+        self.total_requests = 0
+        self.draining = False
+        self.date_header = wire.date_header()
+        #: called with each completed response (worker counts, recycling)
+        self.on_request_done: Callable[[], None] | None = None
+
+
+def _addr(value: Any) -> tuple[str, int] | None:
+    if isinstance(value, tuple) and len(value) >= 2:
+        return (str(value[0]), int(value[1]))
+    return None
+
+
+class HttpProtocol(asyncio.Protocol):
+    """One HTTP/1.1 connection: parser callbacks, pipelining, timers, flow control."""
+
+    def __init__(self, state: ServerState, loop: asyncio.AbstractEventLoop) -> None:
+        self.state = state
+        self.loop = loop
+        self.limits = state.limits
+        self.parser = httptools.HttpRequestParser(self)
+        self.transport: asyncio.Transport = None  # type: ignore[assignment]
+        self.client: tuple[str, int] | None = None
+        self.server: tuple[str, int | None] | None = None
+        self.scheme = "http"
+        self.client_label = "-"
+        self.cycle: RequestCycle | None = None
+        self.parsing: RequestCycle | None = None
+        self.pipeline: deque[RequestCycle | RequestRejected] = deque()
+        self.closed = False
+        self.read_paused = False
+        self.write_paused = False
+        self._drain_waiter: asyncio.Future[None] | None = None
+        self.timer_kind = TIMER_NONE
+        self.timer_at = 0.0
+        # head being parsed
+        self._url = b""
+        self._headers: list[tuple[bytes, bytes]] = []
+        self._in_head = False
+        self._head_bytes = 0
+        self._content_length: int | None = None
+        self._expect_100 = False
+        self._upgrade: bytes | None = None
+        self._chunked_request = False
+
+    # -- asyncio.Protocol ---------------------------------------------------------
+
+    def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        # uvloop's transports do not subclass asyncio.Transport, but behave as one.
+        self.transport = cast(asyncio.Transport, transport)
+        self.state.connections.add(self)
+        peer = transport.get_extra_info("peername")
+        sock = transport.get_extra_info("sockname")
+        self.client = _addr(peer)
+        self.server = _addr(sock) or ((sock, None) if isinstance(sock, str) and sock else None)
+        self.client_label = f"{self.client[0]}:{self.client[1]}" if self.client else "unix"
+        if transport.get_extra_info("sslcontext") is not None:
+            self.scheme = "https"
+        # A new connection must deliver its first request head within header_timeout;
+        # a draining worker waits this long for it too instead of closing early.
+        self._set_timer(TIMER_HEAD, self.limits.header_timeout)
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        self.closed = True
+        self.state.connections.discard(self)
+        if self.cycle is not None:
+            self.cycle.on_disconnect()
+        for queued in self.pipeline:
+            if isinstance(queued, RequestCycle):
+                queued.on_disconnect()
+        self.pipeline.clear()
+        self._wake_writer()
+
+    def eof_received(self) -> bool:
+        # EOF from the client means it went away (as nginx and uvicorn treat it): a
+        # half-closed socket cannot be told apart from a closed one until a write
+        # fails, and a request must be cancellable the moment its client leaves.
+        return False
+
+    def data_received(self, data: bytes) -> None:
+        if self._in_head:
+            self._head_bytes += len(data)
+            if self._head_bytes > self.limits.max_head_bytes:
+                self._reject(RequestRejected(431, "Request header fields too large"))
+                return
+        try:
+            self.parser.feed_data(data)
+        except httptools.HttpParserCallbackError as exc:
+            cause = exc.__context__
+            if isinstance(cause, RequestRejected):
+                self._reject(cause)
+            else:  # a bug in this module: answer, log it, keep the worker alive
+                error_log.error("internal error parsing request from %s", self.client_label,
+                                exc_info=cause)
+                self._reject(RequestRejected(500, "Internal server error"))
+        except httptools.HttpParserUpgrade:
+            # The request carrying the Upgrade header is complete and being served;
+            # tether does not switch protocols, so nothing after it is read.
+            self._pause_reading()
+        except httptools.HttpParserError as exc:
+            detail = exc.args[0] if exc.args else "malformed request"
+            self._reject(RequestRejected(400, f"Invalid HTTP request: {detail}"))
+
+    def pause_writing(self) -> None:
+        self.write_paused = True
+
+    def resume_writing(self) -> None:
+        self.write_paused = False
+        self._wake_writer()
+
+    # -- httptools callbacks ------------------------------------------------------
+
+    def on_message_begin(self) -> None:
+        self._url = b""
+        self._headers = []
+        self._in_head = True
+        self._head_bytes = 0
+        self._content_length = None
+        self._expect_100 = False
+        self._upgrade = None
+        self._chunked_request = False
+        if self.timer_kind != TIMER_HEAD:
+            self._set_timer(TIMER_HEAD, self.limits.header_timeout)
+
+    def on_url(self, url: bytes) -> None:
+        self._url += url
+        if len(self._url) > self.limits.request_line:
+            raise RequestRejected(414, "Request-URI too long")
+
+    def on_header(self, name: bytes, value: bytes) -> None:
+        if len(self._headers) >= self.limits.request_fields:
+            raise RequestRejected(431, "Too many request header fields")
+        if len(name) + len(value) > self.limits.request_field_size:
+            raise RequestRejected(431, "Request header field too large")
+        name = name.lower()
+        if name == b"content-length":
+            self._check_content_length(value)
+        elif name == b"transfer-encoding":
+            self._chunked_request = True
+            # RFC 9112 section 6.1: a server that does not understand a transfer coding
+            # answers 501. httptools would decode "gzip, chunked" as plain chunked.
+            for coding in value.lower().split(b","):
+                if coding.strip() not in (b"chunked", b""):
+                    raise RequestRejected(
+                        501, f"Transfer-Encoding {value.decode('latin-1')!r} not implemented"
+                    )
+        elif name == b"expect":
+            self._expect_100 = value.lower() == b"100-continue"
+        elif name == b"upgrade":
+            self._upgrade = value.lower()
+        self._headers.append((name, value))
+
+    def _check_content_length(self, value: bytes) -> None:
+        try:
+            length = int(value)
+        except ValueError:
+            raise RequestRejected(400, "Invalid Content-Length") from None
+        limit = self.limits.request_body
+        if limit is not None and length > limit:
+            raise RequestRejected(413, f"Request body larger than {limit} bytes")
+        self._content_length = length
+
+    def on_headers_complete(self) -> None:
+        self._in_head = False
+        parser = self.parser
+        if self._upgrade is not None and b"websocket" in self._upgrade and parser.should_upgrade():
+            raise RequestRejected(426, "WebSocket is not supported by this server")
+        try:
+            url = httptools.parse_url(self._url)
+        except httptools.HttpParserInvalidURLError:
+            raise RequestRejected(400, "Invalid request target") from None
+        raw_path: bytes = url.path or b"/"
+        try:
+            path = raw_path.decode("ascii")
+        except UnicodeDecodeError:
+            path = raw_path.decode("utf-8", "replace")
+        if "%" in path:
+            path = unquote(path)
+        state = self.state
+        method: str = parser.get_method().decode("ascii")
+        http_version: str = parser.get_http_version()
+        scope = {
+            "type": "http",
+            "asgi": ASGI_VERSION,
+            "http_version": http_version,
+            "server": self.server,
+            "client": self.client,
+            "scheme": self.scheme,
+            "method": method,
+            "root_path": state.root_path,
+            "path": state.root_path + path,
+            "raw_path": state.root_path_bytes + raw_path,
+            "query_string": url.query or b"",
+            "headers": self._headers,
+            "state": state.app_state.copy(),
+            "extensions": {},
+        }
+        keep_alive: bool = parser.should_keep_alive() and self._upgrade is None
+        cycle = RequestCycle(self, scope, keep_alive, self._expect_100, http_version)
+        if self._content_length == 0 or (
+            self._content_length is None and not self._chunked_request
+        ):
+            cycle.more_body = False  # no body follows: receive() need not wait for one
+        self.parsing = cycle
+        self._clear_timer()
+        if self.cycle is None:
+            self._start(cycle)
+        else:
+            self.pipeline.append(cycle)
+            self._pause_reading()
+
+    def on_body(self, body: bytes) -> None:
+        cycle = self.parsing
+        assert cycle is not None
+        cycle.body_received += len(body)
+        limit = self.limits.request_body
+        if limit is not None and cycle.body_received > limit:
+            raise RequestRejected(413, f"Request body larger than {limit} bytes")
+        if cycle.response_complete:
+            return  # answered already: the rest of the body is read and dropped
+        cycle.body_chunks.append(body)
+        cycle.buffered += len(body)
+        if cycle.buffered > HIGH_WATER:
+            self._pause_reading()
+        cycle.wake()
+
+    def on_message_complete(self) -> None:
+        cycle = self.parsing
+        assert cycle is not None
+        cycle.more_body = False
+        cycle.wake()
+        self.parsing = None
+
+    # -- request scheduling -------------------------------------------------------
+
+    def _start(self, cycle: RequestCycle) -> None:
+        self.cycle = cycle
+        task = self.loop.create_task(cycle.run_asgi(self.state.app))
+        tasks = self.state.tasks
+        tasks.add(task)
+        task.add_done_callback(tasks.discard)
+
+    def response_complete(self, cycle: RequestCycle) -> None:
+        """Called once per request when its last response byte has been written."""
+        self.state.total_requests += 1
+        if self.state.on_request_done is not None:
+            self.state.on_request_done()
+        if cycle is not self.cycle:
+            return
+        self.cycle = None
+        if not cycle.keep_alive or self.closed:
+            self.close()
+            return
+        if self.pipeline:
+            nxt = self.pipeline.popleft()
+            if isinstance(nxt, RequestRejected):
+                self._write_rejection(nxt)
+                return
+            self._start(nxt)
+        elif not self._in_head:
+            self._set_timer(TIMER_KEEPALIVE, self.limits.keep_alive_timeout)
+        self._update_reading()
+
+    def _reject(self, rejection: RequestRejected) -> None:
+        """Answer bad input: now, after the requests ahead of it, or by ending the
+        request it belongs to if the application is already running it."""
+        self._in_head = False
+        parsing = self.parsing
+        if parsing is not None and parsing is self.cycle:
+            parsing.abort(rejection)
+        elif self.cycle is not None:
+            if parsing is not None:  # a queued pipelined request can no longer complete
+                with contextlib.suppress(ValueError):
+                    self.pipeline.remove(parsing)
+            self.pipeline.append(rejection)
+            self._pause_reading()
+        else:
+            self._write_rejection(rejection)
+        self.parsing = None
+
+    def _write_rejection(self, rejection: RequestRejected) -> None:
+        error_log.warning(
+            "%d %s (client %s)", rejection.status, rejection.detail, self.client_label
+        )
+        if not self.closed:
+            extra = b"upgrade: websocket\r\n" if rejection.status == 426 else b""
+            self.transport.write(
+                wire.error_response(
+                    rejection.status, rejection.detail, self.state.date_header, extra
+                )
+            )
+        self._log_access_line("-", "-", rejection.status, 0, 0.0)
+        self.close()
+
+    # -- reading and writing --------------------------------------------------------
+
+    def _pause_reading(self) -> None:
+        if not self.read_paused and not self.closed:
+            self.read_paused = True
+            self.transport.pause_reading()
+
+    def _update_reading(self) -> None:
+        """Resume reading once nothing queued or buffered holds it back."""
+        if not self.read_paused or self.closed or self.pipeline:
+            return
+        parsing = self.parsing
+        if parsing is not None and parsing.buffered > HIGH_WATER:
+            return
+        self.read_paused = False
+        self.transport.resume_reading()
+
+    async def drain(self) -> None:
+        """Wait until the transport's write buffer is below its high-water mark."""
+        if self.write_paused and not self.closed:
+            waiter = self._drain_waiter = self.loop.create_future()
+            try:
+                await waiter
+            finally:
+                self._drain_waiter = None
+
+    def _wake_writer(self) -> None:
+        waiter = self._drain_waiter
+        if waiter is not None and not waiter.done():
+            waiter.set_result(None)
+
+    def close(self) -> None:
+        if not self.closed and not self.transport.is_closing():
+            self.transport.close()
+
+    # -- timers (swept by the worker, no per-request timer handles) ----------------
+
+    def _set_timer(self, kind: int, seconds: float) -> None:
+        self.timer_kind = kind
+        self.timer_at = self.loop.time() + seconds
+
+    def _clear_timer(self) -> None:
+        self.timer_kind = TIMER_NONE
+
+    def check_timer(self, now: float) -> None:
+        kind = self.timer_kind
+        if kind == TIMER_NONE or now < self.timer_at or self.closed:
+            return
+        if kind == TIMER_HEAD and self.cycle is not None:
+            return  # a pipelined head: the requests ahead of it are answered first
+        self.timer_kind = TIMER_NONE
+        if kind == TIMER_KEEPALIVE:
+            self.close()
+        else:
+            if self._in_head:
+                # A slow client (slowloris): answer 408 so it knows why, then close.
+                self._write_rejection(RequestRejected(408, "Request head not received in time"))
+            else:
+                self.close()
+
+    # -- logging ---------------------------------------------------------------------
+
+    def _log_access_line(
+        self, method: str, target: str, status: int, size: int, seconds: float
+    ) -> None:
+        if self.state.access_log and access_log.isEnabledFor(logging.INFO):
+            access_log.info(
+                '%s "%s %s" %d %d %.1fms',
+                self.client_label, method, target, status, size, seconds * 1000.0,
+            )
+
+
+class RequestCycle:
+    """One request: the ASGI ``receive`` and ``send`` callables and response framing."""
+
+    __slots__ = (
+        "body_chunks",
+        "body_received",
+        "buffered",
+        "bytes_sent",
+        "chunked",
+        "conn",
+        "disconnected",
+        "expect_100",
+        "expected_length",
+        "final_delivered",
+        "flush_handle",
+        "head",
+        "head_request",
+        "head_written",
+        "http_version",
+        "keep_alive",
+        "logged",
+        "more_body",
+        "no_body",
+        "response_complete",
+        "scope",
+        "sent_length",
+        "started_at",
+        "status",
+        "waiter",
+    )
+
+    def __init__(
+        self,
+        conn: HttpProtocol,
+        scope: dict[str, Any],
+        keep_alive: bool,
+        expect_100: bool,
+        http_version: str,
+    ) -> None:
+        self.conn = conn
+        self.scope = scope
+        self.keep_alive = keep_alive
+        self.expect_100 = expect_100
+        self.http_version = http_version
+        self.head_request = scope["method"] == "HEAD"
+        # request body
+        self.body_chunks: list[bytes] = []
+        self.buffered = 0
+        self.body_received = 0
+        self.more_body = True
+        self.final_delivered = False
+        self.waiter: asyncio.Future[None] | None = None
+        self.disconnected = False
+        # response
+        self.status = 0
+        self.head: list[bytes] = []
+        self.head_written = False
+        self.flush_handle: asyncio.Handle | None = None
+        self.chunked = False
+        self.no_body = False
+        self.expected_length: int | None = None
+        self.sent_length = 0
+        self.bytes_sent = 0
+        self.response_complete = False
+        self.logged = False
+        self.started_at = conn.loop.time()
+
+    # -- events from the connection ----------------------------------------------
+
+    def wake(self) -> None:
+        waiter = self.waiter
+        if waiter is not None and not waiter.done():
+            waiter.set_result(None)
+
+    def on_disconnect(self) -> None:
+        self.disconnected = True
+        if self.flush_handle is not None:
+            self.flush_handle.cancel()
+            self.flush_handle = None
+        self.wake()
+
+    def abort(self, rejection: RequestRejected) -> None:
+        """The request's own bytes turned out bad (body too large, malformed chunk)
+        while the application runs: answer it if nothing was sent yet, then close.
+        The application sees ``http.disconnect`` and its sends raise."""
+        if not self.head_written and not self.response_complete:
+            self._cancel_flush()
+            self.response_complete = True
+            self.status = rejection.status
+            self.conn._write_rejection(rejection)
+            self.logged = True
+        else:
+            error_log.warning(
+                "%d %s (client %s)", rejection.status, rejection.detail, self.conn.client_label
+            )
+            self.conn.close()
+        self.on_disconnect()
+
+    # -- ASGI ----------------------------------------------------------------------
+
+    async def receive(self) -> Message:
+        while not (self.disconnected or self.response_complete):
+            if self.body_chunks or (not self.more_body and not self.final_delivered):
+                chunks = self.body_chunks
+                body = chunks[0] if len(chunks) == 1 else b"".join(chunks)
+                chunks.clear()
+                self.buffered = 0
+                more = self.more_body
+                self.final_delivered = not more
+                self.conn._update_reading()
+                return {"type": "http.request", "body": body, "more_body": more}
+            if self.expect_100 and self.more_body:
+                # RFC 9110 section 10.1.1: send 100 only once the application asks for
+                # the body, so a request refused without reading never uploads it.
+                self.expect_100 = False
+                if not self.head_written:
+                    self.conn.transport.write(wire.CONTINUE_100)
+            self.conn._update_reading()
+            self.waiter = self.conn.loop.create_future()
+            try:
+                await self.waiter
+            finally:
+                self.waiter = None
+        return _DISCONNECT
+
+    async def send(self, message: Message) -> None:
+        if self.disconnected:
+            raise ClientDisconnected(f"client {self.conn.client_label} disconnected")
+        mtype = message["type"]
+        if not self.status:
+            if mtype != "http.response.start":
+                raise RuntimeError(f"expected ASGI message 'http.response.start', got {mtype!r}")
+            self._start_response(message)
+            return
+        if self.response_complete:
+            raise RuntimeError(f"unexpected ASGI message {mtype!r} after the response completed")
+        if mtype != "http.response.body":
+            raise RuntimeError(f"expected ASGI message 'http.response.body', got {mtype!r}")
+        body: bytes = message.get("body", b"")
+        more: bool = message.get("more_body", False)
+        conn = self.conn
+        if self.head_written:
+            out = self._frame(body, more)
+        else:
+            self._cancel_flush()
+            out = self._write_head(body, more) + self._frame(body, more)
+        if out:
+            conn.transport.write(out)
+            self.bytes_sent += len(out)
+        if not more:
+            self._finish()
+        elif conn.write_paused:
+            await conn.drain()
+            if self.disconnected:
+                raise ClientDisconnected(f"client {conn.client_label} disconnected")
+
+    def _start_response(self, message: Message) -> None:
+        status = int(message["status"])
+        if not 100 <= status <= 999:
+            raise RuntimeError(f"invalid HTTP status {status}")
+        head = [wire.status_line(status)]
+        has_date = False
+        for name, value in message.get("headers", ()):
+            reason = wire.invalid_header(name, value)
+            if reason is not None:
+                raise RuntimeError(f"ASGI application sent {reason}")
+            lname = name.lower()
+            if lname == b"content-length":
+                try:
+                    self.expected_length = int(value)
+                except ValueError:
+                    raise RuntimeError(f"invalid Content-Length {value!r}") from None
+            elif lname == b"transfer-encoding":
+                self.chunked = b"chunked" in value.lower()
+            elif lname == b"connection":
+                if b"close" in value.lower():
+                    self.keep_alive = False
+                continue  # tether writes the connection header itself
+            elif lname == b"date":
+                has_date = True
+            head.append(b"%s: %s\r\n" % (name, value))
+        if not has_date:
+            head.append(self.conn.state.date_header)
+        self.status = status
+        self.head = head
+        self.no_body = status < 200 or status in _NO_BODY_STATUS or self.head_request
+        # Defer the head by one loop turn: the body usually follows at once and goes
+        # out in the same write (one syscall); a slow body still gets an early head.
+        self.flush_handle = self.conn.loop.call_soon(self._flush_head)
+
+    def _cancel_flush(self) -> None:
+        if self.flush_handle is not None:
+            self.flush_handle.cancel()
+            self.flush_handle = None
+
+    def _flush_head(self) -> None:
+        self.flush_handle = None
+        if not self.head_written and not self.disconnected and not self.response_complete:
+            out = self._write_head(b"", True)
+            self.conn.transport.write(out)
+            self.bytes_sent += len(out)
+
+    def _write_head(self, body: bytes, more: bool) -> bytes:
+        """Choose the framing now that the first body chunk is known, and return the head."""
+        head = self.head
+        status = self.status
+        framed = (
+            status < 200 or status in _NO_BODY_STATUS
+            or self.expected_length is not None or self.chunked
+        )
+        if framed:
+            pass  # no body allowed, or the application chose the framing
+        elif not more and not (self.head_request and not body):
+            # The whole body is known: a Content-Length beats chunking.
+            self.expected_length = len(body)
+            head.append(b"content-length: %d\r\n" % len(body))
+        elif self.head_request:
+            pass
+        elif self.http_version == "1.1":
+            self.chunked = True
+            head.append(b"transfer-encoding: chunked\r\n")
+        else:
+            self.keep_alive = False  # HTTP/1.0 streaming: the close delimits the body
+        conn = self.conn
+        if self.more_body and not self.final_delivered and self.expect_100:
+            # The client is holding its body back for a 100 we never sent: the
+            # connection cannot be reused safely.
+            self.keep_alive = False
+        if conn.state.draining:
+            self.keep_alive = False
+        if not self.keep_alive:
+            head.append(b"connection: close\r\n")
+        elif self.http_version == "1.0":
+            head.append(b"connection: keep-alive\r\n")
+        head.append(b"\r\n")
+        self.head_written = True
+        return b"".join(head)
+
+    def _frame(self, body: bytes, more: bool) -> bytes:
+        if self.no_body:
+            return b""
+        if self.chunked:
+            if body:
+                body = b"%x\r\n%s\r\n" % (len(body), body)
+            return body if more else body + b"0\r\n\r\n"
+        expected = self.expected_length
+        if expected is not None:
+            self.sent_length += len(body)
+            if self.sent_length > expected:
+                self._fail_mid_response(
+                    f"response body longer than its Content-Length ({expected})"
+                )
+                raise _AlreadyReported(
+                    f"ASGI application sent more than Content-Length ({expected}) bytes"
+                )
+        return body
+
+    def _finish(self) -> None:
+        expected = self.expected_length
+        if (
+            expected is not None
+            and not self.no_body
+            and not self.chunked
+            and self.sent_length != expected
+        ):
+            self._fail_mid_response(
+                f"response body shorter than its Content-Length "
+                f"({self.sent_length} < {expected})"
+            )
+            return
+        self.response_complete = True
+        self._log()
+        self.conn.response_complete(self)
+
+    def _fail_mid_response(self, reason: str) -> None:
+        """The head is on the wire and the body cannot be completed: close."""
+        error_log.error("%s; closing connection (client %s)", reason, self.conn.client_label)
+        self.response_complete = True
+        self.keep_alive = False
+        self._log()
+        self.conn.close()
+
+    # -- running the application ----------------------------------------------------
+
+    async def run_asgi(self, app: ASGIApp) -> None:
+        try:
+            await app(self.scope, self.receive, self.send)
+        except (ClientDisconnected, _AlreadyReported):
+            pass  # our own signals, propagated by the app: already handled
+        except asyncio.CancelledError:
+            self._fail_unanswered(503, "Service stopping: request cancelled")
+            raise
+        except Exception as exc:
+            if self.disconnected and isinstance(exc, OSError):
+                pass
+            else:
+                error_log.error(
+                    "Exception in ASGI application (client %s, %s %s)",
+                    self.conn.client_label, self.scope["method"], self.scope["path"],
+                    exc_info=exc,
+                )
+                self._fail_unanswered(500, "Internal Server Error")
+        else:
+            if not self.response_complete and not self.disconnected:
+                what = "completing" if self.status else "starting"
+                error_log.error(
+                    "ASGI application returned without %s a response (client %s, %s %s)",
+                    what, self.conn.client_label, self.scope["method"], self.scope["path"],
+                )
+                self._fail_unanswered(500, "Internal Server Error")
+        finally:
+            self._log()
+
+    def _fail_unanswered(self, status: int, detail: str) -> None:
+        if self.response_complete or self.disconnected:
+            return
+        if self.head_written:
+            self._fail_mid_response(f"ASGI application failed mid-response ({detail})")
+            return
+        self._cancel_flush()
+        self.status = status
+        self.response_complete = True
+        conn = self.conn
+        out = wire.error_response(status, detail, conn.state.date_header)
+        conn.transport.write(out)
+        self.bytes_sent += len(out)
+        self.keep_alive = False
+        self._log()
+        conn.response_complete(self)
+
+    def _log(self) -> None:
+        if self.logged:
+            return
+        self.logged = True
+        conn = self.conn
+        if not conn.state.access_log:
+            return
+        scope = self.scope
+        target = scope["raw_path"].decode("latin-1")
+        if scope["query_string"]:
+            target += "?" + scope["query_string"].decode("latin-1")
+        status = self.status if self.response_complete else 499
+        conn._log_access_line(
+            scope["method"], target, status, self.bytes_sent,
+            conn.loop.time() - self.started_at,
+        )

@@ -1,0 +1,62 @@
+"""Bytes tether writes on the wire that do not depend on a request: status lines,
+the Date header, canned error responses, and response-header validation.
+
+Must never allocate per request what can be computed once (status lines, the
+Date header, which changes once a second).
+"""
+
+from __future__ import annotations
+
+import re
+from email.utils import formatdate
+from http import HTTPStatus
+
+STATUS_LINES: dict[int, bytes] = {
+    s.value: b"HTTP/1.1 %d %s\r\n" % (s.value, s.phrase.encode("ascii")) for s in HTTPStatus
+}
+CONTINUE_100 = b"HTTP/1.1 100 Continue\r\n\r\n"
+
+# RFC 9110 section 5.6.2: a field name is a token. Anything else (CR, LF, space, colon)
+# would let an application split the response, so it is refused.
+_INVALID_NAME = re.compile(rb"[^!#$%&'*+\-.^_`|~0-9A-Za-z]")
+# RFC 9110 section 5.5: field values are visible characters, spaces and tabs; CR, LF and
+# NUL in particular must never reach the wire.
+_INVALID_VALUE = re.compile(rb"[\x00-\x08\x0a-\x1f\x7f]")
+
+
+def status_line(status: int) -> bytes:
+    line = STATUS_LINES.get(status)
+    if line is None:
+        line = b"HTTP/1.1 %d \r\n" % status
+    return line
+
+
+def date_header() -> bytes:
+    """The ``date`` header line for now; the worker refreshes it once a second."""
+    return b"date: " + formatdate(usegmt=True).encode("ascii") + b"\r\n"
+
+
+def invalid_header(name: bytes, value: bytes) -> str | None:
+    """Return why an application-supplied header may not be sent, or None if it may."""
+    if not name or _INVALID_NAME.search(name):
+        return f"invalid header name {name!r}"
+    if _INVALID_VALUE.search(value):
+        return f"invalid value for header {name!r}"
+    return None
+
+
+def error_response(status: int, detail: str, date: bytes, extra: bytes = b"") -> bytes:
+    """A complete ``text/plain`` response that closes the connection."""
+    body = detail.encode("utf-8", "replace") + b"\n"
+    return b"".join(
+        (
+            status_line(status),
+            b"content-type: text/plain; charset=utf-8\r\n",
+            b"content-length: %d\r\n" % len(body),
+            b"connection: close\r\n",
+            extra,
+            date,
+            b"\r\n",
+            body,
+        )
+    )
