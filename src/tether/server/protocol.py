@@ -602,6 +602,12 @@ class RequestCycle:
             out = self._frame(body, more)
         else:
             self._cancel_flush()
+            expected = self.expected_length
+            if expected is not None and len(body) > expected and not self.no_body:
+                # Nothing is on the wire yet, so this can still become a clean 500.
+                raise RuntimeError(
+                    f"ASGI application sent {len(body)} body bytes with Content-Length {expected}"
+                )
             out = self._write_head(body, more) + self._frame(body, more)
         if out:
             conn.transport.write(out)

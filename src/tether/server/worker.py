@@ -25,7 +25,7 @@ from tether.server import wire
 from tether.server.lifespan import Lifespan
 from tether.server.protocol import HttpProtocol, ServerState
 
-logger = logging.getLogger("tether.error")
+logger = logging.getLogger("tether.server")
 
 EXIT_OK = 0
 EXIT_ERROR = 1
