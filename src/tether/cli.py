@@ -4,7 +4,11 @@
 
 from __future__ import annotations
 
+import os
+import signal
+import socket
 import sys
+import time
 from typing import Any
 
 import click
@@ -14,7 +18,8 @@ from tether.config import RequestLimits, ServerConfig
 from tether.errors import ConfigError
 from tether.logs import LEVELS, configure_logging
 from tether.server.sockets import BindError, adopt_fd, bind_tcp, bind_unix
-from tether.server.worker import EXIT_ERROR, run_worker
+from tether.server.supervisor import run_supervisor
+from tether.server.worker import EXIT_ERROR
 
 
 @click.group(context_settings={"help_option_names": ["-h", "--help"]})
@@ -73,21 +78,122 @@ def _env(name: str) -> str:
               help="Seconds after cancelling before the process exits regardless.")
 @click.option("--app-dir", default=None, envvar=_env("APP_DIR"),
               help="Directory put first on sys.path to find APP (default: current).")
+@click.option("--workers", default=1, show_default=True, type=int, envvar=_env("WORKERS"),
+              help="Worker processes (a supervisor always runs, even for one).")
+@click.option("--worker-start-timeout", default=30.0, show_default=True, type=float,
+              envvar=_env("WORKER_START_TIMEOUT"),
+              help="Seconds a new worker has to import the app, start up and accept.")
+@click.option("--worker-timeout", default=30.0, show_default=True, type=float,
+              envvar=_env("WORKER_TIMEOUT"),
+              help="Seconds without a heartbeat before a worker is killed and replaced.")
+@click.option("--max-requests", default=None, type=int, envvar=_env("MAX_REQUESTS"),
+              help="Recycle a worker (rolling, nothing lost) after this many requests.")
+@click.option("--max-requests-jitter", default=0, show_default=True, type=int,
+              envvar=_env("MAX_REQUESTS_JITTER"),
+              help="Add up to this many requests at random per worker.")
+@click.option("--max-start-failures", default=5, show_default=True, type=int,
+              envvar=_env("MAX_START_FAILURES"),
+              help="Consecutive failed worker starts after which the supervisor exits.")
+@click.option("--admin-port", default=None, type=int, envvar=_env("ADMIN_PORT"),
+              help="Serve /healthz, /readyz and /status from the supervisor on this port.")
+@click.option("--admin-host", default="127.0.0.1", show_default=True,
+              envvar=_env("ADMIN_HOST"), help="Address of the admin listener.")
+@click.option("--pid-file", default=None, envvar=_env("PID_FILE"),
+              help="Write the supervisor's PID here (for tether reload/stop).")
 def serve(**opts: Any) -> None:
-    """Serve the ASGI application APP, given as MODULE:ATTR."""
+    """Serve the ASGI application APP, given as MODULE:ATTR.
+
+    A supervisor binds the sockets and runs --workers worker processes that
+    accept from them. SIGHUP reloads the workers one at a time; SIGTERM or
+    SIGINT stops gracefully; a second SIGINT, or SIGQUIT, stops at once.
+    """
     config = build_config(opts)
     configure_logging(config.log_level, access_log=config.access_log)
     try:
-        if config.fd is not None:
-            socks = [adopt_fd(config.fd)]
-        elif config.uds is not None:
-            socks = [bind_unix(config.uds, config.backlog)]
-        else:
-            socks = [bind_tcp(config.host, config.port, config.backlog)]
+        socks = listening_sockets(config)
+        admin_sock = (
+            None if config.admin_port is None
+            else bind_tcp(config.admin_host, config.admin_port, 128)
+        )
     except BindError as exc:
         click.echo(f"tether: {exc}", err=True)
         sys.exit(EXIT_ERROR)
-    sys.exit(run_worker(config, socks))
+    sys.exit(run_supervisor(config, socks, admin_sock))
+
+
+def listening_sockets(config: ServerConfig) -> list[socket.socket]:
+    """The service sockets: systemd's (LISTEN_FDS), --fd, --uds, or --host/--port."""
+    activated = systemd_sockets()
+    if activated:
+        return activated
+    if config.fd is not None:
+        return [adopt_fd(config.fd)]
+    if config.uds is not None:
+        return [bind_unix(config.uds, config.backlog)]
+    return [bind_tcp(config.host, config.port, config.backlog)]
+
+
+def systemd_sockets() -> list[socket.socket]:
+    """Sockets passed by systemd socket activation (sd_listen_fds: fds 3.. LISTEN_FDS)."""
+    if os.environ.get("LISTEN_PID") != str(os.getpid()):
+        return []
+    count = int(os.environ.get("LISTEN_FDS", "0"))
+    for name in ("LISTEN_PID", "LISTEN_FDS", "LISTEN_FDNAMES"):
+        os.environ.pop(name, None)  # our children are not the activated process
+    return [adopt_fd(3 + i) for i in range(count)]
+
+
+@main.command()
+@click.option("--pid-file", required=True, envvar=_env("PID_FILE"),
+              help="The pid file given to tether serve.")
+def reload(pid_file: str) -> None:
+    """Reload the workers one at a time (sends SIGHUP to the supervisor)."""
+    _signal_supervisor(pid_file, signal.SIGHUP)
+    click.echo("reload requested")
+
+
+@main.command()
+@click.option("--pid-file", required=True, envvar=_env("PID_FILE"),
+              help="The pid file given to tether serve.")
+@click.option("--timeout", default=60.0, show_default=True, type=float,
+              help="Seconds to wait for the supervisor to exit.")
+def stop(pid_file: str, timeout: float) -> None:
+    """Stop gracefully (sends SIGTERM to the supervisor) and wait until it has exited."""
+    pid = _signal_supervisor(pid_file, signal.SIGTERM)
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if not _alive(pid):
+            click.echo("stopped")
+            return
+        time.sleep(0.05)
+    click.echo(f"tether: pid {pid} still running after {timeout}s", err=True)
+    sys.exit(EXIT_ERROR)
+
+
+def _alive(pid: int) -> bool:
+    """True while ``pid`` runs; an exited process its parent has not reaped yet is dead."""
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    try:
+        with open(f"/proc/{pid}/stat") as f:
+            return f.read().rsplit(")", 1)[1].split()[0] != "Z"
+    except (OSError, IndexError):
+        return True
+
+
+def _signal_supervisor(pid_file: str, sig: signal.Signals) -> int:
+    try:
+        with open(pid_file) as f:
+            pid = int(f.read().strip())
+    except (OSError, ValueError) as exc:
+        raise click.ClickException(f"cannot read a pid from {pid_file}: {exc}") from exc
+    try:
+        os.kill(pid, sig)
+    except ProcessLookupError:
+        raise click.ClickException(f"no process {pid} (stale pid file {pid_file}?)") from None
+    return pid
 
 
 def build_config(opts: dict[str, Any]) -> ServerConfig:

@@ -7,7 +7,8 @@ else in tether reads flags or the environment. Invalid values raise
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+import json
+from dataclasses import asdict, dataclass, field
 from typing import Literal
 
 from tether.errors import ConfigError
@@ -63,6 +64,23 @@ class ServerConfig:
     #: seconds after cancellation before the process exits regardless
     force_exit_timeout: float = 5.0
     app_dir: str | None = None
+    # -- supervisor ---------------------------------------------------------------
+    #: worker processes; there is always a supervisor, even for one
+    workers: int = 1
+    #: seconds a new worker has to import the app, run lifespan startup and accept
+    worker_start_timeout: float = 30.0
+    #: seconds without a heartbeat after which a worker is killed and replaced
+    worker_timeout: float = 30.0
+    #: recycle a worker after this many requests (None: never)
+    max_requests: int | None = None
+    #: add up to this many requests, at random per worker, so they do not recycle together
+    max_requests_jitter: int = 0
+    #: consecutive failed worker starts after which the supervisor gives up
+    max_start_failures: int = 5
+    #: port of the supervisor's admin listener (/healthz, /readyz, /status); None: off
+    admin_port: int | None = None
+    admin_host: str = "127.0.0.1"
+    pid_file: str | None = None
 
     def __post_init__(self) -> None:
         if ":" not in self.app:
@@ -87,6 +105,22 @@ class ServerConfig:
         _positive("--header-timeout", self.limits.header_timeout)
         _positive("--graceful-timeout", self.graceful_timeout, allow_zero=True)
         _positive("--force-exit-timeout", self.force_exit_timeout, allow_zero=True)
+        if self.workers < 1:
+            raise ConfigError(f"--workers must be at least 1, got {self.workers}")
+        _positive("--worker-start-timeout", self.worker_start_timeout)
+        _positive("--worker-timeout", self.worker_timeout)
+        if self.max_requests is not None and self.max_requests < 1:
+            raise ConfigError(f"--max-requests must be at least 1, got {self.max_requests}")
+        if self.max_requests_jitter < 0:
+            raise ConfigError(
+                f"--max-requests-jitter must be non-negative, got {self.max_requests_jitter}"
+            )
+        if self.max_start_failures < 1:
+            raise ConfigError(
+                f"--max-start-failures must be at least 1, got {self.max_start_failures}"
+            )
+        if self.admin_port is not None and not 0 <= self.admin_port <= 65535:
+            raise ConfigError(f"--admin-port must be between 0 and 65535, got {self.admin_port}")
         for name, value in (
             ("--limit-request-line", self.limits.request_line),
             ("--limit-request-fields", self.limits.request_fields),
@@ -98,6 +132,17 @@ class ServerConfig:
             raise ConfigError(
                 f"--limit-request-body must be non-negative, got {self.limits.request_body}"
             )
+
+
+    def to_json(self) -> str:
+        """Serialise for a worker process (the supervisor passes it in the environment)."""
+        return json.dumps(asdict(self))
+
+    @classmethod
+    def from_json(cls, text: str) -> ServerConfig:
+        fields = json.loads(text)
+        fields["limits"] = RequestLimits(**fields["limits"])
+        return cls(**fields)
 
 
 def _positive(name: str, value: float, *, allow_zero: bool = False) -> None:

@@ -11,17 +11,23 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import os
+import random
 import signal
 import socket
+import sys
 from dataclasses import dataclass
 
 from tether.asgi import ASGIApp
 from tether.config import ServerConfig
 from tether.errors import AppImportError, LifespanFailure
 from tether.importer import load_app
+from tether.logs import configure_logging
 from tether.loops import loop_factory
+from tether.server import control as control_mod
 from tether.server import sockets as sockets_mod
 from tether.server import wire
+from tether.server.control import ControlChannel
 from tether.server.lifespan import Lifespan
 from tether.server.protocol import HttpProtocol, ServerState
 
@@ -60,6 +66,8 @@ class Worker:
         self.servers: list[asyncio.Server] = []
         self.stop_requested = asyncio.Event()
         self.force_requested = asyncio.Event()
+        #: False when only this worker leaves and the others serve the shared backlog
+        self.serve_backlog_on_stop = True
         self._sweeper: asyncio.TimerHandle | None = None
         limits = config.limits
         # Timeouts are checked by one sweep per worker instead of a timer per request.
@@ -89,15 +97,21 @@ class Worker:
             conn.check_timer(now)
         self._sweeper = loop.call_later(self._tick, self._sweep)
 
-    async def stop(self) -> StopReport:
-        """Graceful, bounded stop. Returns what was drained and what was cancelled."""
+    async def stop(self, *, serve_backlog: bool = True) -> StopReport:
+        """Graceful, bounded stop. Returns what was drained and what was cancelled.
+
+        ``serve_backlog``: also accept and serve what the kernel queued on the
+        listeners. True when the whole service stops; False when only this worker
+        leaves (a reload) and the others keep accepting from the shared sockets.
+        """
         config = self.config
         state = self.state
         state.draining = True
         served_before = state.total_requests
         for server in self.servers:
             server.close()
-        await self._accept_backlog()
+        if serve_backlog:
+            await self._accept_backlog()
         for sock in self.socks:
             sock.close()
 
@@ -151,26 +165,51 @@ class Worker:
         if tasks:
             await asyncio.wait(tasks, timeout=timeout)
 
-    async def serve(self) -> int:
-        """Start, serve until SIGTERM/SIGINT, stop gracefully; return the exit status."""
+    async def serve(self, control: ControlChannel | None = None) -> int:
+        """Start, serve until told to stop, stop gracefully; return the exit status.
+
+        Alone (no ``control``), SIGTERM/SIGINT stop it. Under a supervisor, the
+        supervisor's messages do, SIGINT is ignored (a terminal's Ctrl-C reaches the
+        supervisor, which stops the workers in order) and a closed control channel
+        means the supervisor is gone: stop.
+        """
         loop = asyncio.get_running_loop()
         try:
             await self.start()
         except LifespanFailure as exc:
             logger.error("%s", exc)
             return EXIT_STARTUP_FAILED
-        for sig in (signal.SIGTERM, signal.SIGINT):
-            loop.add_signal_handler(sig, self._on_stop_signal, sig)
-        loop.add_signal_handler(signal.SIGQUIT, self.force_requested.set)
-        for sock in self.socks:
-            logger.info("tether serving on %s", sockets_mod.describe(sock))
-        await self.stop_requested.wait()
-        logger.info("stop requested: draining in-flight requests")
-        report = await self.stop()
-        logger.info(
-            "stopped: %d requests drained, %d cancelled%s",
-            report.drained, report.cancelled, " (forced)" if report.forced else "",
-        )
+        loop.add_signal_handler(signal.SIGTERM, self._on_stop_signal)
+        if control is None:
+            loop.add_signal_handler(signal.SIGINT, self._on_stop_signal)
+        else:
+            loop.add_signal_handler(signal.SIGINT, lambda: None)
+        loop.add_signal_handler(signal.SIGQUIT, self._on_force_signal)
+        async with asyncio.TaskGroup() as tasks:
+            if control is None:
+                for sock in self.socks:
+                    logger.info("tether serving on %s", sockets_mod.describe(sock))
+            else:
+                control.send("ready", pid=os.getpid())
+                self._install_recycling(control)
+                listener = tasks.create_task(self._follow_supervisor(control))
+                beats = tasks.create_task(self._heartbeat(control))
+            await self.stop_requested.wait()
+            logger.info("worker %d stopping: draining in-flight requests", os.getpid())
+            report = await self.stop(serve_backlog=self.serve_backlog_on_stop)
+            logger.info(
+                "worker %d stopped: %d requests drained, %d cancelled%s",
+                os.getpid(), report.drained, report.cancelled,
+                " (forced)" if report.forced else "",
+            )
+            if control is not None:
+                beats.cancel()
+                listener.cancel()
+                control.send(
+                    "stopped", drained=report.drained, cancelled=report.cancelled,
+                    forced=report.forced, requests=self.state.total_requests,
+                )
+                await control.writer.drain()
         try:
             await asyncio.wait_for(self.lifespan.shutdown(), self.config.force_exit_timeout)
         except LifespanFailure as exc:
@@ -181,14 +220,63 @@ class Worker:
             return EXIT_FORCED_STOP
         return EXIT_FORCED_STOP if report.forced else EXIT_OK
 
-    def _on_stop_signal(self, sig: signal.Signals) -> None:
+    def _on_stop_signal(self) -> None:
         if self.stop_requested.is_set():
             # A second SIGINT/SIGTERM means "now": skip the rest of the grace period.
             self.force_requested.set()
         self.stop_requested.set()
 
+    def _on_force_signal(self) -> None:
+        self.force_requested.set()
+        self.stop_requested.set()
 
-def run_worker(config: ServerConfig, socks: list[socket.socket]) -> int:
+    async def _follow_supervisor(self, control: ControlChannel) -> None:
+        while True:
+            message = await control.receive()
+            mtype = None if message is None else message.get("type")
+            if mtype == "drain":
+                self.serve_backlog_on_stop = False
+                self.stop_requested.set()
+            elif mtype == "force":
+                self._on_force_signal()
+            elif mtype == "stop" or message is None:
+                self.stop_requested.set()
+                if message is None:
+                    return  # the supervisor is gone: nobody else will tell us anything
+            else:
+                logger.warning("worker %d: unknown control message %r", os.getpid(), message)
+
+    async def _heartbeat(self, control: ControlChannel) -> None:
+        # Sent from the event loop itself: a loop blocked by a stuck handler stops
+        # beating, and the supervisor replaces the worker after --worker-timeout.
+        interval = max(0.05, min(1.0, self.config.worker_timeout / 4))
+        state = self.state
+        while True:
+            control.send(
+                "heartbeat", requests=state.total_requests, in_flight=len(state.tasks),
+                connections=len(state.connections),
+            )
+            await asyncio.sleep(interval)
+
+    def _install_recycling(self, control: ControlChannel) -> None:
+        limit = self.config.max_requests
+        if limit is None:
+            return
+        limit += random.randint(0, self.config.max_requests_jitter)
+        state = self.state
+
+        def count() -> None:
+            if state.total_requests == limit:
+                logger.info("worker %d served %d requests: asking to be recycled",
+                            os.getpid(), limit)
+                control.send("recycle", requests=limit)
+
+        state.on_request_done = count
+
+
+def run_worker(
+    config: ServerConfig, socks: list[socket.socket], control_sock: socket.socket | None = None
+) -> int:
     """Import the app and serve it on ``socks`` in a fresh event loop; return the exit status."""
     try:
         app = load_app(config.app, factory=config.factory, app_dir=config.app_dir)
@@ -198,8 +286,23 @@ def run_worker(config: ServerConfig, socks: list[socket.socket]) -> int:
         return EXIT_STARTUP_FAILED
 
     async def main() -> int:
+        control = None if control_sock is None else await ControlChannel.open(control_sock)
         worker = Worker(app, config, socks)
-        return await worker.serve()
+        try:
+            return await worker.serve(control)
+        finally:
+            if control is not None:
+                await control.close()
 
     with asyncio.Runner(loop_factory=loop_factory(config.loop)) as runner:
         return runner.run(main())
+
+
+def worker_main() -> None:
+    """Entry point of a worker process started by the supervisor (see control.py)."""
+    config = ServerConfig.from_json(os.environ[control_mod.ENV_CONFIG])
+    configure_logging(config.log_level, access_log=config.access_log)
+    fds = os.environ[control_mod.ENV_LISTEN_FDS].split(",")
+    socks = [socket.socket(fileno=int(fd)) for fd in fds]
+    control_sock = socket.socket(fileno=int(os.environ[control_mod.ENV_CONTROL_FD]))
+    sys.exit(run_worker(config, socks, control_sock))

@@ -1,0 +1,1 @@
+"""Benchmarks for tether against other ASGI servers (see bench/README.md)."""

@@ -1,0 +1,453 @@
+"""The supervisor: bind once, spawn and watch workers, replace them one at a time, stop in order.
+
+Field report 3 (Granian) is why the supervisor owns the listening sockets and the
+workers only accept: a worker that leaves takes no queued connection with it.
+Field report 2 (SPIRE) is why a stop is graceful and bounded, and covers every
+listener the process owns (service sockets and the admin port) under one deadline.
+
+Must never import the application (a reload must load new code from disk), never
+close the service sockets while a worker may still accept from them, and never
+let a worker that keeps failing make it spin.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import os
+import signal
+import socket
+import sys
+import time
+from dataclasses import dataclass, field, replace
+from typing import Any
+
+from tether import admin
+from tether.config import ServerConfig
+from tether.server import control as control_mod
+from tether.server import sockets as sockets_mod
+from tether.server.control import ControlChannel
+from tether.server.lifecycle import (
+    ExitKind,
+    WorkerEvent,
+    WorkerState,
+    exit_kind,
+    restart_delay,
+    transition,
+)
+from tether.server.worker import (
+    EXIT_ERROR,
+    EXIT_FORCED_STOP,
+    EXIT_OK,
+    EXIT_STARTUP_FAILED,
+    Worker,
+)
+
+logger = logging.getLogger("tether.supervisor")
+
+WORKER_ENTRY = "from tether.server.worker import worker_main; worker_main()"
+
+
+@dataclass(eq=False)
+class WorkerHandle:
+    """The supervisor's view of one worker process."""
+
+    id: int
+    proc: asyncio.subprocess.Process
+    control: ControlChannel
+    started_at: float
+    ready: asyncio.Future[bool]
+    exited: asyncio.Future[int]
+    state: WorkerState = WorkerState.STARTING
+    last_beat: float = 0.0
+    requests: int = 0
+    in_flight: int = 0
+    recycle_requested: bool = False
+    killed: bool = False
+    report: dict[str, Any] = field(default_factory=dict)
+
+    @property
+    def label(self) -> str:
+        return f"worker {self.id} (pid {self.proc.pid})"
+
+
+class Supervisor:
+    """Runs ``config.workers`` worker processes on the given listening sockets."""
+
+    def __init__(
+        self,
+        config: ServerConfig,
+        socks: list[socket.socket],
+        admin_sock: socket.socket | None = None,
+    ) -> None:
+        self.config = config
+        self.socks = socks
+        self.admin_sock = admin_sock
+        self.workers: dict[int, WorkerHandle] = {}
+        self.stopping = False
+        self.exit_code = EXIT_OK
+        self.reloads_done = 0
+        self.started_at = time.monotonic()
+        self._next_id = 1
+        self._start_failures = 0
+        self._pending_reloads = 0
+        self._rolling = asyncio.Lock()
+        self._wakeup = asyncio.Event()
+        self._stop_requested = asyncio.Event()
+        self._force_requested = asyncio.Event()
+        self._tasks: set[asyncio.Task[Any]] = set()
+        self._admin: Worker | None = None
+        self._forced = False
+        self._drained = 0
+        self._cancelled = 0
+
+    # -- running ---------------------------------------------------------------------
+
+    async def run(self) -> int:
+        loop = asyncio.get_running_loop()
+        loop.add_signal_handler(signal.SIGHUP, self.request_reload)
+        loop.add_signal_handler(signal.SIGTERM, self.request_stop)
+        loop.add_signal_handler(signal.SIGINT, self.request_stop)
+        loop.add_signal_handler(signal.SIGQUIT, self.request_force)
+        await self._start_admin()
+        if not await self._boot():
+            await self._stop()
+            return EXIT_STARTUP_FAILED
+        for sock in self.socks:
+            logger.info("tether serving on %s", sockets_mod.describe(sock))
+        logger.info("%d worker(s) ready", len(self.workers))
+        self._spawn_task(self._follow_reloads())
+        self._spawn_task(self._watch_heartbeats())
+        await self._stop_requested.wait()
+        return await self._stop()
+
+    def request_reload(self) -> None:
+        """SIGHUP: queue one full rolling reload (each request is carried out)."""
+        if self.stopping:
+            return
+        self._pending_reloads += 1
+        self._wakeup.set()
+
+    def request_stop(self) -> None:
+        """SIGTERM/SIGINT: graceful stop; a second one forces it."""
+        if self._stop_requested.is_set():
+            self.request_force()
+        self._stop_requested.set()
+
+    def request_force(self) -> None:
+        """SIGQUIT, or a second SIGINT: cancel what is running now and exit."""
+        self._force_requested.set()
+        self._stop_requested.set()
+        for worker in list(self.workers.values()):
+            worker.control.send("force")
+
+    def _spawn_task(self, coro: Any) -> None:
+        task = asyncio.get_running_loop().create_task(coro)
+        self._tasks.add(task)
+        task.add_done_callback(self._tasks.discard)
+
+    async def _boot(self) -> bool:
+        started = [await self._spawn() for _ in range(self.config.workers)]
+        results = await asyncio.gather(*(self._wait_ready(w) for w in started))
+        if all(results):
+            return True
+        logger.error("a worker failed to start; not serving (see the worker's error above)")
+        return False
+
+    # -- workers -------------------------------------------------------------------
+
+    async def _spawn(self) -> WorkerHandle:
+        parent, child = socket.socketpair()
+        worker_id = self._next_id
+        self._next_id += 1
+        fds = [s.fileno() for s in self.socks]
+        env = {
+            **os.environ,
+            control_mod.ENV_CONFIG: self.config.to_json(),
+            control_mod.ENV_LISTEN_FDS: ",".join(map(str, fds)),
+            control_mod.ENV_CONTROL_FD: str(child.fileno()),
+            control_mod.ENV_WORKER_ID: str(worker_id),
+        }
+        # A new session: a terminal's Ctrl-C reaches only the supervisor, which then
+        # stops the workers in order instead of every process racing on its own.
+        proc = await asyncio.create_subprocess_exec(
+            sys.executable, "-c", WORKER_ENTRY,
+            pass_fds=[*fds, child.fileno()], env=env, start_new_session=True,
+        )
+        child.close()
+        loop = asyncio.get_running_loop()
+        handle = WorkerHandle(
+            id=worker_id, proc=proc, control=await ControlChannel.open(parent),
+            started_at=time.monotonic(), ready=loop.create_future(),
+            exited=loop.create_future(), last_beat=loop.time(),
+        )
+        self.workers[worker_id] = handle
+        self._spawn_task(self._watch(handle))
+        logger.info("%s started", handle.label)
+        return handle
+
+    async def _wait_ready(self, worker: WorkerHandle) -> bool:
+        try:
+            return await asyncio.wait_for(
+                asyncio.shield(worker.ready), self.config.worker_start_timeout
+            )
+        except TimeoutError:
+            logger.error(
+                "%s did not become ready within %.1fs: killing it",
+                worker.label, self.config.worker_start_timeout,
+            )
+            self._kill(worker)
+            await worker.exited
+            return False
+
+    async def _watch(self, worker: WorkerHandle) -> None:
+        while (message := await worker.control.receive()) is not None:
+            self._on_message(worker, message)
+        code = await worker.proc.wait()
+        await worker.control.close()
+        self._on_exit(worker, code)
+
+    def _on_message(self, worker: WorkerHandle, message: dict[str, Any]) -> None:
+        mtype = message.get("type")
+        if mtype == "heartbeat":
+            worker.last_beat = asyncio.get_running_loop().time()
+            worker.requests = int(message.get("requests", 0))
+            worker.in_flight = int(message.get("in_flight", 0))
+        elif mtype == "ready":
+            worker.state = transition(worker.state, WorkerEvent.REPORTED_READY)
+            worker.last_beat = asyncio.get_running_loop().time()
+            if worker.state is WorkerState.READY:
+                self._start_failures = 0
+                logger.info("%s ready", worker.label)
+                if not worker.ready.done():
+                    worker.ready.set_result(True)
+            else:  # told to leave before it was ready (a stop during startup)
+                worker.control.send("stop")
+        elif mtype == "recycle":
+            if not worker.recycle_requested and not self.stopping:
+                worker.recycle_requested = True
+                self._spawn_task(self._recycle(worker, int(message.get("requests", 0))))
+        elif mtype == "stopped":
+            worker.report = message
+        else:
+            logger.warning("%s sent an unknown control message %r", worker.label, message)
+
+    def _on_exit(self, worker: WorkerHandle, code: int) -> None:
+        kind = exit_kind(worker.state)
+        worker.state = transition(worker.state, WorkerEvent.EXITED)
+        self.workers.pop(worker.id, None)
+        if not worker.ready.done():
+            worker.ready.set_result(False)
+        worker.exited.set_result(code)
+        self._drained += int(worker.report.get("drained", 0))
+        self._cancelled += int(worker.report.get("cancelled", 0))
+        if self.stopping and (
+            worker.killed or worker.report.get("forced") or code == EXIT_FORCED_STOP
+        ):
+            self._forced = True
+        status = f"signal {-code}" if code < 0 else f"status {code}"
+        if kind is ExitKind.EXPECTED:
+            logger.info("%s exited with %s", worker.label, status)
+        elif kind is ExitKind.START_FAILED:
+            logger.error("%s failed to start: exited with %s", worker.label, status)
+        else:
+            logger.error("%s crashed: exited with %s", worker.label, status)
+            if not self.stopping:
+                self._spawn_task(self._respawn())
+
+    def _drain(self, worker: WorkerHandle, how: str) -> None:
+        """Tell a worker to leave: ``drain`` (others keep serving) or ``stop`` (all stop)."""
+        worker.state = transition(worker.state, WorkerEvent.DRAIN_SENT)
+        worker.control.send(how)
+        logger.info("%s draining", worker.label)
+
+    def _kill(self, worker: WorkerHandle) -> None:
+        worker.killed = True
+        with contextlib.suppress(ProcessLookupError):
+            worker.proc.kill()
+
+    async def _respawn(self) -> None:
+        """Replace a crashed worker, backing off while replacements keep failing."""
+        async with self._rolling:
+            while not self.stopping:
+                delay = restart_delay(self._start_failures)
+                if delay:
+                    with contextlib.suppress(TimeoutError):
+                        await asyncio.wait_for(self._stop_requested.wait(), delay)
+                    if self.stopping:
+                        return
+                if await self._wait_ready(await self._spawn()):
+                    return
+                self._start_failures += 1
+                if self._start_failures >= self.config.max_start_failures:
+                    logger.error(
+                        "workers failed to start %d times in a row: giving up",
+                        self._start_failures,
+                    )
+                    self.exit_code = EXIT_STARTUP_FAILED
+                    self._stop_requested.set()
+                    return
+
+    async def _replace(self, old: WorkerHandle) -> bool:
+        """Start a replacement, wait until it is ready, then drain ``old``."""
+        new = await self._spawn()
+        if not await self._wait_ready(new):
+            return False
+        if old.state is WorkerState.READY:
+            self._drain(old, "drain")
+        return True
+
+    async def _follow_reloads(self) -> None:
+        while not self.stopping:
+            await self._wakeup.wait()
+            self._wakeup.clear()
+            while self._pending_reloads and not self.stopping:
+                self._pending_reloads -= 1
+                await self._reload()
+
+    async def _reload(self) -> None:
+        async with self._rolling:
+            old = [w for w in self.workers.values() if w.state is WorkerState.READY]
+            logger.info("reload begun: replacing %d worker(s) one at a time", len(old))
+            for worker in old:
+                if self.stopping:
+                    return
+                if worker.state is not WorkerState.READY:
+                    continue  # crashed or recycled meanwhile; already replaced
+                if not await self._replace(worker):
+                    logger.error(
+                        "reload aborted: a new worker failed to start; "
+                        "the old workers keep serving"
+                    )
+                    return
+            self.reloads_done += 1
+            logger.info("reload finished")
+
+    async def _recycle(self, worker: WorkerHandle, requests: int) -> None:
+        async with self._rolling:
+            if worker.state is not WorkerState.READY or self.stopping:
+                return
+            logger.info("%s recycling after %d requests", worker.label, requests)
+            if not await self._replace(worker):
+                logger.error("%s: its replacement failed to start; it keeps serving",
+                             worker.label)
+
+    async def _watch_heartbeats(self) -> None:
+        loop = asyncio.get_running_loop()
+        timeout = self.config.worker_timeout
+        while not self.stopping:
+            await asyncio.sleep(max(0.05, min(1.0, timeout / 4)))
+            now = loop.time()
+            for worker in list(self.workers.values()):
+                silent = now - worker.last_beat
+                if worker.state is WorkerState.READY and silent > timeout and not worker.killed:
+                    logger.error(
+                        "%s sent no heartbeat for %.1fs: killing it", worker.label, silent
+                    )
+                    self._kill(worker)
+
+    # -- stopping ------------------------------------------------------------------
+
+    async def _stop(self) -> int:
+        self.stopping = True
+        self._wakeup.set()
+        loop = asyncio.get_running_loop()
+        config = self.config
+        deadline = loop.time() + config.graceful_timeout + config.force_exit_timeout + 2.0
+        workers = list(self.workers.values())
+        logger.info("stop begun: %d worker(s) draining", len(workers))
+        # Close our copies first: once the workers close theirs, new connections are
+        # refused by the kernel instead of queueing where no one will accept them.
+        for sock in self.socks:
+            sock.close()
+        for worker in workers:
+            if worker.state is WorkerState.DRAINING:
+                worker.control.send("stop")
+            else:
+                self._drain(worker, "stop")
+        if self._force_requested.is_set():
+            for worker in workers:
+                worker.control.send("force")
+        pending = {w.exited for w in workers if not w.exited.done()}
+        if pending:
+            _, still = await asyncio.wait(pending, timeout=max(0.0, deadline - loop.time()))
+            if still:
+                for worker in workers:
+                    if not worker.exited.done():
+                        logger.error("%s did not stop in time: killing it", worker.label)
+                        self._kill(worker)
+                self._forced = True
+                await asyncio.wait(still, timeout=5.0)
+        for task in list(self._tasks):
+            task.cancel()
+        if self._admin is not None:
+            remaining = max(0.1, deadline - loop.time())
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(self._admin.stop(serve_backlog=False), remaining)
+        forced = self._forced or any(w.killed for w in workers)
+        logger.info(
+            "stop finished: %d request(s) drained, %d cancelled%s",
+            self._drained, self._cancelled, " (forced)" if forced else "",
+        )
+        if self.exit_code != EXIT_OK:
+            return self.exit_code
+        return EXIT_FORCED_STOP if forced else EXIT_OK
+
+    # -- admin -----------------------------------------------------------------------
+
+    async def _start_admin(self) -> None:
+        if self.admin_sock is None:
+            return
+        app = admin.admin_app(self.status, self.is_ready)
+        config = replace(
+            self.config, app="tether.admin:app", lifespan="off", access_log=False,
+            graceful_timeout=self.config.graceful_timeout,
+            limits=replace(self.config.limits, keep_alive_timeout=1.0),
+        )
+        self._admin = Worker(app, config, [self.admin_sock])
+        await self._admin.start()
+        logger.info("admin listening on %s", sockets_mod.describe(self.admin_sock))
+
+    def is_ready(self) -> bool:
+        ready = [w for w in self.workers.values() if w.state is WorkerState.READY]
+        return not self.stopping and len(ready) >= self.config.workers
+
+    def status(self) -> dict[str, Any]:
+        now = time.monotonic()
+        return {
+            "pid": os.getpid(),
+            "state": "stopping" if self.stopping else "serving",
+            "uptime_seconds": round(now - self.started_at, 3),
+            "reloads": self.reloads_done,
+            "workers": [
+                {
+                    "id": w.id,
+                    "pid": w.proc.pid,
+                    "state": w.state.value,
+                    "age_seconds": round(now - w.started_at, 3),
+                    "requests": w.requests,
+                    "in_flight": w.in_flight,
+                }
+                for w in sorted(self.workers.values(), key=lambda w: w.id)
+            ],
+        }
+
+
+def run_supervisor(
+    config: ServerConfig, socks: list[socket.socket], admin_sock: socket.socket | None = None
+) -> int:
+    """Run the supervisor until it stops; return the process exit status."""
+    if config.pid_file:
+        with open(config.pid_file, "w") as f:
+            f.write(f"{os.getpid()}\n")
+    try:
+        with asyncio.Runner() as runner:
+            return runner.run(Supervisor(config, socks, admin_sock).run())
+    except Exception:
+        logger.exception("supervisor failed")
+        return EXIT_ERROR
+    finally:
+        if config.pid_file:
+            with contextlib.suppress(OSError):
+                os.unlink(config.pid_file)
