@@ -11,6 +11,9 @@ import contextlib
 import json
 import os
 import signal
+import socket
+import subprocess
+import sys
 import time
 from collections.abc import Callable
 from functools import partial
@@ -21,7 +24,7 @@ import httpx
 import pytest
 from bench.loadgen import LoadResult, run_load
 
-from tests.support import ServerProcess, run_tether, server_process, wait_for
+from tests.support import EXAMPLES, ServerProcess, run_tether, server_process, wait_for
 
 TESTS = Path(__file__).resolve().parent
 APP = "apps.lifecycle_app:app"
@@ -249,3 +252,74 @@ async def test_pid_file_reload_and_stop_commands(marks: Path, tmp_path: Path) ->
         assert result.returncode == 0, result.stderr
         assert server.proc.wait(10) == 0
     assert not pid_file.exists()
+
+
+def test_systemd_socket_activation(tmp_path: Path) -> None:
+    """LISTEN_FDS/LISTEN_PID: the activated socket (fd 3) is served by the workers."""
+    listener = socket.socket()
+    listener.bind(("127.0.0.1", 0))
+    listener.listen(16)
+    port = listener.getsockname()[1]
+    # A tiny stand-in for systemd: put the socket at fd 3, set LISTEN_PID to the pid
+    # that will exec tether, and exec it.
+    launcher = (
+        "import os, sys\n"
+        f"os.dup2({listener.fileno()}, 3)\n"
+        "os.environ['LISTEN_PID'] = str(os.getpid())\n"
+        "os.environ['LISTEN_FDS'] = '1'\n"
+        "os.execv(sys.executable, [sys.executable, '-m', 'tether', 'serve', 'hello:app',"
+        " '--workers', '2', '--no-access-log'])\n"
+    )
+    proc = subprocess.Popen([sys.executable, "-c", launcher], cwd=EXAMPLES,
+                            pass_fds=[listener.fileno()], stderr=subprocess.PIPE, text=True)
+    listener.close()  # only the server holds it now
+    try:
+        deadline = time.monotonic() + 20
+        while True:
+            try:
+                r = httpx.get(f"http://127.0.0.1:{port}/", timeout=5)
+                break
+            except httpx.TransportError:
+                assert time.monotonic() < deadline, "activated socket never served"
+                assert proc.poll() is None, proc.stderr.read() if proc.stderr else ""
+                time.sleep(0.05)
+        assert r.text == "hello, world\n"
+        proc.send_signal(signal.SIGTERM)
+        assert proc.wait(15) == 0
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+        proc.wait()
+        if proc.stderr is not None:
+            proc.stderr.close()
+
+
+async def test_unix_socket_with_workers(tmp_path: Path) -> None:
+    path = tmp_path / "tether.sock"
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "tether", "serve", "hello:app", "--uds", str(path),
+         "--workers", "2", "--no-access-log"],
+        cwd=EXAMPLES, stderr=subprocess.DEVNULL,
+    )
+    try:
+        transport = httpx.AsyncHTTPTransport(uds=str(path))
+        async with httpx.AsyncClient(transport=transport) as client:
+            async def served() -> bool:
+                try:
+                    return (await client.get("http://tether/")).status_code == 200
+                except httpx.TransportError:
+                    return False
+
+            deadline = time.monotonic() + 20
+            while not await served():
+                assert time.monotonic() < deadline and proc.poll() is None
+                await asyncio.sleep(0.05)
+            proc.send_signal(signal.SIGHUP)  # reload on a Unix socket too
+            results = await asyncio.gather(*(client.get("http://tether/") for _ in range(50)))
+            assert all(r.status_code == 200 for r in results)
+        proc.send_signal(signal.SIGTERM)
+        assert await asyncio.to_thread(proc.wait, 15) == 0
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+        proc.wait()
