@@ -6,6 +6,9 @@ README and ``docs/`` for the subsystems.
 
 from __future__ import annotations
 
+__version__ = "0.1.0"
+
+from tether.client import Client, Response, Timeout
 from tether.config import RequestLimits, ServerConfig
 from tether.errors import (
     AppImportError,
@@ -15,15 +18,16 @@ from tether.errors import (
     TetherError,
 )
 
-__version__ = "0.1.0"
-
 __all__ = [
     "AppImportError",
+    "Client",
     "ClientDisconnected",
     "ConfigError",
     "LifespanFailure",
     "RequestLimits",
+    "Response",
     "ServerConfig",
     "TetherError",
+    "Timeout",
     "__version__",
 ]

@@ -19,7 +19,7 @@ from tether.errors import ConfigError
 from tether.logs import LEVELS, configure_logging
 from tether.server.sockets import BindError, adopt_fd, bind_tcp, bind_unix
 from tether.server.supervisor import run_supervisor
-from tether.server.worker import EXIT_ERROR
+from tether.server.worker import EXIT_ERROR, server_ssl_context
 
 
 @click.group(context_settings={"help_option_names": ["-h", "--help"]})
@@ -100,6 +100,19 @@ def _env(name: str) -> str:
               envvar=_env("ADMIN_HOST"), help="Address of the admin listener.")
 @click.option("--pid-file", default=None, envvar=_env("PID_FILE"),
               help="Write the supervisor's PID here (for tether reload/stop).")
+@click.option("--ssl-certfile", default=None, envvar=_env("SSL_CERTFILE"),
+              help="Serve HTTPS with this certificate (PEM).")
+@click.option("--ssl-keyfile", default=None, envvar=_env("SSL_KEYFILE"),
+              help="Private key for --ssl-certfile (PEM), if not in the same file.")
+@click.option("--ssl-keyfile-password", default=None, envvar=_env("SSL_KEYFILE_PASSWORD"),
+              help="Password of an encrypted --ssl-keyfile.")
+@click.option("--ssl-ca-certs", default=None, envvar=_env("SSL_CA_CERTS"),
+              help="CA bundle to verify client certificates against.")
+@click.option("--ssl-cert-reqs", type=click.Choice(["none", "optional", "required"]),
+              default="none", show_default=True, envvar=_env("SSL_CERT_REQS"),
+              help="Whether clients must present a certificate.")
+@click.option("--ssl-ciphers", default=None, envvar=_env("SSL_CIPHERS"),
+              help="OpenSSL cipher list (TLS 1.2).")
 def serve(**opts: Any) -> None:
     """Serve the ASGI application APP, given as MODULE:ATTR.
 
@@ -109,6 +122,10 @@ def serve(**opts: Any) -> None:
     """
     config = build_config(opts)
     configure_logging(config.log_level, access_log=config.access_log)
+    try:
+        server_ssl_context(config)  # fail now, with the reason, not in every worker
+    except ConfigError as exc:
+        raise click.UsageError(str(exc)) from exc
     try:
         socks = listening_sockets(config)
         admin_sock = (

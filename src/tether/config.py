@@ -81,6 +81,17 @@ class ServerConfig:
     admin_port: int | None = None
     admin_host: str = "127.0.0.1"
     pid_file: str | None = None
+    # -- TLS (server side) -----------------------------------------------------------
+    ssl_certfile: str | None = None
+    ssl_keyfile: str | None = None
+    ssl_keyfile_password: str | None = None
+    ssl_ca_certs: str | None = None
+    ssl_cert_reqs: Literal["none", "optional", "required"] = "none"
+    ssl_ciphers: str | None = None
+
+    @property
+    def tls(self) -> bool:
+        return self.ssl_certfile is not None
 
     def __post_init__(self) -> None:
         if ":" not in self.app:
@@ -121,6 +132,12 @@ class ServerConfig:
             )
         if self.admin_port is not None and not 0 <= self.admin_port <= 65535:
             raise ConfigError(f"--admin-port must be between 0 and 65535, got {self.admin_port}")
+        if self.ssl_cert_reqs not in ("none", "optional", "required"):
+            raise ConfigError(
+                f"--ssl-cert-reqs must be none, optional or required, not {self.ssl_cert_reqs!r}"
+            )
+        if self.ssl_keyfile is not None and self.ssl_certfile is None:
+            raise ConfigError("--ssl-keyfile needs --ssl-certfile")
         for name, value in (
             ("--limit-request-line", self.limits.request_line),
             ("--limit-request-fields", self.limits.request_fields),

@@ -38,6 +38,7 @@ from tether.asgi import ASGI_VERSION, ASGIApp, Message
 from tether.config import RequestLimits
 from tether.errors import ClientDisconnected
 from tether.server import wire
+from tether.tls import tls_extension
 
 error_log = logging.getLogger("tether.error")
 access_log = logging.getLogger("tether.access")
@@ -116,6 +117,7 @@ class HttpProtocol(asyncio.Protocol):
         self.client: tuple[str, int] | None = None
         self.server: tuple[str, int | None] | None = None
         self.scheme = "http"
+        self.extensions: dict[str, Any] | None = None
         self.client_label = "-"
         self.cycle: RequestCycle | None = None
         self.parsing: RequestCycle | None = None
@@ -147,8 +149,10 @@ class HttpProtocol(asyncio.Protocol):
         self.client = _addr(peer)
         self.server = _addr(sock) or ((sock, None) if isinstance(sock, str) and sock else None)
         self.client_label = f"{self.client[0]}:{self.client[1]}" if self.client else "unix"
-        if transport.get_extra_info("sslcontext") is not None:
+        sslobj = transport.get_extra_info("ssl_object")
+        if sslobj is not None:
             self.scheme = "https"
+            self.extensions = {"tls": tls_extension(sslobj)}
         # A new connection must deliver its first request head within header_timeout;
         # a draining worker waits this long for it too instead of closing early.
         self._set_timer(TIMER_HEAD, self.limits.header_timeout)
@@ -286,7 +290,7 @@ class HttpProtocol(asyncio.Protocol):
             "query_string": url.query or b"",
             "headers": self._headers,
             "state": state.app_state.copy(),
-            "extensions": {},
+            "extensions": self.extensions.copy() if self.extensions else {},
         }
         keep_alive: bool = parser.should_keep_alive() and self._upgrade is None
         cycle = RequestCycle(self, scope, keep_alive, self._expect_100, http_version)

@@ -66,11 +66,12 @@ def adopt_fd(fd: int) -> socket.socket:
     return sock
 
 
-def describe(sock: socket.socket) -> str:
-    """``http://host:port`` or ``unix:path`` for log lines."""
+def describe(sock: socket.socket, *, tls: bool = False) -> str:
+    """``http(s)://host:port`` or ``unix:path`` for log lines."""
     name = sock.getsockname()
+    scheme = "https" if tls else "http"
     if sock.family == socket.AF_UNIX:
         return f"unix:{name}"
     if sock.family == socket.AF_INET6:
-        return f"http://[{name[0]}]:{name[1]}"
-    return f"http://{name[0]}:{name[1]}"
+        return f"{scheme}://[{name[0]}]:{name[1]}"
+    return f"{scheme}://{name[0]}:{name[1]}"

@@ -115,7 +115,7 @@ class Supervisor:
             await self._stop()
             return EXIT_STARTUP_FAILED
         for sock in self.socks:
-            logger.info("tether serving on %s", sockets_mod.describe(sock))
+            logger.info("tether serving on %s", sockets_mod.describe(sock, tls=self.config.tls))
         logger.info("%d worker(s) ready", len(self.workers))
         self._spawn_task(self._follow_reloads())
         self._spawn_task(self._watch_heartbeats())

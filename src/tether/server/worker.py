@@ -15,8 +15,10 @@ import os
 import random
 import signal
 import socket
+import ssl
 import sys
 from dataclasses import dataclass
+from typing import Any
 
 from tether.asgi import ASGIApp
 from tether.config import ServerConfig
@@ -30,6 +32,7 @@ from tether.server import wire
 from tether.server.control import ControlChannel
 from tether.server.lifespan import Lifespan
 from tether.server.protocol import HttpProtocol, ServerState
+from tether.tls import server_context
 
 logger = logging.getLogger("tether.server")
 
@@ -69,6 +72,7 @@ class Worker:
         #: False when only this worker leaves and the others serve the shared backlog
         self.serve_backlog_on_stop = True
         self._sweeper: asyncio.TimerHandle | None = None
+        self.ssl: ssl.SSLContext | None = None
         limits = config.limits
         # Timeouts are checked by one sweep per worker instead of a timer per request.
         self._tick = max(0.01, min(0.5, limits.header_timeout / 4, limits.keep_alive_timeout / 4))
@@ -80,11 +84,13 @@ class Worker:
         """Run lifespan startup, then begin accepting. Raises LifespanFailure."""
         await self.lifespan.startup()
         loop = asyncio.get_running_loop()
+        loop.set_exception_handler(_quiet_handshake_failures)
+        self.ssl = server_ssl_context(self.config)
         for sock in self.socks:
             # The server gets a duplicate: closing it stops accepting while the
             # original keeps the kernel's backlog alive for the final drain.
             server = await loop.create_server(
-                self._protocol, sock=sock.dup(), backlog=self.config.backlog
+                self._protocol, sock=sock.dup(), backlog=self.config.backlog, ssl=self.ssl
             )
             self.servers.append(server)
         self._sweep()
@@ -146,7 +152,7 @@ class Worker:
                 except OSError as exc:
                     logger.warning("accept during drain failed: %s", exc)
                     break
-                await loop.connect_accepted_socket(self._protocol, sock=conn)
+                await loop.connect_accepted_socket(self._protocol, sock=conn, ssl=self.ssl)
 
     async def _wait_idle(self, timeout: float) -> bool:
         """Wait until no request runs and no connection is open (or a force stop)."""
@@ -188,7 +194,8 @@ class Worker:
         async with asyncio.TaskGroup() as tasks:
             if control is None:
                 for sock in self.socks:
-                    logger.info("tether serving on %s", sockets_mod.describe(sock))
+                    logger.info("tether serving on %s",
+                                sockets_mod.describe(sock, tls=self.config.tls))
             else:
                 control.send("ready", pid=os.getpid())
                 self._install_recycling(control)
@@ -272,6 +279,28 @@ class Worker:
                 control.send("recycle", requests=limit)
 
         state.on_request_done = count
+
+
+def server_ssl_context(config: ServerConfig) -> ssl.SSLContext | None:
+    """The listener's TLS context from ``--ssl-*``, or None for plain HTTP."""
+    if config.ssl_certfile is None:
+        return None
+    return server_context(
+        config.ssl_certfile, config.ssl_keyfile, password=config.ssl_keyfile_password,
+        ca_certs=config.ssl_ca_certs, cert_reqs=config.ssl_cert_reqs, ciphers=config.ssl_ciphers,
+    )
+
+
+def _quiet_handshake_failures(loop: asyncio.AbstractEventLoop, context: dict[str, Any]) -> None:
+    # A client that fails the TLS handshake (wrong CA, plain HTTP on the TLS port, a
+    # scanner) concerns only itself: one debug line, never an error on every attempt.
+    exc = context.get("exception")
+    if isinstance(exc, ssl.SSLError | ConnectionResetError) or "handshake" in str(
+        context.get("message", "")
+    ):
+        logger.debug("TLS handshake failed: %s", exc or context.get("message"))
+        return
+    loop.default_exception_handler(context)
 
 
 def run_worker(

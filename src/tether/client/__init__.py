@@ -1,0 +1,48 @@
+"""tether's HTTP client: ``Client``, its models and its typed errors."""
+
+from tether.client.client import Client
+from tether.client.errors import (
+    ConnectError,
+    ConnectTimeout,
+    HTTPError,
+    HTTPStatusError,
+    LocalProtocolError,
+    NetworkError,
+    PoolTimeout,
+    ReadError,
+    ReadTimeout,
+    RemoteProtocolError,
+    StreamConsumed,
+    TimeoutException,
+    TLSError,
+    TransportError,
+    WriteError,
+    WriteTimeout,
+)
+from tether.client.models import Headers, Response, Timeout
+from tether.client.pool import PoolKey, TLSIdentity
+
+__all__ = [
+    "Client",
+    "ConnectError",
+    "ConnectTimeout",
+    "HTTPError",
+    "HTTPStatusError",
+    "Headers",
+    "LocalProtocolError",
+    "NetworkError",
+    "PoolKey",
+    "PoolTimeout",
+    "ReadError",
+    "ReadTimeout",
+    "RemoteProtocolError",
+    "Response",
+    "StreamConsumed",
+    "TLSError",
+    "TLSIdentity",
+    "Timeout",
+    "TimeoutException",
+    "TransportError",
+    "WriteError",
+    "WriteTimeout",
+]

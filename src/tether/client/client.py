@@ -1,0 +1,324 @@
+"""``tether.Client``: an asyncio HTTP/1.1 client over an identity-keyed connection pool.
+
+The request cycle lives here once: build the head, take a connection, send, read,
+give the connection back (or close it), retry once on a stale keep-alive
+connection when that is safe. Every connection is opened by :meth:`Client._open`,
+the single code path that turns a :class:`PoolKey` into a socket, so the identity
+a connection is pooled under is the one it was opened with (field report 4).
+
+Must never return a half-read connection to the pool, and never leak a slot when
+the caller is cancelled: cancellation closes the in-flight connection.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import ssl
+from collections.abc import AsyncIterator, Mapping
+from typing import Any, Final
+
+from tether import __version__
+from tether.client.connection import Body, HTTPConnection, StaleConnection
+from tether.client.errors import (
+    ConnectError,
+    ConnectTimeout,
+    LocalProtocolError,
+    TLSError,
+)
+from tether.client.models import (
+    Content,
+    Headers,
+    HeaderTypes,
+    Origin,
+    Response,
+    Timeout,
+    encode_body,
+    parse_url,
+)
+from tether.client.pool import ConnectionPool, PoolKey, TLSIdentity
+from tether.tls import client_context
+
+IDEMPOTENT: Final = frozenset({"GET", "HEAD", "OPTIONS", "PUT", "DELETE", "TRACE"})
+USER_AGENT: Final = f"tether/{__version__}"
+
+
+class _Unset:
+    pass
+
+
+UNSET: Final = _Unset()
+
+VerifyTypes = bool | str | ssl.SSLContext
+
+
+class Client:
+    """An asyncio HTTP/1.1 client.
+
+    ``timeout``: seconds for every phase, or a :class:`Timeout` per phase.
+    ``verify``: True (system CAs), False, a CA bundle path, or an ``ssl.SSLContext``.
+    ``cert``: a client certificate path, or (certfile, keyfile).
+    ``sni_hostname``: the TLS server name to send (and check the certificate
+    against) instead of the URL's host; per request too.
+    """
+
+    def __init__(
+        self,
+        *,
+        timeout: float | Timeout | None = 5.0,
+        verify: VerifyTypes = True,
+        cert: str | tuple[str, str] | None = None,
+        sni_hostname: str | None = None,
+        headers: HeaderTypes = None,
+        base_url: str = "",
+        max_connections: int = 100,
+        max_connections_per_origin: int = 20,
+        keepalive_expiry: float | None = 30.0,
+        minimum_tls_version: str = "TLSv1_2",
+    ) -> None:
+        self.timeout = Timeout.of(timeout)
+        self.verify = verify
+        self.cert: tuple[str, ...] | None = (cert,) if isinstance(cert, str) else cert
+        self.sni_hostname = sni_hostname
+        self.headers = Headers(headers)
+        self.base_url = base_url.rstrip("/")
+        self.minimum_tls_version = minimum_tls_version
+        self._pool = ConnectionPool(
+            self._open,
+            max_connections=max_connections,
+            max_connections_per_origin=max_connections_per_origin,
+            keepalive_expiry=keepalive_expiry,
+        )
+        self._contexts: dict[TLSIdentity, ssl.SSLContext] = {}
+
+    # -- lifecycle -----------------------------------------------------------------------
+
+    async def __aenter__(self) -> Client:
+        return self
+
+    async def __aexit__(self, *exc: object) -> None:
+        await self.aclose()
+
+    async def aclose(self) -> None:
+        await self._pool.aclose()
+
+    # -- the public request API ---------------------------------------------------------
+
+    async def request(
+        self,
+        method: str,
+        url: str,
+        *,
+        params: Mapping[str, str] | None = None,
+        headers: HeaderTypes = None,
+        content: Content = None,
+        data: Mapping[str, Any] | None = None,
+        json: Any = None,
+        timeout: float | Timeout | _Unset | None = UNSET,
+        sni_hostname: str | None = None,
+    ) -> Response:
+        """Send a request and read the whole response body."""
+        async with self.stream(
+            method, url, params=params, headers=headers, content=content, data=data,
+            json=json, timeout=timeout, sni_hostname=sni_hostname,
+        ) as response:
+            await response.aread()
+        return response
+
+    async def get(self, url: str, **kwargs: Any) -> Response:
+        return await self.request("GET", url, **kwargs)
+
+    async def head(self, url: str, **kwargs: Any) -> Response:
+        return await self.request("HEAD", url, **kwargs)
+
+    async def options(self, url: str, **kwargs: Any) -> Response:
+        return await self.request("OPTIONS", url, **kwargs)
+
+    async def post(self, url: str, **kwargs: Any) -> Response:
+        return await self.request("POST", url, **kwargs)
+
+    async def put(self, url: str, **kwargs: Any) -> Response:
+        return await self.request("PUT", url, **kwargs)
+
+    async def patch(self, url: str, **kwargs: Any) -> Response:
+        return await self.request("PATCH", url, **kwargs)
+
+    async def delete(self, url: str, **kwargs: Any) -> Response:
+        return await self.request("DELETE", url, **kwargs)
+
+    @contextlib.asynccontextmanager
+    async def stream(
+        self,
+        method: str,
+        url: str,
+        *,
+        params: Mapping[str, str] | None = None,
+        headers: HeaderTypes = None,
+        content: Content = None,
+        data: Mapping[str, Any] | None = None,
+        json: Any = None,
+        timeout: float | Timeout | _Unset | None = UNSET,
+        sni_hostname: str | None = None,
+    ) -> AsyncIterator[Response]:
+        """Send a request and yield the response before its body is read.
+
+        Leaving the block returns the connection to the pool if the body was read
+        to its end, and closes it otherwise.
+        """
+        timeouts = self.timeout if isinstance(timeout, _Unset) else Timeout.of(timeout)
+        method = method.upper()
+        origin, target = parse_url(self._absolute(url), params)
+        body, content_type = encode_body(content, data, json)
+        head = self._head(method, origin, target, headers, body, content_type)
+        key = self._key(origin, sni_hostname or self.sni_hostname)
+        response = await self._send(method, key, head, body, timeouts, url)
+        try:
+            yield response
+        finally:
+            await response.aclose()
+
+    def stats(self) -> dict[str, Any]:
+        """Requests sent, connections opened and reused, the reuse ratio, pool state."""
+        s = self._pool.stats
+        counts = self._pool.counts()
+        return {
+            "outgoing_requests": s.outgoing_requests,
+            "connections_opened": s.connections_opened,
+            "connections_reused": s.connections_reused,
+            "reuse_ratio": s.connections_reused / s.outgoing_requests
+            if s.outgoing_requests else 0.0,
+            "idle": counts["idle"],
+            "active": counts["active"],
+            "waiting": counts["waiting"],
+            "pool_wait_seconds": s.pool_wait_seconds,
+        }
+
+    # -- the request cycle ------------------------------------------------------------------
+
+    async def _send(
+        self, method: str, key: PoolKey, head: bytes, body: Body, timeouts: Timeout, url: str
+    ) -> Response:
+        pool = self._pool
+        retryable = method in IDEMPOTENT
+        for attempt in (0, 1):
+            conn = await pool.acquire(key, timeouts.pool, timeouts.connect, fresh=attempt > 0)
+            try:
+                status, raw_headers = await conn.send_request(
+                    head, body, head_request=method == "HEAD",
+                    write_timeout=timeouts.write, read_timeout=timeouts.read,
+                )
+            except StaleConnection as exc:
+                pool.discard(conn)
+                # The server closed an idle connection as we reused it: nothing was
+                # processed. Retry once on a fresh connection when that is safe.
+                if attempt == 0 and (retryable or not exc.body_sent) and _replayable(body):
+                    continue
+                raise
+            except BaseException:
+                pool.discard(conn)  # includes cancellation: never reuse a half-done exchange
+                raise
+            return Response(
+                status, Headers(raw_headers), url=url, method=method,
+                reader=lambda conn=conn, t=timeouts.read: conn.read_body(t),  # type: ignore[misc]
+                on_close=lambda conn=conn: self._finish(conn),  # type: ignore[misc]
+            )
+        raise AssertionError("unreachable")  # pragma: no cover
+
+    def _finish(self, conn: HTTPConnection) -> None:
+        if conn.reusable:
+            self._pool.release(conn)
+        else:
+            self._pool.discard(conn)
+
+    def _absolute(self, url: str) -> str:
+        if self.base_url and not url.startswith(("http://", "https://")):
+            return self.base_url + ("" if url.startswith("/") else "/") + url
+        return url
+
+    def _head(
+        self, method: str, origin: Origin, target: str, headers: HeaderTypes,
+        body: Body, content_type: str | None,
+    ) -> bytes:
+        default_port = 443 if origin.scheme == "https" else 80
+        host = f"[{origin.host}]" if ":" in origin.host else origin.host
+        if origin.port != default_port:
+            host = f"{host}:{origin.port}"
+        merged = Headers(self.headers)
+        for name, value in Headers(headers).items():
+            merged[name] = value
+        lines = [f"{method} {target} HTTP/1.1\r\n"]
+        if "host" not in merged:
+            lines.append(f"Host: {host}\r\n")
+        if "user-agent" not in merged:
+            lines.append(f"User-Agent: {USER_AGENT}\r\n")
+        if content_type and "content-type" not in merged:
+            lines.append(f"Content-Type: {content_type}\r\n")
+        if isinstance(body, bytes):
+            if "content-length" not in merged:
+                lines.append(f"Content-Length: {len(body)}\r\n")
+        elif body is not None and "transfer-encoding" not in merged:
+            lines.append("Transfer-Encoding: chunked\r\n")
+        elif body is None and method in ("POST", "PUT", "PATCH"):
+            lines.append("Content-Length: 0\r\n")
+        for name, value in merged.items():
+            if any(c in name for c in "\r\n:") or any(c in value for c in "\r\n\0"):
+                raise LocalProtocolError(f"invalid header {name!r}: {value!r}")
+            lines.append(f"{name}: {value}\r\n")
+        lines.append("\r\n")
+        try:
+            return "".join(lines).encode("latin-1")
+        except UnicodeEncodeError as exc:
+            raise LocalProtocolError(f"header or URL not encodable as latin-1: {exc}") from exc
+
+    # -- connection identity and opening ----------------------------------------------------
+
+    def _key(self, origin: Origin, sni: str | None) -> PoolKey:
+        if origin.scheme != "https":
+            return PoolKey(origin.scheme, origin.host, origin.port)
+        verify = self.verify
+        if isinstance(verify, ssl.SSLContext):
+            tls = TLSIdentity(verify=True, ca=f"context:{id(verify)}", cert=self.cert)
+        else:
+            tls = TLSIdentity(
+                verify=bool(verify), ca=verify if isinstance(verify, str) else "default",
+                cert=self.cert, minimum_version=self.minimum_tls_version,
+            )
+        return PoolKey(origin.scheme, origin.host, origin.port, sni or origin.host, tls)
+
+    def _context(self, tls: TLSIdentity) -> ssl.SSLContext:
+        if isinstance(self.verify, ssl.SSLContext):
+            return self.verify
+        ctx = self._contexts.get(tls)
+        if ctx is None:
+            ctx = self._contexts[tls] = client_context(
+                verify=tls.verify, ca=None if tls.ca == "default" else tls.ca, cert=tls.cert,
+                minimum_version=tls.minimum_version, alpn=tls.alpn,
+            )
+        return ctx
+
+    async def _open(self, key: PoolKey, timeout: float | None) -> HTTPConnection:
+        """The one place a connection is opened, from its key and nothing else."""
+        loop = asyncio.get_running_loop()
+        target = str(key.origin)
+        ctx = None if key.tls is None else self._context(key.tls)
+        try:
+            async with asyncio.timeout(timeout):
+                _, conn = await loop.create_connection(
+                    lambda: HTTPConnection(key, loop), key.host, key.port,
+                    ssl=ctx, server_hostname=key.sni if ctx is not None else None,
+                )
+        except TimeoutError:
+            raise ConnectTimeout(f"no connection within {timeout}s", target=target,
+                                 phase="connect") from None
+        except ssl.SSLError as exc:  # includes certificate and hostname failures
+            raise TLSError(f"TLS handshake failed: {exc.reason or exc}", target=target,
+                           phase="tls") from exc
+        except OSError as exc:
+            raise ConnectError(f"cannot connect: {exc.strerror or exc}", target=target,
+                               phase="connect") from exc
+        return conn
+
+
+def _replayable(body: Body) -> bool:
+    """Only a body held in memory can be sent again; a stream was consumed."""
+    return body is None or isinstance(body, bytes)

@@ -1,0 +1,326 @@
+"""One outbound HTTP/1.1 connection: ``asyncio.Protocol`` + httptools' response parser.
+
+Rules of this file: a connection serves one request at a time; it is reusable only
+after a response was read to its end with keep-alive on both sides; any surprise
+(unexpected bytes while idle, a parse error, EOF mid-response, a cancelled caller)
+closes it for good. It never decides whether to retry: it reports *how* it failed
+(:class:`StaleConnection` when a reused connection died before any response byte),
+and the client decides.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from collections import deque
+from collections.abc import AsyncIterable, Callable, Iterable
+from typing import TYPE_CHECKING, Final, cast
+
+import httptools
+
+from tether.client.errors import (
+    ReadError,
+    ReadTimeout,
+    RemoteProtocolError,
+    TransportError,
+    WriteError,
+    WriteTimeout,
+)
+
+if TYPE_CHECKING:
+    from tether.client.pool import PoolKey
+
+#: bytes of unread response body after which reading from the socket pauses
+HIGH_WATER: Final = 256 * 1024
+
+Body = bytes | Iterable[bytes] | AsyncIterable[bytes] | None
+
+
+class StaleConnection(TransportError):
+    """A reused keep-alive connection was closed by the server before any byte of the
+    response arrived (it timed out idle just as we wrote). Safe to retry if the
+    method is idempotent or the body was not sent."""
+
+    def __init__(self, message: str, *, target: str, body_sent: bool) -> None:
+        super().__init__(message, target=target, phase="read")
+        self.body_sent = body_sent
+
+
+class HTTPConnection(asyncio.Protocol):
+    """A single HTTP/1.1 connection, opened for exactly one :class:`PoolKey`."""
+
+    def __init__(self, key: PoolKey, loop: asyncio.AbstractEventLoop) -> None:
+        self.key = key
+        self.target = str(key.origin)
+        self.loop = loop
+        self.transport: asyncio.Transport | None = None
+        self.parser = httptools.HttpResponseParser(self)
+        self.closed = False
+        self.requests = 0  # requests sent on this connection so far
+        self.idle_since = 0.0
+        #: set by the pool once this connection's slot has been given back
+        self.slot_released = False
+        self._in_request = False
+        self._status = 0
+        self._headers: list[tuple[str, str]] = []
+        self._head_done = False
+        self._complete = False
+        self._keep_alive = False
+        self._until_eof = False
+        self._got_bytes = False
+        self._body_sent = False
+        self._head_request = False
+        self._reset_parser = False
+        self._body: deque[bytes] = deque()
+        self._buffered = 0
+        self._error: Exception | None = None
+        self._waiter: asyncio.Future[None] | None = None
+        self._read_paused = False
+        self._write_paused = False
+        self._drain_waiter: asyncio.Future[None] | None = None
+
+    # -- asyncio.Protocol ---------------------------------------------------------
+
+    def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        self.transport = cast(asyncio.Transport, transport)
+
+    def data_received(self, data: bytes) -> None:
+        if not self._in_request:
+            # A server must not send anything between responses; whatever this is,
+            # the connection can no longer be trusted.
+            self.close()
+            return
+        self._got_bytes = True
+        try:
+            self.parser.feed_data(data)
+        except httptools.HttpParserCallbackError as exc:
+            self._fail(RemoteProtocolError(
+                f"bad response: {exc.__context__}", target=self.target, phase="read"))
+        except httptools.HttpParserError as exc:
+            detail = exc.args[0] if exc.args else "malformed response"
+            self._fail(RemoteProtocolError(
+                f"malformed response: {detail}", target=self.target, phase="read"))
+
+    def eof_received(self) -> bool:
+        return False
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        self.closed = True
+        if self._in_request and not self._complete and self._error is None:
+            if self._head_done and self._until_eof:
+                self._complete = True  # a close-delimited body ends here
+                self._keep_alive = False
+            elif not self._got_bytes and self.requests > 1:
+                self._error = StaleConnection(
+                    "server closed the keep-alive connection before responding",
+                    target=self.target, body_sent=self._body_sent,
+                )
+            else:
+                when = "while sending the response" if self._head_done else "without a response"
+                self._error = RemoteProtocolError(
+                    f"server disconnected {when}", target=self.target, phase="read")
+        self._wake()
+        waiter = self._drain_waiter
+        if waiter is not None and not waiter.done():
+            waiter.set_result(None)
+
+    def pause_writing(self) -> None:
+        self._write_paused = True
+
+    def resume_writing(self) -> None:
+        self._write_paused = False
+        waiter = self._drain_waiter
+        if waiter is not None and not waiter.done():
+            waiter.set_result(None)
+
+    # -- httptools callbacks --------------------------------------------------------
+
+    def on_header(self, name: bytes, value: bytes) -> None:
+        self._headers.append((name.decode("latin-1"), value.decode("latin-1")))
+
+    def on_headers_complete(self) -> None:
+        status = self.parser.get_status_code()
+        if 100 <= status < 200 and status != 101:
+            self._headers = []  # informational (100 Continue): the real head follows
+            return
+        self._status = status
+        self._head_done = True
+        framed = False
+        for name, value in self._headers:
+            lname = name.lower()
+            if lname == "content-length" or (
+                lname == "transfer-encoding" and "chunked" in value.lower()
+            ):
+                framed = True
+        if self._head_request or status in (204, 304):
+            # No body follows whatever the headers say; httptools cannot be told
+            # so, so this parser is replaced before the next request.
+            self._complete = True
+            self._keep_alive = self.parser.should_keep_alive()
+            self._reset_parser = True
+        elif not framed:
+            self._until_eof = True
+        self._wake()
+
+    def on_body(self, body: bytes) -> None:
+        if self._complete:
+            return
+        self._body.append(body)
+        self._buffered += len(body)
+        if self._buffered > HIGH_WATER and not self._read_paused and self.transport is not None:
+            self._read_paused = True
+            self.transport.pause_reading()
+        self._wake()
+
+    def on_message_complete(self) -> None:
+        if not self._head_done:
+            return  # the end of an informational response
+        self._complete = True
+        self._keep_alive = self.parser.should_keep_alive() and not self._until_eof
+        self._wake()
+
+    # -- used by the client ---------------------------------------------------------
+
+    @property
+    def reusable(self) -> bool:
+        """True if the last response was read to its end and both sides keep alive."""
+        return self._complete and self._keep_alive and not self.closed and self._error is None
+
+    def is_idle_usable(self) -> bool:
+        """A pooled connection is usable if the server has not closed it meanwhile."""
+        transport = self.transport
+        return not self.closed and transport is not None and not transport.is_closing()
+
+    async def send_request(
+        self, head: bytes, body: Body, *, head_request: bool,
+        write_timeout: float | None, read_timeout: float | None,
+    ) -> tuple[int, list[tuple[str, str]]]:
+        """Write one request and wait for the response head; return (status, headers)."""
+        assert self.transport is not None
+        if self._reset_parser:
+            self.parser = httptools.HttpResponseParser(self)
+            self._reset_parser = False
+        self.requests += 1
+        self._in_request = True
+        self._status = 0
+        self._headers = []
+        self._head_done = self._complete = self._keep_alive = self._until_eof = False
+        self._got_bytes = self._body_sent = False
+        self._head_request = head_request
+        self._body.clear()
+        self._buffered = 0
+        self._error = None
+        transport = self.transport
+        if self.closed or transport.is_closing():
+            raise StaleConnection("connection closed before the request was sent",
+                                  target=self.target, body_sent=False)
+        if body is None or isinstance(body, bytes):
+            transport.write(head + body if body else head)
+            self._body_sent = bool(body)
+            await self._drain(write_timeout)
+        else:
+            transport.write(head)
+            await self._write_chunked(body, write_timeout)
+        await self._wait_for(lambda: self._head_done, read_timeout, "response head")
+        return self._status, self._headers
+
+    async def _write_chunked(
+        self, body: Iterable[bytes] | AsyncIterable[bytes], timeout: float | None
+    ) -> None:
+        assert self.transport is not None
+        if isinstance(body, AsyncIterable):
+            async for chunk in body:
+                await self._write_chunk(chunk, timeout)
+        else:
+            for chunk in body:
+                await self._write_chunk(chunk, timeout)
+        if self.closed:
+            raise WriteError("connection closed while sending the body", target=self.target,
+                             phase="write")
+        self.transport.write(b"0\r\n\r\n")
+        await self._drain(timeout)
+
+    async def _write_chunk(self, chunk: bytes, timeout: float | None) -> None:
+        assert self.transport is not None
+        if not chunk:
+            return
+        if self.closed:
+            raise WriteError("connection closed while sending the body", target=self.target,
+                             phase="write")
+        self.transport.write(b"%x\r\n%s\r\n" % (len(chunk), chunk))
+        self._body_sent = True
+        await self._drain(timeout)
+
+    async def read_body(self, timeout: float | None = None) -> bytes | None:
+        """The next piece of the response body, or None once it is complete."""
+        while True:
+            if self._body:
+                chunk = self._body.popleft() if len(self._body) == 1 else b"".join(self._body)
+                self._body.clear()
+                self._buffered = 0
+                if self._read_paused and self.transport is not None:
+                    self._read_paused = False
+                    self.transport.resume_reading()
+                return chunk
+            if self._complete:
+                self._in_request = False
+                return None
+            await self._wait_for(lambda: bool(self._body) or self._complete, timeout,
+                                 "response body")
+
+    async def _drain(self, timeout: float | None) -> None:
+        if self._write_paused and not self.closed:
+            waiter = self._drain_waiter = self.loop.create_future()
+            handle = None if timeout is None else self.loop.call_later(
+                timeout, _expire, waiter,
+                WriteTimeout("sending the request timed out", target=self.target, phase="write"),
+            )
+            try:
+                await waiter
+            finally:
+                self._drain_waiter = None
+                if handle is not None:
+                    handle.cancel()
+        if self.closed and self._error is not None and not self._head_done:
+            raise self._error
+
+    async def _wait_for(self, ready: Callable[[], bool], timeout: float | None, what: str) -> None:
+        while not ready():
+            if self._error is not None:
+                raise self._error
+            if self.closed:
+                raise ReadError(f"connection closed while waiting for the {what}",
+                                target=self.target, phase="read")
+            waiter = self._waiter = self.loop.create_future()
+            handle = None if timeout is None else self.loop.call_later(
+                timeout, _expire, waiter,
+                ReadTimeout(f"no {what} within {timeout}s", target=self.target, phase="read"),
+            )
+            try:
+                await waiter
+            finally:
+                self._waiter = None
+                if handle is not None:
+                    handle.cancel()
+
+    def _wake(self) -> None:
+        waiter = self._waiter
+        if waiter is not None and not waiter.done():
+            waiter.set_result(None)
+
+    def _fail(self, error: Exception) -> None:
+        if self._error is None:
+            self._error = error
+        self.close()
+        self._wake()
+
+    def close(self) -> None:
+        """Close for good (idempotent). Used on any error and on cancellation."""
+        if self.transport is not None and not self.transport.is_closing():
+            self.transport.close()
+        self.closed = True
+        self._wake()
+
+
+def _expire(waiter: asyncio.Future[None], error: Exception) -> None:
+    if not waiter.done():
+        waiter.set_exception(error)

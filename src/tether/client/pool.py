@@ -1,0 +1,267 @@
+"""The connection pool: idle connections by full identity, limits, a fair wait queue.
+
+Field report 4 (Apache Traffic Server) is why :class:`PoolKey` holds everything that
+makes a connection distinct (scheme, host, port, SNI name, TLS identity): two
+requests that differ in any of these never share a connection, two that agree
+always may. httpcore keys on (scheme, host, port) only; that is the bug to avoid.
+
+Must never hand out a connection the server already closed, never hand one to two
+requests, and never leak a slot, whatever is cancelled when.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+from collections import deque
+from collections.abc import Awaitable, Callable
+from dataclasses import dataclass, field
+from typing import Any
+
+from tether.client.connection import HTTPConnection
+from tether.client.errors import PoolTimeout
+from tether.client.models import Origin
+
+
+@dataclass(frozen=True, slots=True)
+class TLSIdentity:
+    """What makes two TLS connections to the same address different."""
+
+    verify: bool
+    #: CA file or directory, "default" for the system store, or "context:<id>" for a
+    #: caller-supplied ssl.SSLContext (which may hold anything, so it is its own identity)
+    ca: str
+    #: client certificate (certfile, keyfile), if any
+    cert: tuple[str, ...] | None = None
+    minimum_version: str = "TLSv1_2"
+    alpn: tuple[str, ...] = ("http/1.1",)
+
+
+@dataclass(frozen=True, slots=True)
+class PoolKey:
+    """The full identity of a connection. Every field is part of the key."""
+
+    scheme: str
+    host: str
+    port: int
+    sni: str | None = None
+    tls: TLSIdentity | None = None
+
+    @property
+    def origin(self) -> Origin:
+        return Origin(self.scheme, self.host, self.port)
+
+
+Opener = Callable[[PoolKey, float | None], Awaitable[HTTPConnection]]
+
+
+@dataclass
+class PoolStats:
+    outgoing_requests: int = 0
+    connections_opened: int = 0
+    connections_reused: int = 0
+    pool_wait_seconds: float = 0.0
+
+
+@dataclass(eq=False)
+class _Waiter:
+    key: PoolKey
+    future: asyncio.Future[HTTPConnection | None] = field(repr=False)
+
+
+class ConnectionPool:
+    """Keeps idle connections per :class:`PoolKey` and enforces the limits.
+
+    A slot is counted from the moment a connection is decided on (before it is
+    opened) until it is closed, so limits hold even while connects are in flight.
+    """
+
+    def __init__(
+        self,
+        opener: Opener,
+        *,
+        max_connections: int = 100,
+        max_connections_per_origin: int = 20,
+        keepalive_expiry: float | None = 30.0,
+    ) -> None:
+        if max_connections < 1 or max_connections_per_origin < 1:
+            raise ValueError("connection limits must be at least 1")
+        self._open = opener
+        self.max_connections = max_connections
+        self.max_per_origin = max_connections_per_origin
+        self.keepalive_expiry = keepalive_expiry
+        self._idle: dict[PoolKey, list[HTTPConnection]] = {}
+        self._slots: dict[PoolKey, int] = {}
+        self._total = 0
+        self._waiters: deque[_Waiter] = deque()
+        self.stats = PoolStats()
+        self.closed = False
+
+    # -- acquiring ---------------------------------------------------------------------
+
+    async def acquire(
+        self, key: PoolKey, timeout: float | None, connect_timeout: float | None = None,
+        *, fresh: bool = False,
+    ) -> HTTPConnection:
+        """A connection for ``key``: the most recently used idle one, or a new one.
+
+        ``timeout`` bounds the wait for a slot, ``connect_timeout`` the opening of a
+        new connection. ``fresh`` skips idle connections (a retry after a stale one).
+        """
+        self.stats.outgoing_requests += 1
+        conn = None if fresh else self._pop_idle(key)
+        if conn is None and not self._reserve(key):
+            conn = await self._wait(key, timeout)
+        if conn is not None:
+            self.stats.connections_reused += 1
+            return conn
+        try:
+            conn = await self._open(key, connect_timeout)
+        except BaseException:
+            self._free_slot(key)
+            raise
+        self.stats.connections_opened += 1
+        return conn
+
+    async def _wait(self, key: PoolKey, timeout: float | None) -> HTTPConnection | None:
+        loop = asyncio.get_running_loop()
+        waiter = _Waiter(key, loop.create_future())
+        self._waiters.append(waiter)
+        started = loop.time()
+        try:
+            return await asyncio.wait_for(asyncio.shield(waiter.future), timeout)
+        except TimeoutError:
+            self._abandon(waiter)
+            raise PoolTimeout(
+                f"no connection available within {timeout}s "
+                f"({self._total}/{self.max_connections} open, "
+                f"{self._slots.get(key, 0)}/{self.max_per_origin} for this origin)",
+                target=str(key.origin), phase="pool",
+            ) from None
+        except BaseException:
+            self._abandon(waiter)
+            raise
+        finally:
+            self.stats.pool_wait_seconds += loop.time() - started
+
+    def _abandon(self, waiter: _Waiter) -> None:
+        """The waiter gave up (timeout, cancel): return whatever it was handed."""
+        fut = waiter.future
+        if not fut.done():
+            fut.cancel()
+            with contextlib.suppress(ValueError):
+                self._waiters.remove(waiter)
+            return
+        if fut.cancelled() or fut.exception() is not None:
+            return
+        conn = fut.result()
+        if conn is None:
+            self._free_slot(waiter.key)  # a reserved slot it will not use
+        else:
+            self.release(conn)
+
+    def _pop_idle(self, key: PoolKey) -> HTTPConnection | None:
+        stack = self._idle.get(key)
+        if not stack:
+            return None
+        now = asyncio.get_running_loop().time()
+        expiry = self.keepalive_expiry
+        while stack:
+            conn = stack.pop()  # LIFO: the most recently used is the least likely stale
+            if conn.is_idle_usable() and (expiry is None or now - conn.idle_since < expiry):
+                return conn
+            self._discard(conn)
+        return None
+
+    def _reserve(self, key: PoolKey) -> bool:
+        if self._slots.get(key, 0) >= self.max_per_origin:
+            return False
+        if self._total >= self.max_connections and not self._evict_idle(other_than=key):
+            return False
+        self._slots[key] = self._slots.get(key, 0) + 1
+        self._total += 1
+        return True
+
+    def _evict_idle(self, other_than: PoolKey) -> bool:
+        """Close the longest-idle connection of another origin to make room."""
+        oldest: HTTPConnection | None = None
+        for key, stack in self._idle.items():
+            if key != other_than and stack and (
+                oldest is None or stack[0].idle_since < oldest.idle_since
+            ):
+                oldest = stack[0]
+        if oldest is None:
+            return False
+        self._idle[oldest.key].remove(oldest)
+        self._discard(oldest)
+        return True
+
+    # -- releasing -------------------------------------------------------------------
+
+    def release(self, conn: HTTPConnection) -> None:
+        """Return a connection: kept idle if reusable, closed otherwise."""
+        if self.closed or not conn.reusable:
+            self._discard(conn)
+            return
+        conn.idle_since = asyncio.get_running_loop().time()
+        for waiter in self._waiters:  # hand it straight to the first waiter for its key
+            if waiter.key == conn.key and not waiter.future.done():
+                self._waiters.remove(waiter)
+                waiter.future.set_result(conn)
+                return
+        self._idle.setdefault(conn.key, []).append(conn)
+
+    def discard(self, conn: HTTPConnection) -> None:
+        """Close a connection that must not be reused (error, cancel, half-read)."""
+        self._discard(conn)
+
+    def _discard(self, conn: HTTPConnection) -> None:
+        conn.close()
+        if conn.slot_released:
+            return
+        conn.slot_released = True
+        self._free_slot(conn.key)
+
+    def _free_slot(self, key: PoolKey) -> None:
+        left = self._slots.get(key, 0) - 1
+        if left > 0:
+            self._slots[key] = left
+        else:
+            self._slots.pop(key, None)
+        self._total -= 1
+        self._dispatch()
+
+    def _dispatch(self) -> None:
+        """Give freed capacity to waiters, first come first served."""
+        for waiter in list(self._waiters):
+            if waiter.future.done():
+                self._waiters.remove(waiter)
+                continue
+            conn = self._pop_idle(waiter.key)
+            if conn is not None or self._reserve(waiter.key):
+                self._waiters.remove(waiter)
+                waiter.future.set_result(conn)
+
+    # -- inspection and shutdown --------------------------------------------------------
+
+    def counts(self) -> dict[str, int]:
+        idle = sum(len(stack) for stack in self._idle.values())
+        return {"idle": idle, "active": self._total - idle, "waiting": len(self._waiters)}
+
+    def snapshot(self) -> list[dict[str, Any]]:
+        """Per-key view for status pages."""
+        return [
+            {"key": key, "open": self._slots.get(key, 0), "idle": len(self._idle.get(key, []))}
+            for key in set(self._slots) | set(self._idle)
+        ]
+
+    async def aclose(self) -> None:
+        self.closed = True
+        for stack in self._idle.values():
+            for conn in list(stack):
+                self._discard(conn)
+        self._idle.clear()
+        for waiter in self._waiters:
+            if not waiter.future.done():
+                waiter.future.cancel()
+        self._waiters.clear()
