@@ -21,7 +21,6 @@ from tether.client.errors import (
     ReadError,
     ReadTimeout,
     RemoteProtocolError,
-    TransportError,
     WriteError,
     WriteTimeout,
 )
@@ -35,7 +34,7 @@ HIGH_WATER: Final = 256 * 1024
 Body = bytes | Iterable[bytes] | AsyncIterable[bytes] | None
 
 
-class StaleConnection(TransportError):
+class StaleConnection(RemoteProtocolError):
     """A reused keep-alive connection was closed by the server before any byte of the
     response arrived (it timed out idle just as we wrote). Safe to retry if the
     method is idempotent or the body was not sent."""
