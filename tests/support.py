@@ -170,8 +170,13 @@ def server_process(
         running.port = int(line.rsplit(":", 1)[1])
         yield running
     finally:
+        # A graceful stop first, so the workers go too; kill only if that hangs.
         if proc.poll() is None:
-            proc.kill()
+            proc.terminate()
+            try:
+                proc.wait(15)
+            except subprocess.TimeoutExpired:
+                proc.kill()
         proc.wait()
         reader.join(5)
         if proc.stderr is not None:

@@ -293,7 +293,9 @@ class HttpProtocol(asyncio.Protocol):
             "extensions": self.extensions.copy() if self.extensions else {},
         }
         keep_alive: bool = parser.should_keep_alive() and self._upgrade is None
-        cycle = RequestCycle(self, scope, keep_alive, self._expect_100, http_version)
+        # RFC 9110 section 10.1.1: a server ignores Expect from an HTTP/1.0 client.
+        expect_100 = self._expect_100 and http_version == "1.1"
+        cycle = RequestCycle(self, scope, keep_alive, expect_100, http_version)
         if self._content_length == 0 or (
             self._content_length is None and not self._chunked_request
         ):

@@ -448,6 +448,10 @@ def run_supervisor(
         logger.exception("supervisor failed")
         return EXIT_ERROR
     finally:
-        if config.pid_file:
-            with contextlib.suppress(OSError):
-                os.unlink(config.pid_file)
+        removable = [config.pid_file]
+        if config.uds and config.fd is None:
+            removable.append(config.uds)  # the socket file we bound, as uvicorn does
+        for path in removable:
+            if path:
+                with contextlib.suppress(OSError):
+                    os.unlink(path)

@@ -126,14 +126,19 @@ class Worker:
         # with Connection: close rather than reset).
         forced = False
         cancelled = 0
-        if not await self._wait_idle(config.graceful_timeout):
+        if not await self._wait_idle(config.graceful_timeout) and state.tasks:
             forced = True
             cancelled = len(state.tasks)
             for task in list(state.tasks):
                 task.cancel()
             await self._wait_tasks(config.force_exit_timeout)
+        # What is left now is idle (the grace period ended before its keep-alive
+        # timer) or was just cancelled: close it, the grace period bounds the stop.
         for conn in list(state.connections):
-            conn.transport.abort()  # only after a forced stop can any remain
+            if conn.cycle is None and not forced:
+                conn.close()
+            else:
+                conn.transport.abort()
         if self._sweeper is not None:
             self._sweeper.cancel()
         drained = state.total_requests - served_before
