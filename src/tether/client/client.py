@@ -118,11 +118,11 @@ class Client:
         sni_hostname: str | None = None,
     ) -> Response:
         """Send a request and read the whole response body."""
-        async with self.stream(
+        response = await self._request(
             method, url, params=params, headers=headers, content=content, data=data,
             json=json, timeout=timeout, sni_hostname=sni_hostname,
-        ) as response:
-            await response.aread()
+        )
+        await response.aread()  # returns the connection to the pool (or closes it)
         return response
 
     async def get(self, url: str, **kwargs: Any) -> Response:
@@ -165,17 +165,35 @@ class Client:
         Leaving the block returns the connection to the pool if the body was read
         to its end, and closes it otherwise.
         """
+        response = await self._request(
+            method, url, params=params, headers=headers, content=content, data=data,
+            json=json, timeout=timeout, sni_hostname=sni_hostname,
+        )
+        try:
+            yield response
+        finally:
+            await response.aclose()
+
+    async def _request(
+        self,
+        method: str,
+        url: str,
+        *,
+        params: Mapping[str, str] | None,
+        headers: HeaderTypes,
+        content: Content,
+        data: Mapping[str, Any] | None,
+        json: Any,
+        timeout: float | Timeout | _Unset | None,
+        sni_hostname: str | None,
+    ) -> Response:
         timeouts = self.timeout if isinstance(timeout, _Unset) else Timeout.of(timeout)
         method = method.upper()
         origin, target = parse_url(self._absolute(url), params)
         body, content_type = encode_body(content, data, json)
         head = self._head(method, origin, target, headers, body, content_type)
         key = self._key(origin, sni_hostname or self.sni_hostname)
-        response = await self._send(method, key, head, body, timeouts, url)
-        try:
-            yield response
-        finally:
-            await response.aclose()
+        return await self._send(method, key, head, body, timeouts, url)
 
     def stats(self) -> dict[str, Any]:
         """Requests sent, connections opened and reused, the reuse ratio, pool state."""
@@ -218,7 +236,7 @@ class Client:
                 pool.discard(conn)  # includes cancellation: never reuse a half-done exchange
                 raise
             return Response(
-                status, Headers(raw_headers), url=url, method=method,
+                status, Headers.from_raw(raw_headers), url=url, method=method,
                 reader=lambda conn=conn, t=timeouts.read: conn.read_body(t),  # type: ignore[misc]
                 on_close=lambda conn=conn: self._finish(conn),  # type: ignore[misc]
             )
@@ -243,9 +261,11 @@ class Client:
         host = f"[{origin.host}]" if ":" in origin.host else origin.host
         if origin.port != default_port:
             host = f"{host}:{origin.port}"
-        merged = Headers(self.headers)
-        for name, value in Headers(headers).items():
-            merged[name] = value
+        merged = self.headers
+        if headers:
+            merged = Headers(self.headers)
+            for name, value in Headers(headers).items():
+                merged[name] = value
         lines = [f"{method} {target} HTTP/1.1\r\n"]
         if "host" not in merged:
             lines.append(f"Host: {host}\r\n")

@@ -39,6 +39,13 @@ class Headers:
         for name, value in items:
             self._items.append((str(name), str(value)))
 
+    @classmethod
+    def from_raw(cls, items: list[tuple[str, str]]) -> Headers:
+        """Wrap an already decoded list without copying (the response path)."""
+        headers = cls()
+        headers._items = items
+        return headers
+
     def items(self) -> list[tuple[str, str]]:
         return list(self._items)
 
@@ -238,8 +245,21 @@ class Response:
             await self.aclose()
 
     async def aread(self) -> bytes:
-        if self._content is None:
-            self._content = b"".join([chunk async for chunk in self.aiter_bytes()])
+        """Read the whole body (once); the connection then returns to the pool."""
+        if self._content is not None:
+            return self._content
+        if self._consumed:
+            raise StreamConsumed("response body already streamed or closed")
+        self._consumed = True
+        reader = self._reader
+        assert reader is not None
+        chunks: list[bytes] = []
+        try:
+            while (chunk := await reader()) is not None:
+                chunks.append(chunk)
+        finally:
+            await self.aclose()
+        self._content = chunks[0] if len(chunks) == 1 else b"".join(chunks)
         return self._content
 
     async def aclose(self) -> None:
