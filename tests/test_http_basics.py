@@ -6,8 +6,9 @@ import asyncio
 from collections.abc import AsyncIterator
 
 import httpx
+import pytest
 
-from tests.support import raw_exchange, serve
+from tests.support import raw_exchange, serve, wait_for
 from tether.asgi import Receive, Scope, Send
 
 
@@ -47,7 +48,9 @@ async def test_scope_is_complete() -> None:
     assert scope["client"][0] == "127.0.0.1"
     assert scope["server"] == ("127.0.0.1", server.port)
     assert scope["state"] == {}
-    assert scope["extensions"] == {}
+    tether_ext = scope["extensions"]["tether"]
+    assert tether_ext["deadline"].at is None  # no deadline header, no --request-timeout
+    assert tether_ext["cancel_on_disconnect"] is True
 
 
 async def test_keep_alive_reuses_one_connection() -> None:
@@ -206,23 +209,27 @@ async def test_receive_returns_disconnect_after_response() -> None:
     assert after == ["http.disconnect"]
 
 
-async def test_disconnect_reaches_a_waiting_app() -> None:
+@pytest.mark.parametrize("cancel_on_disconnect", [True, False])
+async def test_disconnect_reaches_a_waiting_app(cancel_on_disconnect: bool) -> None:
+    """With cancellation on (the default) the handler is cancelled when its client
+    leaves; with it off, the handler sees http.disconnect from receive()."""
     seen: list[str] = []
     started = asyncio.Event()
 
     async def app(scope: Scope, receive: Receive, send: Send) -> None:
         await receive()  # the (empty) body
         started.set()
-        seen.append((await receive())["type"])  # blocks until the client leaves
+        try:
+            seen.append((await receive())["type"])  # blocks until the client leaves
+        except asyncio.CancelledError:
+            seen.append("cancelled")
+            raise
 
-    async with serve(app) as server:
+    async with serve(app, cancel_on_disconnect=cancel_on_disconnect) as server:
         _reader, writer = await asyncio.open_connection("127.0.0.1", server.port)
         writer.write(b"GET / HTTP/1.1\r\nHost: x\r\n\r\n")
         await asyncio.wait_for(started.wait(), 5)
         writer.close()
         await writer.wait_closed()
-        for _ in range(500):
-            if seen:
-                break
-            await asyncio.sleep(0.01)
-    assert seen == ["http.disconnect"]
+        await wait_for(lambda: bool(seen), what="the app to notice")
+    assert seen == (["cancelled"] if cancel_on_disconnect else ["http.disconnect"])

@@ -10,6 +10,15 @@ __version__ = "0.1.0"
 
 from tether.client import Client, Response, Timeout
 from tether.config import RequestLimits, ServerConfig
+from tether.deadline import (
+    Deadline,
+    DeadlineExceeded,
+    current_deadline,
+    deadline_after,
+    deadline_at,
+    no_cancel_on_disconnect,
+    time_remaining,
+)
 from tether.errors import (
     AppImportError,
     ClientDisconnected,
@@ -23,6 +32,8 @@ __all__ = [
     "Client",
     "ClientDisconnected",
     "ConfigError",
+    "Deadline",
+    "DeadlineExceeded",
     "LifespanFailure",
     "RequestLimits",
     "Response",
@@ -30,4 +41,9 @@ __all__ = [
     "TetherError",
     "Timeout",
     "__version__",
+    "current_deadline",
+    "deadline_after",
+    "deadline_at",
+    "no_cancel_on_disconnect",
+    "time_remaining",
 ]

@@ -78,6 +78,14 @@ def _env(name: str) -> str:
               help="Seconds after cancelling before the process exits regardless.")
 @click.option("--app-dir", default=None, envvar=_env("APP_DIR"),
               help="Directory put first on sys.path to find APP (default: current).")
+@click.option("--request-timeout", default=None, type=float, envvar=_env("REQUEST_TIMEOUT"),
+              help="Cap every request's deadline at this many seconds (504 when it passes).")
+@click.option("--cancel-on-disconnect/--no-cancel-on-disconnect", default=True,
+              show_default=True, envvar=_env("CANCEL_ON_DISCONNECT"),
+              help="Cancel a handler as soon as its client disconnects.")
+@click.option("--limit-concurrency", default=None, type=int, envvar=_env("LIMIT_CONCURRENCY"),
+              help="Requests run at once per worker; the rest queue (deadline-aware, "
+                   "adaptive LIFO, CoDel shedding with 503).")
 @click.option("--workers", default=1, show_default=True, type=int, envvar=_env("WORKERS"),
               help="Worker processes (a supervisor always runs, even for one).")
 @click.option("--worker-start-timeout", default=30.0, show_default=True, type=float,

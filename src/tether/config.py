@@ -64,6 +64,13 @@ class ServerConfig:
     #: seconds after cancellation before the process exits regardless
     force_exit_timeout: float = 5.0
     app_dir: str | None = None
+    # -- deadlines and cancellation ------------------------------------------------------
+    #: server cap on every request's deadline, seconds (None: only the client's)
+    request_timeout: float | None = None
+    #: cancel a handler the moment its client disconnects
+    cancel_on_disconnect: bool = True
+    #: requests run at once per worker; more wait in the admission queue (None: no limit)
+    limit_concurrency: int | None = None
     # -- supervisor ---------------------------------------------------------------
     #: worker processes; there is always a supervisor, even for one
     workers: int = 1
@@ -116,6 +123,12 @@ class ServerConfig:
         _positive("--header-timeout", self.limits.header_timeout)
         _positive("--graceful-timeout", self.graceful_timeout, allow_zero=True)
         _positive("--force-exit-timeout", self.force_exit_timeout, allow_zero=True)
+        if self.request_timeout is not None:
+            _positive("--request-timeout", self.request_timeout)
+        if self.limit_concurrency is not None and self.limit_concurrency < 1:
+            raise ConfigError(
+                f"--limit-concurrency must be at least 1, got {self.limit_concurrency}"
+            )
         if self.workers < 1:
             raise ConfigError(f"--workers must be at least 1, got {self.workers}")
         _positive("--worker-start-timeout", self.worker_start_timeout)

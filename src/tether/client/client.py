@@ -37,6 +37,8 @@ from tether.client.models import (
     parse_url,
 )
 from tether.client.pool import ConnectionPool, PoolKey, TLSIdentity
+from tether.deadline import HEADER as DEADLINE_HEADER
+from tether.deadline import DeadlineExceeded, current_deadline, deadline_at
 from tether.tls import client_context
 
 IDEMPOTENT: Final = frozenset({"GET", "HEAD", "OPTIONS", "PUT", "DELETE", "TRACE"})
@@ -75,6 +77,8 @@ class Client:
         max_connections_per_origin: int = 20,
         keepalive_expiry: float | None = 30.0,
         minimum_tls_version: str = "TLSv1_2",
+        propagate_deadline: bool = True,
+        deadline_margin: float = 0.005,
     ) -> None:
         self.timeout = Timeout.of(timeout)
         self.verify = verify
@@ -83,6 +87,8 @@ class Client:
         self.headers = Headers(headers)
         self.base_url = base_url.rstrip("/")
         self.minimum_tls_version = minimum_tls_version
+        self.propagate_deadline = propagate_deadline
+        self.deadline_margin = deadline_margin
         self._pool = ConnectionPool(
             self._open,
             max_connections=max_connections,
@@ -117,13 +123,30 @@ class Client:
         timeout: float | Timeout | _Unset | None = UNSET,
         sni_hostname: str | None = None,
     ) -> Response:
-        """Send a request and read the whole response body."""
-        response = await self._request(
-            method, url, params=params, headers=headers, content=content, data=data,
-            json=json, timeout=timeout, sni_hostname=sni_hostname,
-        )
-        await response.aread()  # returns the connection to the pool (or closes it)
+        """Send a request and read the whole response body.
+
+        Under a deadline (inside a tether handler, or ``async with
+        tether.deadline_after(...)``) the whole exchange is bounded by it, and the
+        time left (minus ``deadline_margin``) travels in ``x-request-timeout-ms``.
+        """
+        async with self._deadline_scope():
+            response = await self._request(
+                method, url, params=params, headers=headers, content=content, data=data,
+                json=json, timeout=timeout, sni_hostname=sni_hostname,
+            )
+            await response.aread()  # returns the connection to the pool (or closes it)
         return response
+
+    @contextlib.asynccontextmanager
+    async def _deadline_scope(self) -> AsyncIterator[None]:
+        """Bound the block by the current deadline; cancelling it closes the connection
+        in flight (see _send), so nothing half-done returns to the pool."""
+        deadline = current_deadline()
+        if deadline.at is None:
+            yield
+            return
+        async with deadline_at(deadline.at):
+            yield
 
     async def get(self, url: str, **kwargs: Any) -> Response:
         return await self.request("GET", url, **kwargs)
@@ -165,14 +188,15 @@ class Client:
         Leaving the block returns the connection to the pool if the body was read
         to its end, and closes it otherwise.
         """
-        response = await self._request(
-            method, url, params=params, headers=headers, content=content, data=data,
-            json=json, timeout=timeout, sni_hostname=sni_hostname,
-        )
-        try:
-            yield response
-        finally:
-            await response.aclose()
+        async with self._deadline_scope():
+            response = await self._request(
+                method, url, params=params, headers=headers, content=content, data=data,
+                json=json, timeout=timeout, sni_hostname=sni_hostname,
+            )
+            try:
+                yield response
+            finally:
+                await response.aclose()
 
     async def _request(
         self,
@@ -191,6 +215,16 @@ class Client:
         method = method.upper()
         origin, target = parse_url(self._absolute(url), params)
         body, content_type = encode_body(content, data, json)
+        deadline = current_deadline()
+        if deadline.at is not None:
+            if deadline.expired:
+                raise DeadlineExceeded(f"deadline passed before {method} {url} was sent")
+            if self.propagate_deadline:
+                ms = deadline.header_value(self.deadline_margin)
+                assert ms is not None
+                headers = Headers(headers)
+                if DEADLINE_HEADER not in headers:
+                    headers[DEADLINE_HEADER] = ms.decode()
         head = self._head(method, origin, target, headers, body, content_type)
         key = self._key(origin, sni_hostname or self.sni_hostname)
         return await self._send(method, key, head, body, timeouts, url)

@@ -27,15 +27,24 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
-from collections import deque
+from collections import Counter, deque
 from collections.abc import Callable
 from typing import Any, Final, cast
 from urllib.parse import unquote
 
 import httptools
 
+from tether.admission import AdmissionGate, Outcome
 from tether.asgi import ASGI_VERSION, ASGIApp, Message
 from tether.config import RequestLimits
+from tether.deadline import (
+    GRPC_HEADER_BYTES,
+    HEADER_BYTES,
+    NO_DEADLINE,
+    Deadline,
+    deadline_from_headers,
+    set_deadline,
+)
 from tether.errors import ClientDisconnected
 from tether.server import wire
 from tether.tls import tls_extension
@@ -83,6 +92,9 @@ class ServerState:
         root_path: str = "",
         access_log: bool = True,
         app_state: dict[str, Any] | None = None,
+        request_timeout: float | None = None,
+        cancel_on_disconnect: bool = True,
+        admission: AdmissionGate | None = None,
     ) -> None:
         self.app = app
         self.limits = limits
@@ -90,6 +102,11 @@ class ServerState:
         self.root_path_bytes = root_path.encode("ascii")
         self.access_log = access_log
         self.app_state: dict[str, Any] = app_state if app_state is not None else {}
+        self.request_timeout = request_timeout
+        self.cancel_on_disconnect = cancel_on_disconnect
+        self.admission = admission
+        #: what cancellation and admission did (the supervisor shows them in /status)
+        self.counters: Counter[str] = Counter()
         self.connections: set[HttpProtocol] = set()
         self.tasks: set[asyncio.Task[None]] = set()
         self.total_requests = 0
@@ -137,6 +154,7 @@ class HttpProtocol(asyncio.Protocol):
         self._expect_100 = False
         self._upgrade: bytes | None = None
         self._chunked_request = False
+        self._deadline_headers: list[tuple[bytes, bytes]] = []
 
     # -- asyncio.Protocol ---------------------------------------------------------
 
@@ -216,6 +234,8 @@ class HttpProtocol(asyncio.Protocol):
         self._expect_100 = False
         self._upgrade = None
         self._chunked_request = False
+        if self._deadline_headers:
+            self._deadline_headers = []
         if self.timer_kind != TIMER_HEAD:
             self._set_timer(TIMER_HEAD, self.limits.header_timeout)
 
@@ -245,6 +265,8 @@ class HttpProtocol(asyncio.Protocol):
             self._expect_100 = value.lower() == b"100-continue"
         elif name == b"upgrade":
             self._upgrade = value.lower()
+        elif name in (HEADER_BYTES, GRPC_HEADER_BYTES):
+            self._deadline_headers.append((name, value))
         self._headers.append((name, value))
 
     def _check_content_length(self, value: bytes) -> None:
@@ -274,6 +296,7 @@ class HttpProtocol(asyncio.Protocol):
         if "%" in path:
             path = unquote(path)
         state = self.state
+        deadline = self._request_deadline()
         method: str = parser.get_method().decode("ascii")
         http_version: str = parser.get_http_version()
         scope = {
@@ -290,12 +313,16 @@ class HttpProtocol(asyncio.Protocol):
             "query_string": url.query or b"",
             "headers": self._headers,
             "state": state.app_state.copy(),
-            "extensions": self.extensions.copy() if self.extensions else {},
+            "extensions": {
+                **(self.extensions or {}),
+                "tether": {"deadline": deadline,
+                           "cancel_on_disconnect": state.cancel_on_disconnect},
+            },
         }
         keep_alive: bool = parser.should_keep_alive() and self._upgrade is None
         # RFC 9110 section 10.1.1: a server ignores Expect from an HTTP/1.0 client.
         expect_100 = self._expect_100 and http_version == "1.1"
-        cycle = RequestCycle(self, scope, keep_alive, expect_100, http_version)
+        cycle = RequestCycle(self, scope, keep_alive, expect_100, http_version, deadline)
         if self._content_length == 0 or (
             self._content_length is None and not self._chunked_request
         ):
@@ -307,6 +334,20 @@ class HttpProtocol(asyncio.Protocol):
         else:
             self.pipeline.append(cycle)
             self._pause_reading()
+
+    def _request_deadline(self) -> Deadline:
+        """The request's deadline: its headers' (x-request-timeout-ms, grpc-timeout),
+        narrowed by --request-timeout. Counted from the end of the request head."""
+        seconds = None
+        if self._deadline_headers:
+            try:
+                seconds = deadline_from_headers(self._deadline_headers)
+            except ValueError as exc:
+                raise RequestRejected(400, str(exc)) from None
+        cap = self.state.request_timeout
+        if cap is not None and (seconds is None or cap < seconds):
+            seconds = cap
+        return NO_DEADLINE if seconds is None else Deadline.after(seconds)
 
     def on_body(self, body: bytes) -> None:
         cycle = self.parsing
@@ -334,10 +375,13 @@ class HttpProtocol(asyncio.Protocol):
 
     def _start(self, cycle: RequestCycle) -> None:
         self.cycle = cycle
-        task = self.loop.create_task(cycle.run_asgi(self.state.app))
+        task = cycle.task = self.loop.create_task(cycle.run_asgi(self.state.app))
         tasks = self.state.tasks
         tasks.add(task)
         task.add_done_callback(tasks.discard)
+        deadline_at = cycle.deadline.loop_time(self.loop)
+        if deadline_at is not None:
+            cycle.deadline_handle = self.loop.call_at(deadline_at, cycle.on_deadline)
 
     def response_complete(self, cycle: RequestCycle) -> None:
         """Called once per request when its last response byte has been written."""
@@ -471,8 +515,11 @@ class RequestCycle:
         "body_received",
         "buffered",
         "bytes_sent",
+        "cancel_reason",
         "chunked",
         "conn",
+        "deadline",
+        "deadline_handle",
         "disconnected",
         "expect_100",
         "expected_length",
@@ -491,6 +538,7 @@ class RequestCycle:
         "sent_length",
         "started_at",
         "status",
+        "task",
         "waiter",
     )
 
@@ -501,6 +549,7 @@ class RequestCycle:
         keep_alive: bool,
         expect_100: bool,
         http_version: str,
+        deadline: Deadline = NO_DEADLINE,
     ) -> None:
         self.conn = conn
         self.scope = scope
@@ -529,6 +578,11 @@ class RequestCycle:
         self.response_complete = False
         self.logged = False
         self.started_at = conn.loop.time()
+        self.deadline = deadline
+        self.deadline_handle: asyncio.TimerHandle | None = None
+        self.task: asyncio.Task[None] | None = None
+        #: why tether cancelled the handler: "deadline", "disconnect" (None: a stop)
+        self.cancel_reason: str | None = None
 
     # -- events from the connection ----------------------------------------------
 
@@ -543,6 +597,31 @@ class RequestCycle:
             self.flush_handle.cancel()
             self.flush_handle = None
         self.wake()
+        # Field report 1: a handler whose client has gone is cancelled at once (and
+        # with it the calls and queries it awaits), unless the server or the route
+        # opted out; a response already complete leaves background work alone.
+        if not self.response_complete and self.scope["extensions"]["tether"].get(
+            "cancel_on_disconnect", True
+        ):
+            self._cancel("disconnect")
+
+    def on_deadline(self) -> None:
+        self.deadline_handle = None
+        if not self.response_complete:
+            self._cancel("deadline")
+
+    def _cancel(self, reason: str) -> None:
+        task = self.task
+        if task is not None and not task.done() and self.cancel_reason is None:
+            self.cancel_reason = reason
+            task.cancel()
+
+    def _response_done(self) -> None:
+        """The response is complete: the deadline no longer applies to this request."""
+        self.response_complete = True
+        if self.deadline_handle is not None:
+            self.deadline_handle.cancel()
+            self.deadline_handle = None
 
     def abort(self, rejection: RequestRejected) -> None:
         """The request's own bytes turned out bad (body too large, malformed chunk)
@@ -550,7 +629,7 @@ class RequestCycle:
         The application sees ``http.disconnect`` and its sends raise."""
         if not self.head_written and not self.response_complete:
             self._cancel_flush()
-            self.response_complete = True
+            self._response_done()
             self.status = rejection.status
             self.conn._write_rejection(rejection)
             self.logged = True
@@ -739,14 +818,14 @@ class RequestCycle:
                 f"({self.sent_length} < {expected})"
             )
             return
-        self.response_complete = True
+        self._response_done()
         self._log()
         self.conn.response_complete(self)
 
     def _fail_mid_response(self, reason: str) -> None:
         """The head is on the wire and the body cannot be completed: close."""
         error_log.error("%s; closing connection (client %s)", reason, self.conn.client_label)
-        self.response_complete = True
+        self._response_done()
         self.keep_alive = False
         self._log()
         self.conn.close()
@@ -754,13 +833,34 @@ class RequestCycle:
     # -- running the application ----------------------------------------------------
 
     async def run_asgi(self, app: ASGIApp) -> None:
+        state = self.conn.state
+        gate = state.admission
+        admitted = False
         try:
+            if self.deadline.at is not None:
+                set_deadline(self.deadline)  # this task's context: the app inherits it
+            if gate is not None:
+                outcome = await gate.enter(self.deadline.at)
+                if outcome is not Outcome.ADMITTED:
+                    self._refuse(outcome)
+                    return
+                admitted = True
+            elif self.deadline.expired:
+                self._refuse(Outcome.EXPIRED)
+                return
             await app(self.scope, self.receive, self.send)
         except (ClientDisconnected, _AlreadyReported):
             pass  # our own signals, propagated by the app: already handled
         except asyncio.CancelledError:
-            self._fail_unanswered(503, "Service stopping: request cancelled")
-            raise
+            reason = self.cancel_reason
+            if reason == "deadline":
+                state.counters["cancelled_deadline"] += 1
+                self._fail_unanswered(504, "Deadline exceeded")
+            elif reason == "disconnect":
+                state.counters["cancelled_disconnect"] += 1
+            else:
+                self._fail_unanswered(503, "Service stopping: request cancelled")
+                raise
         except Exception as exc:
             if self.disconnected and isinstance(exc, OSError):
                 pass
@@ -780,9 +880,24 @@ class RequestCycle:
                 )
                 self._fail_unanswered(500, "Internal Server Error")
         finally:
+            if admitted:
+                assert gate is not None
+                gate.leave()
             self._log()
 
-    def _fail_unanswered(self, status: int, detail: str) -> None:
+    def _refuse(self, outcome: Outcome) -> None:
+        """Admission said no: the handler never runs."""
+        counters = self.conn.state.counters
+        if outcome is Outcome.EXPIRED:
+            counters["queue_expired"] += 1
+            self._fail_unanswered(504, "Deadline exceeded before the request could start")
+        else:
+            counters["queue_shed"] += 1
+            self._fail_unanswered(
+                503, "Overloaded: request shed from the queue", b"retry-after: 1\r\n"
+            )
+
+    def _fail_unanswered(self, status: int, detail: str, extra: bytes = b"") -> None:
         if self.response_complete or self.disconnected:
             return
         if self.head_written:
@@ -790,9 +905,9 @@ class RequestCycle:
             return
         self._cancel_flush()
         self.status = status
-        self.response_complete = True
+        self._response_done()
         conn = self.conn
-        out = wire.error_response(status, detail, conn.state.date_header)
+        out = wire.error_response(status, detail, conn.state.date_header, extra)
         conn.transport.write(out)
         self.bytes_sent += len(out)
         self.keep_alive = False

@@ -20,6 +20,7 @@ import signal
 import socket
 import sys
 import time
+from collections import Counter
 from dataclasses import dataclass, field, replace
 from typing import Any
 
@@ -66,6 +67,7 @@ class WorkerHandle:
     recycle_requested: bool = False
     killed: bool = False
     report: dict[str, Any] = field(default_factory=dict)
+    counters: dict[str, int] = field(default_factory=dict)
 
     @property
     def label(self) -> str:
@@ -99,6 +101,7 @@ class Supervisor:
         self._tasks: set[asyncio.Task[Any]] = set()
         self._admin: Worker | None = None
         self._forced = False
+        self._retired_counters: Counter[str] = Counter()
         self._drained = 0
         self._cancelled = 0
 
@@ -214,6 +217,7 @@ class Supervisor:
             worker.last_beat = asyncio.get_running_loop().time()
             worker.requests = int(message.get("requests", 0))
             worker.in_flight = int(message.get("in_flight", 0))
+            worker.counters = dict(message.get("counters", {}))
         elif mtype == "ready":
             worker.state = transition(worker.state, WorkerEvent.REPORTED_READY)
             worker.last_beat = asyncio.get_running_loop().time()
@@ -240,6 +244,7 @@ class Supervisor:
         if not worker.ready.done():
             worker.ready.set_result(False)
         worker.exited.set_result(code)
+        self._retired_counters.update(worker.counters)  # counts outlive the worker
         self._drained += int(worker.report.get("drained", 0))
         self._cancelled += int(worker.report.get("cancelled", 0))
         if self.stopping and (
@@ -413,6 +418,14 @@ class Supervisor:
         ready = [w for w in self.workers.values() if w.state is WorkerState.READY]
         return not self.stopping and len(ready) >= self.config.workers
 
+    def counters(self) -> Counter[str]:
+        """Cancellation, admission and database counters summed over every worker,
+        including the ones that have exited."""
+        total = Counter(self._retired_counters)
+        for worker in self.workers.values():
+            total.update(worker.counters)
+        return total
+
     def status(self) -> dict[str, Any]:
         now = time.monotonic()
         return {
@@ -420,6 +433,7 @@ class Supervisor:
             "state": "stopping" if self.stopping else "serving",
             "uptime_seconds": round(now - self.started_at, 3),
             "reloads": self.reloads_done,
+            "counters": dict(self.counters()),
             "workers": [
                 {
                     "id": w.id,

@@ -20,6 +20,7 @@ import sys
 from dataclasses import dataclass
 from typing import Any
 
+from tether.admission import AdmissionGate
 from tether.asgi import ASGIApp
 from tether.config import ServerConfig
 from tether.errors import AppImportError, LifespanFailure
@@ -65,6 +66,10 @@ class Worker:
             root_path=config.root_path,
             access_log=config.access_log,
             app_state=self.lifespan.state,
+            request_timeout=config.request_timeout,
+            cancel_on_disconnect=config.cancel_on_disconnect,
+            admission=None if config.limit_concurrency is None
+            else AdmissionGate(config.limit_concurrency),
         )
         self.servers: list[asyncio.Server] = []
         self.stop_requested = asyncio.Event()
@@ -266,9 +271,15 @@ class Worker:
         while True:
             control.send(
                 "heartbeat", requests=state.total_requests, in_flight=len(state.tasks),
-                connections=len(state.connections),
+                connections=len(state.connections), counters=self.counters(),
             )
             await asyncio.sleep(interval)
+
+    def counters(self) -> dict[str, int]:
+        """What cancellation, admission and the database layer did in this worker."""
+        from tether import db  # the db layer is optional (asyncpg); its counters are plain
+
+        return {**self.state.counters, **db.counters}
 
     def _install_recycling(self, control: ControlChannel) -> None:
         limit = self.config.max_requests
