@@ -853,7 +853,9 @@ class RequestCycle:
             pass  # our own signals, propagated by the app: already handled
         except asyncio.CancelledError:
             reason = self.cancel_reason
-            if reason == "deadline":
+            if reason == "deadline" and gate is not None and not admitted:
+                self._refuse(Outcome.EXPIRED)  # it expired while queued: never ran
+            elif reason == "deadline":
                 state.counters["cancelled_deadline"] += 1
                 self._fail_unanswered(504, "Deadline exceeded")
             elif reason == "disconnect":
