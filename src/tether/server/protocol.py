@@ -284,11 +284,19 @@ class HttpProtocol(asyncio.Protocol):
         parser = self.parser
         if self._upgrade is not None and b"websocket" in self._upgrade and parser.should_upgrade():
             raise RequestRejected(426, "WebSocket is not supported by this server")
-        try:
-            url = httptools.parse_url(self._url)
-        except httptools.HttpParserInvalidURLError:
-            raise RequestRejected(400, "Invalid request target") from None
-        raw_path: bytes = url.path or b"/"
+        target = self._url
+        if target[:1] == b"/":
+            # origin-form, by far the common case: llhttp has already checked its
+            # characters, so splitting off the query is all that is left to do.
+            raw_path, _, query = target.partition(b"?")
+            raw_path, _, _ = raw_path.partition(b"#")
+        else:  # absolute-form (a proxy request) or "*"
+            try:
+                url = httptools.parse_url(target)
+            except httptools.HttpParserInvalidURLError:
+                raise RequestRejected(400, "Invalid request target") from None
+            raw_path = url.path or b"/"
+            query = url.query or b""
         try:
             path = raw_path.decode("ascii")
         except UnicodeDecodeError:
@@ -310,14 +318,10 @@ class HttpProtocol(asyncio.Protocol):
             "root_path": state.root_path,
             "path": state.root_path + path,
             "raw_path": state.root_path_bytes + raw_path,
-            "query_string": url.query or b"",
+            "query_string": query,
             "headers": self._headers,
             "state": state.app_state.copy(),
-            "extensions": {
-                **(self.extensions or {}),
-                "tether": {"deadline": deadline,
-                           "cancel_on_disconnect": state.cancel_on_disconnect},
-            },
+            "extensions": self._extensions(deadline),
         }
         keep_alive: bool = parser.should_keep_alive() and self._upgrade is None
         # RFC 9110 section 10.1.1: a server ignores Expect from an HTTP/1.0 client.
@@ -334,6 +338,12 @@ class HttpProtocol(asyncio.Protocol):
         else:
             self.pipeline.append(cycle)
             self._pause_reading()
+
+    def _extensions(self, deadline: Deadline) -> dict[str, Any]:
+        tether_ext = {"deadline": deadline, "cancel_on_disconnect": self.state.cancel_on_disconnect}
+        if self.extensions is None:
+            return {"tether": tether_ext}
+        return {**self.extensions, "tether": tether_ext}
 
     def _request_deadline(self) -> Deadline:
         """The request's deadline: its headers' (x-request-timeout-ms, grpc-timeout),
