@@ -4,6 +4,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import os
 import signal
 import socket
@@ -17,6 +18,7 @@ from tether import __version__
 from tether.config import RequestLimits, ServerConfig
 from tether.errors import ConfigError
 from tether.logs import LEVELS, configure_logging
+from tether.registry import DEFAULT_URL, Provider, RegistryError, Unreachable, open_registry
 from tether.server.sockets import BindError, adopt_fd, bind_tcp, bind_unix
 from tether.server.supervisor import run_supervisor
 from tether.server.worker import EXIT_ERROR, server_ssl_context
@@ -108,6 +110,20 @@ def _env(name: str) -> str:
               envvar=_env("ADMIN_HOST"), help="Address of the admin listener.")
 @click.option("--pid-file", default=None, envvar=_env("PID_FILE"),
               help="Write the supervisor's PID here (for tether reload/stop).")
+@click.option("--registry", default=None, envvar=_env("REGISTRY"),
+              help="Register in this registry (sqlite:///path.db, etcd://host:port/prefix).")
+@click.option("--service", default=None, envvar=_env("SERVICE"),
+              help="Service name to register under (with --registry).")
+@click.option("--advertise", default=None, envvar=_env("ADVERTISE"),
+              help="HOST:PORT clients should use (default: the bound address).")
+@click.option("--meta", multiple=True, envvar=_env("META"), metavar="KEY=VALUE",
+              help="Metadata to register (repeatable).")
+@click.option("--registry-ttl", default=10.0, show_default=True, type=float,
+              envvar=_env("REGISTRY_TTL"),
+              help="Seconds an entry lives without a refresh (refreshed every ttl/3).")
+@click.option("--registry-required", is_flag=True, default=False,
+              envvar=_env("REGISTRY_REQUIRED"),
+              help="Exit if the registry is unreachable at start (default: serve, retry).")
 @click.option("--ssl-certfile", default=None, envvar=_env("SSL_CERTFILE"),
               help="Serve HTTPS with this certificate (PEM).")
 @click.option("--ssl-keyfile", default=None, envvar=_env("SSL_KEYFILE"),
@@ -195,6 +211,64 @@ def stop(pid_file: str, timeout: float) -> None:
     sys.exit(EXIT_ERROR)
 
 
+@main.group()
+def registry() -> None:
+    """Inspect a service registry."""
+
+
+@registry.command("ls")
+@click.argument("service", required=False)
+@click.option("--registry", "url", default=DEFAULT_URL, show_default=True,
+              envvar=_env("REGISTRY"), help="Registry URL.")
+def registry_ls(service: str | None, url: str) -> None:
+    """List registered providers (of SERVICE, or of every service)."""
+
+    async def main() -> list[tuple[Provider, float]]:
+        reg = open_registry(url)
+        try:
+            return await reg.list(service)
+        finally:
+            await reg.close()
+
+    try:
+        rows = asyncio.run(main())
+    except (ConfigError, RegistryError) as exc:
+        raise click.ClickException(str(exc)) from exc
+    click.echo(f"{'SERVICE':<20} {'ADDRESS':<24} {'TTL LEFT':>8}  METADATA")
+    for provider, left in rows:
+        meta = " ".join(f"{k}={v}" for k, v in provider.metadata)
+        click.echo(f"{provider.service:<20} {provider.address:<24} {left:>7.1f}s  {meta}")
+
+
+@registry.command("watch")
+@click.argument("service")
+@click.option("--registry", "url", default=DEFAULT_URL, show_default=True,
+              envvar=_env("REGISTRY"), help="Registry URL.")
+def registry_watch(service: str, url: str) -> None:
+    """Print every snapshot of SERVICE's providers as it arrives (Ctrl-C to stop)."""
+
+    async def main() -> None:
+        reg = open_registry(url)
+        try:
+            async for event in reg.watch(service):
+                stamp = time.strftime("%H:%M:%S")
+                if isinstance(event, Unreachable):
+                    click.echo(f"{stamp} {service}: registry unreachable ({event.error}); "
+                               "keeping the last snapshot")
+                    continue
+                addresses = ", ".join(sorted(event.addresses)) or "(no providers)"
+                click.echo(f"{stamp} {service} rev {event.revision}: {addresses}", )
+        finally:
+            await reg.close()
+
+    try:
+        asyncio.run(main())
+    except KeyboardInterrupt:
+        pass
+    except (ConfigError, RegistryError) as exc:
+        raise click.ClickException(str(exc)) from exc
+
+
 def _alive(pid: int) -> bool:
     """True while ``pid`` runs; an exited process its parent has not reaped yet is dead."""
     try:
@@ -223,6 +297,13 @@ def _signal_supervisor(pid_file: str, sig: signal.Signals) -> int:
 
 def build_config(opts: dict[str, Any]) -> ServerConfig:
     """Turn parsed CLI options into a validated config, or exit 2 with the reason."""
+    meta = []
+    for item in opts.pop("meta", ()):
+        key, sep, value = item.partition("=")
+        if not sep or not key:
+            raise click.UsageError(f"--meta must be KEY=VALUE, got {item!r}")
+        meta.append((key, value))
+    opts["meta"] = tuple(meta)
     try:
         limits = RequestLimits(
             request_line=opts.pop("limit_request_line"),

@@ -88,6 +88,16 @@ class ServerConfig:
     admin_port: int | None = None
     admin_host: str = "127.0.0.1"
     pid_file: str | None = None
+    # -- service registry ---------------------------------------------------------------
+    #: registry URL (sqlite:///path.db, etcd://host:port/prefix); None: do not register
+    registry: str | None = None
+    service: str | None = None
+    #: host:port clients should use (default: the bound TCP address)
+    advertise: str | None = None
+    meta: tuple[tuple[str, str], ...] = ()
+    registry_ttl: float = 10.0
+    #: fail at start if the registry is unreachable (default: serve, keep retrying)
+    registry_required: bool = False
     # -- TLS (server side) -----------------------------------------------------------
     ssl_certfile: str | None = None
     ssl_keyfile: str | None = None
@@ -145,6 +155,11 @@ class ServerConfig:
             )
         if self.admin_port is not None and not 0 <= self.admin_port <= 65535:
             raise ConfigError(f"--admin-port must be between 0 and 65535, got {self.admin_port}")
+        if (self.registry is None) != (self.service is None):
+            raise ConfigError("--registry and --service go together")
+        _positive("--registry-ttl", self.registry_ttl)
+        if self.advertise is not None and not _is_host_port(self.advertise):
+            raise ConfigError(f"--advertise must be HOST:PORT, got {self.advertise!r}")
         if self.ssl_cert_reqs not in ("none", "optional", "required"):
             raise ConfigError(
                 f"--ssl-cert-reqs must be none, optional or required, not {self.ssl_cert_reqs!r}"
@@ -172,7 +187,13 @@ class ServerConfig:
     def from_json(cls, text: str) -> ServerConfig:
         fields = json.loads(text)
         fields["limits"] = RequestLimits(**fields["limits"])
+        fields["meta"] = tuple(tuple(pair) for pair in fields["meta"])
         return cls(**fields)
+
+
+def _is_host_port(value: str) -> bool:
+    host, sep, port = value.rpartition(":")
+    return bool(sep and host and port.isdigit() and 0 < int(port) < 65536)
 
 
 def _positive(name: str, value: float, *, allow_zero: bool = False) -> None:

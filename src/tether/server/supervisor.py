@@ -26,6 +26,8 @@ from typing import Any
 
 from tether import admin
 from tether.config import ServerConfig
+from tether.errors import ConfigError
+from tether.registry import Registration, Registry, RegistryError, open_registry
 from tether.server import control as control_mod
 from tether.server import sockets as sockets_mod
 from tether.server.control import ControlChannel
@@ -100,6 +102,8 @@ class Supervisor:
         self._force_requested = asyncio.Event()
         self._tasks: set[asyncio.Task[Any]] = set()
         self._admin: Worker | None = None
+        self._registry: Registry | None = None
+        self._registration: Registration | None = None
         self._forced = False
         self._retired_counters: Counter[str] = Counter()
         self._drained = 0
@@ -120,6 +124,13 @@ class Supervisor:
         for sock in self.socks:
             logger.info("tether serving on %s", sockets_mod.describe(sock, tls=self.config.tls))
         logger.info("%d worker(s) ready", len(self.workers))
+        if self.config.registry is not None:
+            if self.config.registry_required:
+                if not await self._register_once(log_failure=True):
+                    await self._stop()
+                    return EXIT_ERROR
+            else:
+                self._spawn_task(self._register_until_done())
         self._spawn_task(self._follow_reloads())
         self._spawn_task(self._watch_heartbeats())
         await self._stop_requested.wait()
@@ -352,11 +363,76 @@ class Supervisor:
                     )
                     self._kill(worker)
 
+    # -- the service registry -----------------------------------------------------------
+
+    def advertised_address(self) -> str:
+        """What clients should dial: --advertise, else the first TCP listener."""
+        if self.config.advertise:
+            return self.config.advertise
+        for sock in self.socks:
+            if sock.family in (socket.AF_INET, socket.AF_INET6):
+                host, port = sock.getsockname()[:2]
+                if host in ("0.0.0.0", "::"):
+                    host = "127.0.0.1"
+                return f"[{host}]:{port}" if ":" in host else f"{host}:{port}"
+        raise ConfigError("--registry with only Unix sockets needs --advertise HOST:PORT")
+
+    async def _register_once(self, *, log_failure: bool) -> bool:
+        config = self.config
+        assert config.registry is not None and config.service is not None
+        try:
+            if self._registry is None:
+                self._registry = open_registry(config.registry)
+            self._registration = await asyncio.wait_for(self._registry.register(
+                config.service, self.advertised_address(), dict(config.meta),
+                config.registry_ttl,
+            ), timeout=5.0)
+        except (RegistryError, OSError, TimeoutError) as exc:
+            if log_failure:
+                logger.error("cannot register %s in %s: %s", config.service,
+                             config.registry, exc or type(exc).__name__)
+            return False
+        logger.info("registered %s at %s in %s", config.service,
+                    self._registration.provider.address, config.registry)
+        return True
+
+    async def _register_until_done(self) -> None:
+        """Serve meanwhile; retry with capped backoff; say it once, not per try."""
+        delay = 0.2
+        logged = False
+        while not self.stopping:
+            if await self._register_once(log_failure=not logged):
+                if logged:
+                    logger.info("the registry is reachable again")
+                return
+            if not logged:
+                logger.warning("serving without being registered; retrying in the background")
+            logged = True
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(self._stop_requested.wait(), delay)
+            delay = min(delay * 2, 10.0)
+
+    async def _leave_registry(self) -> None:
+        """First step of a stop: no new traffic is sent our way while we drain."""
+        registry, registration = self._registry, self._registration
+        self._registration = None
+        if registry is None:
+            return
+        if registration is not None:
+            try:
+                await asyncio.wait_for(registry.deregister(registration), timeout=2.0)
+                logger.info("deregistered %s", registration.provider.address)
+            except (RegistryError, OSError, TimeoutError) as exc:
+                logger.warning("could not deregister (the entry will expire): %s", exc)
+        with contextlib.suppress(Exception):
+            await asyncio.wait_for(registry.close(), timeout=2.0)
+
     # -- stopping ------------------------------------------------------------------
 
     async def _stop(self) -> int:
-        self.stopping = True
+        self.stopping = True  # /readyz says 503 from now on
         self._wakeup.set()
+        await self._leave_registry()
         loop = asyncio.get_running_loop()
         config = self.config
         deadline = loop.time() + config.graceful_timeout + config.force_exit_timeout + 2.0
@@ -433,6 +509,8 @@ class Supervisor:
             "state": "stopping" if self.stopping else "serving",
             "uptime_seconds": round(now - self.started_at, 3),
             "reloads": self.reloads_done,
+            "registered": None if self._registration is None
+            else self._registration.provider.address,
             "counters": dict(self.counters()),
             "workers": [
                 {

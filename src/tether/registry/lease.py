@@ -1,0 +1,70 @@
+"""Keeping one registration alive: refresh every ttl/3, re-create it if it was lost,
+back off while the registry is unreachable, and log each outage once.
+
+Shared by every backend so that the rules are the same everywhere. Must never log
+per retry, and never stop refreshing on its own: only ``stop()`` ends it.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+from collections.abc import Awaitable, Callable
+
+from tether.registry.base import Provider
+
+logger = logging.getLogger("tether.registry")
+
+#: backoff while the registry is unreachable: 0.2 s doubling to ttl/3
+MIN_RETRY = 0.2
+
+
+class KeptRegistration:
+    """A live registration. ``refresh`` returns False when the entry was lost (it
+    expired, or a restarted registry forgot it), and then ``recreate`` puts it back."""
+
+    def __init__(
+        self,
+        provider: Provider,
+        ttl: float,
+        refresh: Callable[[], Awaitable[bool]],
+        recreate: Callable[[], Awaitable[None]],
+    ) -> None:
+        self.provider = provider
+        self.ttl = ttl
+        self._refresh = refresh
+        self._recreate = recreate
+        self._task: asyncio.Task[None] | None = None
+
+    def start(self) -> None:
+        self._task = asyncio.get_running_loop().create_task(self._keep_alive())
+
+    async def stop(self) -> None:
+        task, self._task = self._task, None
+        if task is not None:
+            task.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await task
+
+    async def _keep_alive(self) -> None:
+        period = self.ttl / 3
+        delay = period
+        failing = False
+        label = f"{self.provider.service} at {self.provider.address}"
+        while True:
+            await asyncio.sleep(delay)
+            try:
+                if not await self._refresh():
+                    await self._recreate()
+                    logger.warning("registration of %s had expired: registered again", label)
+            except Exception as exc:  # unreachable: keep trying, say so once
+                if not failing:
+                    logger.warning("cannot refresh registration of %s: %s (retrying)", label, exc)
+                failing = True
+                delay = min(period, max(MIN_RETRY, delay * 2 if delay < period else MIN_RETRY))
+                continue
+            if failing:
+                logger.info("registration of %s refreshed again", label)
+            failing = False
+            delay = period
