@@ -162,7 +162,7 @@ class SQLiteRegistry:
         return sorted(result, key=lambda item: (item[0].service, item[0].address))
 
     async def list(self, service: str | None = None) -> list[tuple[Provider, float]]:
-        return await self._run(lambda: self._rows(self._db(), service))  # noqa: B023
+        return await self._run(lambda: self._rows(self._db(), service))
 
     async def watch(self, service: str) -> AsyncIterator[WatchEvent]:
         """Poll ``data_version`` (changes on other connections' commits) and the next
