@@ -1,0 +1,619 @@
+"""Throughput and tail latency of tether next to uvicorn, hypercorn and granian.
+
+One command: each server is started with ONE worker on 127.0.0.1 (a free port each)
+serving the same plain ASGI app from ``bench/apps.py``, driven by ``wrk --latency``
+for a fixed time, then stopped. The table at the end gives requests/s, p99 latency
+and the ratios tether/<peer>, per app. Run from anywhere::
+
+    .venv/bin/python bench/server.py                      # all servers, both apps, 10 s
+    .venv/bin/python bench/server.py --rounds 3           # median of 3 alternating rounds
+    .venv/bin/python bench/server.py --servers tether,uvicorn --apps hello --duration 5
+
+Every process started here is stopped (SIGTERM, then SIGKILL of its whole process
+group) whatever happens, including Ctrl-C. A server that fails to start or dies
+during its run is reported as failed; the others still run. Exit status: 0 when
+every run completed, 1 when some run failed, 2 on bad usage or missing ``wrk``,
+130 when interrupted (the results so far are still printed).
+"""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import datetime
+import http.client
+import importlib.metadata
+import json
+import os
+import platform
+import re
+import shutil
+import signal
+import socket
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from collections.abc import Callable, Iterator, Sequence
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from types import FrameType
+from typing import Any, Final
+
+ROOT: Final = Path(__file__).resolve().parent.parent
+PYTHON: Final = sys.executable
+HOST: Final = "127.0.0.1"
+
+READY_TIMEOUT: Final = 30.0  # seconds a server gets to answer its first request
+STOP_TIMEOUT: Final = 10.0  # seconds a server gets to exit after SIGTERM
+WRK_GRACE: Final = 30.0  # seconds wrk may run past its -d before it is killed
+OUTPUT_TAIL_LINES: Final = 20
+
+# -- what is benchmarked ----------------------------------------------------------------
+
+#: app name -> ASGI target, importable from the repository root
+APPS: Final = {"hello": "bench.apps:hello", "json": "bench.apps:json"}
+
+Command = Callable[[str, int], list[str]]  # (ASGI target, port) -> argv
+
+
+def tether_cmd(target: str, port: int) -> list[str]:
+    return [
+        PYTHON, "-m", "tether", "serve", target, "--host", HOST, "--port", str(port),
+        "--no-access-log", "--log-level", "warning",
+    ]
+
+
+def uvicorn_cmd(target: str, port: int) -> list[str]:
+    return [
+        PYTHON, "-m", "uvicorn", target, "--host", HOST, "--port", str(port),
+        "--http", "httptools", "--loop", "uvloop", "--no-access-log", "--log-level", "warning",
+    ]
+
+
+def hypercorn_cmd(target: str, port: int) -> list[str]:
+    # Hypercorn writes no access log unless --access-logfile is given.
+    return [
+        PYTHON, "-m", "hypercorn", target, "--bind", f"{HOST}:{port}", "--workers", "1",
+        "--worker-class", "uvloop", "--log-level", "warning",
+    ]
+
+
+def granian_cmd(target: str, port: int) -> list[str]:
+    return [
+        PYTHON, "-m", "granian", "--interface", "asgi", "--host", HOST, "--port", str(port),
+        "--workers", "1", "--no-access-log", "--log-level", "warning", target,
+    ]
+
+
+#: server name -> how to start it; tether first, it is what the ratios are about
+SERVERS: Final[dict[str, Command]] = {
+    "tether": tether_cmd,
+    "uvicorn": uvicorn_cmd,
+    "hypercorn": hypercorn_cmd,
+    "granian": granian_cmd,
+}
+SUBJECT: Final = "tether"
+VERSIONED: Final = ("tether", "uvicorn", "hypercorn", "granian", "uvloop", "httptools")
+
+# -- options and results ---------------------------------------------------------------
+
+
+class BenchError(Exception):
+    """A run could not be completed; the message says why (shown in the report)."""
+
+
+@dataclass(frozen=True)
+class Options:
+    """The command line, parsed."""
+
+    duration: int
+    connections: int
+    threads: int
+    warmup: int
+    servers: list[str]
+    apps: list[str]
+    rounds: int
+    json_path: Path | None
+
+
+@dataclass(frozen=True)
+class WrkResult:
+    """What one ``wrk --latency`` run printed."""
+
+    requests_per_sec: float
+    p99_ms: float
+    requests: int
+    non_2xx: int
+    socket_errors: dict[str, int]
+
+    @property
+    def socket_error_total(self) -> int:
+        return sum(self.socket_errors.values())
+
+
+@dataclass
+class Run:
+    """One server on one app in one round: a result, or the reason there is none."""
+
+    server: str
+    app: str
+    round: int
+    result: WrkResult | None = None
+    error: str | None = None
+    server_output: list[str] = field(default_factory=list)
+
+
+@dataclass
+class Summary:
+    """All rounds of one server on one app, reduced to medians."""
+
+    server: str
+    app: str
+    rounds: int
+    rounds_ok: int
+    requests_per_sec: float | None
+    p99_ms: float | None
+    rps_rounds: list[float]  # per completed round, in round order
+    p99_rounds: list[float]
+    non_2xx: int
+    socket_errors: int
+    errors: list[str]
+
+
+# -- wrk ---------------------------------------------------------------------------------
+
+_RPS = re.compile(r"^Requests/sec:\s+([\d.]+)\s*$", re.MULTILINE)
+_P99 = re.compile(r"^\s*99%\s+([\d.]+)(us|ms|s|m|h)\s*$", re.MULTILINE)
+_TOTAL = re.compile(r"^\s*(\d+) requests in ", re.MULTILINE)
+_NON_2XX = re.compile(r"Non-2xx or 3xx responses:\s+(\d+)")
+_SOCKET = re.compile(
+    r"Socket errors: connect (\d+), read (\d+), write (\d+), timeout (\d+)"
+)
+_TO_MS: Final = {"us": 0.001, "ms": 1.0, "s": 1000.0, "m": 60_000.0, "h": 3_600_000.0}
+
+
+def parse_wrk(output: str) -> WrkResult:
+    """Parse ``wrk --latency`` output. Raises BenchError when a needed line is missing."""
+    rps = _RPS.search(output)
+    p99 = _P99.search(output)
+    total = _TOTAL.search(output)
+    if rps is None or p99 is None or total is None:
+        raise BenchError(f"could not parse wrk output:\n{output.strip()}")
+    non_2xx = _NON_2XX.search(output)
+    sock = _SOCKET.search(output)
+    socket_errors = {"connect": 0, "read": 0, "write": 0, "timeout": 0}
+    if sock is not None:
+        socket_errors = dict(zip(socket_errors, map(int, sock.groups()), strict=True))
+    return WrkResult(
+        requests_per_sec=float(rps.group(1)),
+        p99_ms=float(p99.group(1)) * _TO_MS[p99.group(2)],
+        requests=int(total.group(1)),
+        non_2xx=int(non_2xx.group(1)) if non_2xx else 0,
+        socket_errors=socket_errors,
+    )
+
+
+def run_wrk(port: int, seconds: int, connections: int, threads: int) -> WrkResult:
+    """Drive ``http://HOST:port/`` for ``seconds``; wrk stops itself (-d)."""
+    argv = [
+        "wrk", "--latency", "-t", str(threads), "-c", str(connections), "-d", f"{seconds}s",
+        f"http://{HOST}:{port}/",
+    ]
+    try:
+        done = subprocess.run(
+            argv, capture_output=True, text=True, timeout=seconds + WRK_GRACE, check=False
+        )
+    except subprocess.TimeoutExpired as exc:
+        raise BenchError(f"wrk did not finish within {seconds + WRK_GRACE:.0f}s") from exc
+    if done.returncode != 0:
+        detail = (done.stderr or done.stdout).strip()
+        raise BenchError(f"wrk exited with status {done.returncode}: {detail}")
+    return parse_wrk(done.stdout)
+
+
+# -- servers -----------------------------------------------------------------------------
+
+
+def free_port() -> int:
+    """A TCP port on HOST nobody listens on right now."""
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
+        sock.bind((HOST, 0))
+        port: int = sock.getsockname()[1]
+        return port
+
+
+@contextlib.contextmanager
+def running(argv: list[str], log_path: Path) -> Iterator[subprocess.Popen[bytes]]:
+    """Start ``argv`` from the repository root in its own session; always stop it.
+
+    Output goes to ``log_path`` (a file, not a pipe, so a chatty server never blocks).
+    """
+    with log_path.open("wb") as log:
+        try:
+            proc = subprocess.Popen(
+                argv,
+                cwd=ROOT,
+                stdin=subprocess.DEVNULL,
+                stdout=log,
+                stderr=subprocess.STDOUT,
+                start_new_session=True,  # its own process group: workers are stopped with it
+            )
+        except OSError as exc:
+            raise BenchError(f"could not run {argv[0]}: {exc}") from exc
+        try:
+            yield proc
+        finally:
+            stop(proc)
+
+
+def stop(proc: subprocess.Popen[bytes]) -> None:
+    """SIGTERM and wait (bounded), then SIGKILL whatever is left of its process group."""
+    try:
+        if proc.poll() is None:
+            proc.terminate()
+            with contextlib.suppress(subprocess.TimeoutExpired):
+                proc.wait(STOP_TIMEOUT)
+    finally:
+        # The group id is the pid of the process we started (start_new_session); this
+        # also reaps worker processes (granian's) that outlived their parent.
+        with contextlib.suppress(ProcessLookupError, PermissionError):
+            os.killpg(proc.pid, signal.SIGKILL)
+        proc.wait()
+
+
+def check_response(port: int, app: str) -> None:
+    """One GET /: raises OSError/HTTPException while not listening yet, BenchError
+    when the answer is wrong (then waiting longer would not help)."""
+    conn = http.client.HTTPConnection(HOST, port, timeout=2.0)
+    try:
+        conn.request("GET", "/")
+        response = conn.getresponse()
+        body = response.read()
+    finally:
+        conn.close()
+    if response.status != 200:
+        raise BenchError(f"GET / answered {response.status}, expected 200")
+    length = response.getheader("content-length")
+    if length is None or int(length) != len(body):
+        raise BenchError(f"GET / content-length {length!r} but {len(body)} body bytes")
+    if app == "json":
+        try:
+            json.loads(body)
+        except ValueError as exc:
+            raise BenchError(f"GET / on the json app returned invalid JSON: {exc}") from exc
+
+
+def wait_ready(proc: subprocess.Popen[bytes], port: int, app: str) -> None:
+    """Poll GET / until it answers correctly, the process exits, or the deadline passes."""
+    deadline = time.monotonic() + READY_TIMEOUT
+    while True:
+        status = proc.poll()
+        if status is not None:
+            raise BenchError(f"exited with status {status} before answering a request")
+        try:
+            check_response(port, app)
+            return
+        except (OSError, http.client.HTTPException) as exc:
+            last = f"{type(exc).__name__}: {exc}"
+        if time.monotonic() >= deadline:
+            raise BenchError(f"not answering after {READY_TIMEOUT:.0f}s ({last})")
+        time.sleep(0.05)
+
+
+def tail(path: Path, lines: int = OUTPUT_TAIL_LINES) -> list[str]:
+    try:
+        text = path.read_text(errors="replace")
+    except OSError:
+        return []
+    return text.splitlines()[-lines:]
+
+
+def bench_one(server: str, app: str, rnd: int, opts: Options, workdir: Path) -> Run:
+    """Start ``server`` on ``app``, warm up, measure, stop. Never raises BenchError."""
+    run = Run(server=server, app=app, round=rnd)
+    port = free_port()
+    log_path = workdir / f"{server}-{app}-{rnd}.log"
+    try:
+        with running(SERVERS[server](APPS[app], port), log_path) as proc:
+            try:
+                wait_ready(proc, port, app)
+            except BenchError as exc:
+                raise BenchError(f"failed to start: {exc}") from exc
+            if opts.warmup > 0:
+                run_wrk(port, opts.warmup, opts.connections, opts.threads)
+            result = run_wrk(port, opts.duration, opts.connections, opts.threads)
+            status = proc.poll()
+            if status is not None:
+                raise BenchError(f"exited with status {status} during the run")
+            run.result = result
+    except BenchError as exc:
+        run.error = str(exc)
+    finally:
+        run.server_output = tail(log_path)
+    return run
+
+
+# -- the whole benchmark -----------------------------------------------------------------
+
+
+def rotated(items: Sequence[str], by: int) -> list[str]:
+    """``items`` starting at position ``by`` (mod len): round r runs server r first."""
+    k = by % len(items)
+    return [*items[k:], *items[:k]]
+
+
+def run_all(opts: Options, runs: list[Run]) -> None:
+    """Run every (round, app, server) in turn, appending to ``runs`` as they finish."""
+    with tempfile.TemporaryDirectory(prefix="tether-bench-") as tmp:
+        for rnd in range(opts.rounds):
+            for app in opts.apps:
+                for server in rotated(opts.servers, rnd):
+                    run = bench_one(server, app, rnd, opts, Path(tmp))
+                    runs.append(run)
+                    print(progress_line(run, opts.rounds), flush=True)
+
+
+def progress_line(run: Run, rounds: int) -> str:
+    head = f"[round {run.round + 1}/{rounds}] {run.app:<5} {run.server:<9}"
+    if run.result is None:
+        return f"{head} FAILED: {(run.error or '').splitlines()[0]}"
+    r = run.result
+    return (
+        f"{head} {r.requests_per_sec:>10,.0f} req/s  p99 {r.p99_ms:8.2f} ms"
+        f"{errors_text(r.non_2xx, r.socket_error_total, prefix='  ')}"
+    )
+
+
+def summarize(runs: list[Run], opts: Options) -> list[Summary]:
+    summaries = []
+    for app in opts.apps:
+        for server in opts.servers:
+            mine = [r for r in runs if r.app == app and r.server == server]
+            ok = [r.result for r in mine if r.result is not None]
+            rps = [r.requests_per_sec for r in ok]
+            p99 = [r.p99_ms for r in ok]
+            summaries.append(
+                Summary(
+                    server=server,
+                    app=app,
+                    rounds=len(mine),
+                    rounds_ok=len(ok),
+                    requests_per_sec=statistics.median(rps) if rps else None,
+                    p99_ms=statistics.median(p99) if p99 else None,
+                    rps_rounds=rps,
+                    p99_rounds=p99,
+                    non_2xx=sum(r.non_2xx for r in ok),
+                    socket_errors=sum(r.socket_error_total for r in ok),
+                    errors=[r.error for r in mine if r.error is not None],
+                )
+            )
+    return summaries
+
+
+def errors_text(non_2xx: int, socket_errors: int, prefix: str = "") -> str:
+    parts = []
+    if non_2xx:
+        parts.append(f"non-2xx {non_2xx}")
+    if socket_errors:
+        parts.append(f"socket {socket_errors}")
+    return prefix + ", ".join(parts) if parts else ""
+
+
+def _num(value: float | None, fmt: str) -> str:
+    return "-" if value is None else format(value, fmt)
+
+
+def _range(values: list[float], fmt: str) -> str:
+    """``min-max`` of several rounds; empty for fewer than two."""
+    if len(values) < 2:
+        return ""
+    return f"{format(min(values), fmt)}-{format(max(values), fmt)}"
+
+
+def report(summaries: list[Summary], runs: list[Run], opts: Options) -> str:
+    """The final table, the ratio lines and anything that went wrong, as text."""
+    lines = [
+        "",
+        f"wrk -t{opts.threads} -c{opts.connections} -d{opts.duration}s --latency, "
+        f"warmup {opts.warmup}s, {opts.rounds} round(s)"
+        + (", median of rounds" if opts.rounds > 1 else ""),
+        "",
+        f"{'app':<6}{'server':<11}{'req/s':>8}  {'(min-max)':<15}"
+        f"{'p99 ms':>8}  {'(min-max)':<15}{'ok':>3}  errors",
+    ]
+    for s in summaries:
+        errors = errors_text(s.non_2xx, s.socket_errors) or "-"
+        if s.rounds == 0:
+            errors = "not run"
+        elif s.rounds_ok < s.rounds:
+            errors = f"{s.rounds - s.rounds_ok} run(s) FAILED" + (
+                f"; {errors}" if errors != "-" else ""
+            )
+        lines.append(
+            f"{s.app:<6}{s.server:<11}{_num(s.requests_per_sec, ',.0f'):>8}  "
+            f"{_range(s.rps_rounds, ',.0f'):<15}{_num(s.p99_ms, '.2f'):>8}  "
+            f"{_range(s.p99_rounds, '.2f'):<15}{s.rounds_ok:>1}/{s.rounds:<1}  {errors}"
+        )
+    lines += ["", "ratios (req/s: above 1 means tether is faster; p99: below 1 means tether"
+              " has the lower tail latency)"]
+    by_key = {(s.app, s.server): s for s in summaries}
+    for app in opts.apps:
+        subject = by_key.get((app, SUBJECT))
+        for peer in opts.servers:
+            if peer == SUBJECT or subject is None:
+                continue
+            other = by_key[(app, peer)]
+            label = f"{app:<6}{SUBJECT}/{peer:<11}"
+            if (
+                subject.requests_per_sec is None
+                or subject.p99_ms is None
+                or other.requests_per_sec is None
+                or other.p99_ms is None
+            ):
+                lines.append(f"{label}n/a (no result for one of them)")
+                continue
+            lines.append(
+                f"{label}req/s {subject.requests_per_sec / other.requests_per_sec:5.2f}"
+                f"   p99 {subject.p99_ms / other.p99_ms:5.2f}"
+            )
+    failed = [r for r in runs if r.error is not None]
+    if failed:
+        lines += ["", "failures:"]
+        for run in failed:
+            lines.append(f"  {run.server} on {run.app}, round {run.round + 1}: {run.error}")
+            lines += [f"    | {line}" for line in run.server_output]
+    noisy = [r for r in runs if r.error is None and r.server_output]
+    if noisy:
+        lines += ["", "server output (log level warning) during successful runs:"]
+        for run in noisy:
+            lines.append(f"  {run.server} on {run.app}, round {run.round + 1}:")
+            lines += [f"    | {line}" for line in run.server_output]
+    return "\n".join(lines)
+
+
+# -- environment -------------------------------------------------------------------------
+
+
+def machine_facts() -> dict[str, Any]:
+    cpu = "unknown"
+    with contextlib.suppress(OSError):
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                cpu = line.split(":", 1)[1].strip()
+                break
+    versions: dict[str, str] = {}
+    for name in VERSIONED:
+        try:
+            versions[name] = importlib.metadata.version(name)
+        except importlib.metadata.PackageNotFoundError:
+            versions[name] = "not installed"
+    wrk = subprocess.run(["wrk", "-v"], capture_output=True, text=True, check=False)
+    versions["wrk"] = (wrk.stdout.splitlines() or ["?"])[0].split(" Copyright")[0]
+    return {
+        "nproc": os.cpu_count(),
+        "cpu": cpu,
+        "python": platform.python_version(),
+        "platform": platform.platform(),
+        "versions": versions,
+    }
+
+
+def write_json(path: Path, opts: Options, facts: dict[str, Any], runs: list[Run],
+               summaries: list[Summary], argv: Sequence[str]) -> None:
+    settings = asdict(opts)
+    settings["json_path"] = str(opts.json_path)
+    data = {
+        "date": datetime.datetime.now(datetime.UTC).isoformat(timespec="seconds"),
+        "command": [PYTHON, *argv],
+        "settings": settings,
+        "machine": facts,
+        "runs": [asdict(r) for r in runs],
+        "summary": [asdict(s) for s in summaries],
+    }
+    path.write_text(json.dumps(data, indent=2) + "\n")
+
+
+# -- command line ------------------------------------------------------------------------
+
+
+def _names(choices: Sequence[str]) -> Callable[[str], list[str]]:
+    def parse(value: str) -> list[str]:
+        names = [n.strip() for n in value.split(",") if n.strip()]
+        unknown = [n for n in names if n not in choices]
+        if unknown or not names:
+            raise argparse.ArgumentTypeError(
+                f"expected a comma list of {', '.join(choices)}; got {value!r}"
+            )
+        return list(dict.fromkeys(names))  # drop duplicates, keep order
+
+    return parse
+
+
+def _positive(value: str) -> int:
+    number = int(value)
+    if number < 1:
+        raise argparse.ArgumentTypeError(f"must be at least 1, got {number}")
+    return number
+
+
+def _non_negative(value: str) -> int:
+    number = int(value)
+    if number < 0:
+        raise argparse.ArgumentTypeError(f"must be 0 or more, got {number}")
+    return number
+
+
+def parse_args(argv: Sequence[str]) -> Options:
+    parser = argparse.ArgumentParser(
+        description="Benchmark tether against uvicorn, hypercorn and granian with wrk.",
+    )
+    parser.add_argument("--duration", type=_positive, default=10, metavar="SECONDS",
+                        help="measured wrk run per server and app (default: 10)")
+    parser.add_argument("--connections", type=_positive, default=64, metavar="N",
+                        help="wrk connections (default: 64)")
+    parser.add_argument("--threads", type=_positive, default=2, metavar="N",
+                        help="wrk threads (default: 2)")
+    parser.add_argument("--warmup", type=_non_negative, default=2, metavar="SECONDS",
+                        help="discarded wrk run before each measurement; 0 skips (default: 2)")
+    parser.add_argument("--servers", type=_names(list(SERVERS)), default=list(SERVERS),
+                        help=f"comma list (default: {','.join(SERVERS)})")
+    parser.add_argument("--apps", type=_names(list(APPS)), default=list(APPS),
+                        help=f"comma list (default: {','.join(APPS)})")
+    parser.add_argument("--rounds", type=_positive, default=1, metavar="N",
+                        help="rounds, the server order rotated each round; medians are "
+                             "reported (default: 1)")
+    parser.add_argument("--json", type=Path, default=None, metavar="PATH", dest="json_path",
+                        help="also write every run and the summary as JSON to PATH")
+    args = parser.parse_args(argv)
+    if args.threads > args.connections:
+        parser.error("--threads must not exceed --connections (wrk needs a connection each)")
+    return Options(**vars(args))
+
+
+def _loadavg(values: tuple[float, float, float]) -> str:
+    return " ".join(f"{v:.2f}" for v in values)
+
+
+def _terminate_as_interrupt(signum: int, frame: FrameType | None) -> None:
+    raise KeyboardInterrupt
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    argv = sys.argv[1:] if argv is None else argv
+    opts = parse_args(argv)
+    if shutil.which("wrk") is None:
+        print("bench: wrk not found on PATH (install it: scripts/system-deps.sh)",
+              file=sys.stderr)
+        return 2
+    # SIGTERM unwinds like Ctrl-C, so every server is stopped on the way out.
+    signal.signal(signal.SIGTERM, _terminate_as_interrupt)
+    facts = machine_facts()
+    versions = ", ".join(f"{k} {v}" for k, v in facts["versions"].items() if k != "wrk")
+    print(f"{facts['nproc']} CPUs ({facts['cpu']}), Python {facts['python']}", flush=True)
+    print(f"{versions}; {facts['versions']['wrk']}", flush=True)
+    facts["loadavg_before"] = os.getloadavg()
+    print(f"load average before: {_loadavg(facts['loadavg_before'])}", flush=True)
+    runs: list[Run] = []
+    interrupted = False
+    try:
+        run_all(opts, runs)
+    except KeyboardInterrupt:
+        interrupted = True
+        print("\ninterrupted: every server was stopped; results so far:", flush=True)
+    facts["loadavg_after"] = os.getloadavg()
+    summaries = summarize(runs, opts)
+    print(report(summaries, runs, opts), flush=True)
+    print(f"\nload average after: {_loadavg(facts['loadavg_after'])} "
+          f"(on {facts['nproc']} CPUs; other load skews the numbers)", flush=True)
+    if opts.json_path is not None:
+        write_json(opts.json_path, opts, facts, runs, summaries, [str(Path(__file__)), *argv])
+        print(f"\nraw results written to {opts.json_path}")
+    if interrupted:
+        return 130
+    return 1 if any(r.error is not None for r in runs) else 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
