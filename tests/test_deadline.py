@@ -222,3 +222,18 @@ async def test_client_refuses_work_past_the_deadline() -> None:
         with pytest.raises(tether.DeadlineExceeded):
             await asyncio.create_task(call_when_already_expired())
         assert client.stats()["outgoing_requests"] == sent  # nothing was sent
+
+
+async def test_deadline_and_overload_errors_from_the_handler_map_to_504_and_503() -> None:
+    async def app(scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["path"] == "/late":
+            raise tether.DeadlineExceeded("a downstream call ran out of time")
+        raise tether.Overloaded("database pool overloaded")
+
+    async with serve(app) as server, httpx.AsyncClient() as client:
+        late = await client.get(f"{server.url}/late")
+        busy = await client.get(f"{server.url}/busy")
+        counters = server.worker.state.counters
+    assert late.status_code == 504
+    assert busy.status_code == 503 and busy.headers["retry-after"] == "1"
+    assert counters["deadline_exceeded"] == 1 and counters["overloaded"] == 1

@@ -24,6 +24,7 @@ from tether.errors import (
     ClientDisconnected,
     ConfigError,
     LifespanFailure,
+    Overloaded,
     TetherError,
 )
 
@@ -35,6 +36,7 @@ __all__ = [
     "Deadline",
     "DeadlineExceeded",
     "LifespanFailure",
+    "Overloaded",
     "RequestLimits",
     "Response",
     "ServerConfig",

@@ -22,6 +22,12 @@ class LifespanFailure(TetherError):
     """The application's lifespan startup (or shutdown) reported failure or raised."""
 
 
+class Overloaded(TetherError):
+    """Work refused because a queue in front of a scarce resource (the server's
+    admission queue, a database pool) has been standing too long. A handler that
+    lets it propagate answers ``503`` with ``Retry-After``."""
+
+
 class ClientDisconnected(OSError):
     """Raised by ASGI ``send()`` once the client has gone away.
 

@@ -24,8 +24,10 @@ from typing import Any
 
 import asyncpg
 
+from tether.admission import AdmissionGate, Outcome
 from tether.db import counters
-from tether.deadline import DeadlineExceeded, time_remaining
+from tether.deadline import DeadlineExceeded, current_deadline, time_remaining
+from tether.errors import Overloaded
 
 InitHook = Callable[[asyncpg.Connection], Awaitable[None]]
 
@@ -85,14 +87,21 @@ class Pool:
     or ``async with pool.acquire() as conn: await conn.fetch(...)``.
     """
 
-    def __init__(self, pool: asyncpg.Pool) -> None:
+    def __init__(self, pool: asyncpg.Pool, max_size: int, *, adaptive_queue: bool = True) -> None:
         self.raw = pool
+        # Requests wait for a connection in tether's queue, not asyncpg's FIFO: a
+        # deadline-aware, adaptive-LIFO queue (admission.py). Under overload the
+        # newest waiter gets the next connection and the stale ones are shed, so
+        # the connections do work for requests that can still succeed.
+        self.gate = AdmissionGate(max_size) if adaptive_queue else None
 
     @classmethod
     async def create(
         cls, dsn: str | None = None, *, min_size: int = 1, max_size: int = 10,
-        init: InitHook | None = None, **kwargs: Any,
+        init: InitHook | None = None, adaptive_queue: bool = True, **kwargs: Any,
     ) -> Pool:
+        """Create the asyncpg pool. ``adaptive_queue=False`` leaves waiting for a
+        connection to asyncpg's plain FIFO (bounded by the deadline all the same)."""
         async def counted_init(conn: asyncpg.Connection) -> None:
             counters["db_connections_opened"] += 1
             if init is not None:
@@ -101,23 +110,36 @@ class Pool:
         pool = await asyncpg.create_pool(
             dsn, min_size=min_size, max_size=max_size, init=counted_init, **kwargs
         )
-        return cls(pool)
+        return cls(pool, max_size, adaptive_queue=adaptive_queue)
 
     @contextlib.asynccontextmanager
     async def acquire(self, *, timeout: float | None = None) -> AsyncIterator[Connection]:
         """A pooled connection, waited for no longer than the deadline allows."""
         budget = _budget(timeout)
-        try:
-            conn = await self.raw.acquire(timeout=budget)
-        except TimeoutError as exc:
+        gate = self.gate
+        outcome = Outcome.ADMITTED if gate is None else await gate.enter(current_deadline().at)
+        if outcome is Outcome.EXPIRED:
             counters["db_acquire_timeouts"] += 1
-            raise DeadlineExceeded("no database connection free before the deadline") from exc
+            raise DeadlineExceeded("no database connection free before the deadline")
+        if outcome is Outcome.SHED:
+            counters["db_acquire_shed"] += 1
+            raise Overloaded("database pool overloaded: request shed from its queue")
         try:
-            yield Connection(conn)
+            try:
+                conn = await self.raw.acquire(timeout=_budget(budget))
+            except TimeoutError as exc:
+                counters["db_acquire_timeouts"] += 1
+                raise DeadlineExceeded(
+                    "no database connection free before the deadline") from exc
+            try:
+                yield Connection(conn)
+            finally:
+                # asyncpg's release waits for an in-progress cancel to finish and
+                # resets the session: the connection goes back healthy, not discarded.
+                await self.raw.release(conn)
         finally:
-            # asyncpg's release waits for an in-progress cancel to finish and resets
-            # the session, so the connection goes back healthy, not discarded.
-            await self.raw.release(conn)
+            if gate is not None:
+                gate.leave()
 
     async def fetch(self, query: str, *args: Any, timeout: float | None = None) -> list[Any]:
         async with self.acquire() as conn:

@@ -22,11 +22,16 @@ def sqlite_path(url: str) -> str:
 
 def etcd_endpoints(url: str) -> tuple[list[tuple[str, int]], str]:
     """``etcd://h1:2379,h2:2379/prefix`` -> ([(h1, 2379), (h2, 2379)], "/prefix")."""
-    parts = urlsplit(url)
+    try:
+        parts = urlsplit(url)
+    except ValueError as exc:
+        raise ConfigError(f"registry URL {url!r}: {exc}") from exc
+    if parts.query or parts.fragment:
+        raise ConfigError(f"registry URL {url!r}: no query or fragment expected")
     endpoints = []
     for item in parts.netloc.split(","):
         host, sep, port = item.rpartition(":")
-        if not sep or not port.isdigit() or not host:
+        if not sep or not port.isdigit() or not host.strip("[]") or not 0 < int(port) < 65536:
             raise ConfigError(f"registry URL {url!r}: endpoint {item!r} is not host:port")
         endpoints.append((host.strip("[]"), int(port)))
     prefix = parts.path.rstrip("/") or "/tether"
@@ -41,8 +46,15 @@ def open_registry(url: str) -> Registry:
 
         return SQLiteRegistry(sqlite_path(url), url=url)
     if scheme == "etcd":
-        etcd_endpoints(url)  # validate now
-        raise ConfigError("the etcd registry backend is not available yet")
+        endpoints, prefix = etcd_endpoints(url)  # validate before importing anything
+        try:
+            from tether.registry.etcd import EtcdRegistry
+        except ImportError as exc:
+            raise ConfigError(
+                f"registry URL {url!r} needs the etcd client: pip install 'tether[etcd]' "
+                f"({exc})"
+            ) from exc
+        return EtcdRegistry(endpoints, prefix, url=url)
     if scheme == "memory":
         from tether.registry.memory import MemoryRegistry
 

@@ -42,10 +42,11 @@ from tether.deadline import (
     HEADER_BYTES,
     NO_DEADLINE,
     Deadline,
+    DeadlineExceeded,
     deadline_from_headers,
     set_deadline,
 )
-from tether.errors import ClientDisconnected
+from tether.errors import ClientDisconnected, Overloaded
 from tether.server import wire
 from tether.tls import tls_extension
 
@@ -861,6 +862,14 @@ class RequestCycle:
             await app(self.scope, self.receive, self.send)
         except (ClientDisconnected, _AlreadyReported):
             pass  # our own signals, propagated by the app: already handled
+        except DeadlineExceeded:
+            # The handler let the request's deadline (a tether.Client call or a
+            # tether.db query ran out of time) propagate: that is a 504, not a bug.
+            state.counters["deadline_exceeded"] += 1
+            self._fail_unanswered(504, "Deadline exceeded")
+        except Overloaded as exc:
+            state.counters["overloaded"] += 1
+            self._fail_unanswered(503, f"Overloaded: {exc}", b"retry-after: 1\r\n")
         except asyncio.CancelledError:
             reason = self.cancel_reason
             if reason == "deadline" and gate is not None and not admitted:
