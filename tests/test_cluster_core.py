@@ -4,6 +4,7 @@ random interleavings of snapshots, probe results, request outcomes and time."""
 from __future__ import annotations
 
 import random
+from collections.abc import Sequence
 
 from hypothesis import settings
 from hypothesis import strategies as st
@@ -31,7 +32,7 @@ class ClusterMachine(RuleBasedStateMachine):
         self.now = 0.0
         self.generation = 0
 
-    def _check_logs(self, before: dict[str, ProviderState], actions: list[object]) -> None:
+    def _check_logs(self, before: dict[str, ProviderState], actions: Sequence[object]) -> None:
         """Exactly one Log per state change; none for a repeated failure."""
         changed = sum(
             1 for a, r in self.core.records.items() if a in before and before[a] is not r.state
@@ -68,7 +69,11 @@ class ClusterMachine(RuleBasedStateMachine):
         if record.state is ProviderState.EVICTED:
             assert after.state is ProviderState.EVICTED
             return
-        if after.attempts >= CONFIG.max_reconnect_attempts:
+        first = after.first_failure_at
+        assert first is not None
+        exhausted = (after.attempts >= CONFIG.max_reconnect_attempts
+                     or self.now - first >= CONFIG.max_retry_duration)
+        if exhausted:
             assert after.state is ProviderState.EVICTED  # always gives up at the limit
         else:
             assert after.state is ProviderState.RETRYING
