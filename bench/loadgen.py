@@ -5,6 +5,13 @@ reset, closed before or during the response, timed out. Two modes: a new
 connection per request, and keep-alive (reconnecting only when the server says
 ``Connection: close``, as a well-behaved client does). Every loop is bounded by a
 request budget and a time limit, and stops by itself.
+
+Each failure is counted in ``LoadResult.errors`` under a kind that says where it
+happened: ``connect: <exception>`` (the connection could not be opened),
+``new conn: ...`` (first request on a fresh connection) or ``reused conn: ...`` (a
+later request on a kept-alive connection), followed by ``closed before response``
+(EOF before any byte of the response), ``closed mid-response``, the exception's name
+(``ConnectionResetError``, ``TimeoutError``, ...) or ``status <code>``.
 """
 
 from __future__ import annotations
@@ -61,18 +68,29 @@ async def read_response(reader: asyncio.StreamReader) -> tuple[int, bool]:
             chunked = b"chunked" in value
         elif name == b"connection":
             close = b"close" in value
-    if chunked:
-        while True:
-            size = int((await reader.readuntil(b"\r\n")).strip().split(b";")[0], 16)
-            await reader.readexactly(size + 2)
-            if size == 0:
-                break
-    elif length is not None:
-        await reader.readexactly(length)
-    else:
-        await reader.read()
-        close = True
+    try:
+        if chunked:
+            while True:
+                size = int((await reader.readuntil(b"\r\n")).strip().split(b";")[0], 16)
+                await reader.readexactly(size + 2)
+                if size == 0:
+                    break
+        elif length is not None:
+            await reader.readexactly(length)
+        else:
+            await reader.read()
+            close = True
+    except asyncio.IncompleteReadError as exc:
+        # The head arrived: whatever is missing now, the response was cut short.
+        raise asyncio.IncompleteReadError(head + exc.partial, exc.expected) from None
     return status, close
+
+
+def _failure_kind(exc: BaseException) -> str:
+    """A short name for what went wrong with one request."""
+    if isinstance(exc, asyncio.IncompleteReadError):
+        return "closed mid-response" if exc.partial else "closed before response"
+    return type(exc).__name__
 
 
 async def _client(
@@ -85,12 +103,15 @@ async def _client(
         + "\r\n"
     ).encode()
     conn: tuple[asyncio.StreamReader, asyncio.StreamWriter] | None = None
+    where = "connect"
     try:
         while not stop.is_set() and budget[0] > 0 and time.monotonic() < stop_at:
             budget[0] -= 1
             try:
                 if conn is None:
+                    where = "connect"
                     conn = await asyncio.wait_for(asyncio.open_connection(host, port), timeout)
+                    where = "new conn"
                 reader, writer = conn
                 writer.write(request)
                 status, close = await asyncio.wait_for(read_response(reader), timeout)
@@ -98,14 +119,16 @@ async def _client(
                     result.ok += 1
                 else:
                     result.failed += 1
-                    result.errors[f"status {status}"] += 1
+                    result.errors[f"{where}: status {status}"] += 1
                 if close or not keep_alive:
                     writer.close()
                     conn = None
+                else:
+                    where = "reused conn"
             except (OSError, asyncio.IncompleteReadError, TimeoutError, ValueError,
                     IndexError, asyncio.LimitOverrunError) as exc:
                 result.failed += 1
-                result.errors[type(exc).__name__] += 1
+                result.errors[f"{where}: {_failure_kind(exc)}"] += 1
                 if conn is not None:
                     conn[1].close()
                     conn = None
