@@ -1,6 +1,7 @@
 """tether's HTTP client: ``Client``, its models and its typed errors."""
 
 from tether.client.client import Client
+from tether.client.cluster import ClusterConfig, ProviderState
 from tether.client.errors import (
     ConnectError,
     ConnectTimeout,
@@ -21,9 +22,12 @@ from tether.client.errors import (
 )
 from tether.client.models import Headers, Response, Timeout
 from tether.client.pool import PoolKey, TLSIdentity
+from tether.client.service import Cluster, NoProviderAvailable
 
 __all__ = [
     "Client",
+    "Cluster",
+    "ClusterConfig",
     "ConnectError",
     "ConnectTimeout",
     "HTTPError",
@@ -31,8 +35,10 @@ __all__ = [
     "Headers",
     "LocalProtocolError",
     "NetworkError",
+    "NoProviderAvailable",
     "PoolKey",
     "PoolTimeout",
+    "ProviderState",
     "ReadError",
     "ReadTimeout",
     "RemoteProtocolError",

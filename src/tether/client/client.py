@@ -37,8 +37,11 @@ from tether.client.models import (
     parse_url,
 )
 from tether.client.pool import ConnectionPool, PoolKey, TLSIdentity
+from tether.client.service import Cluster
 from tether.deadline import HEADER as DEADLINE_HEADER
 from tether.deadline import DeadlineExceeded, current_deadline, deadline_at
+from tether.registry.base import Registry
+from tether.registry.urls import open_registry
 from tether.tls import client_context
 
 IDEMPOTENT: Final = frozenset({"GET", "HEAD", "OPTIONS", "PUT", "DELETE", "TRACE"})
@@ -79,6 +82,7 @@ class Client:
         minimum_tls_version: str = "TLSv1_2",
         propagate_deadline: bool = True,
         deadline_margin: float = 0.005,
+        registry: str | Registry | None = None,
     ) -> None:
         self.timeout = Timeout.of(timeout)
         self.verify = verify
@@ -96,6 +100,9 @@ class Client:
             keepalive_expiry=keepalive_expiry,
         )
         self._contexts: dict[TLSIdentity, ssl.SSLContext] = {}
+        self._registry_arg = registry
+        self._registry: Registry | None = None
+        self._services: dict[str, Cluster] = {}
 
     # -- lifecycle -----------------------------------------------------------------------
 
@@ -106,7 +113,38 @@ class Client:
         await self.aclose()
 
     async def aclose(self) -> None:
+        for cluster in self._services.values():
+            await cluster.aclose()
+        if self._registry is not None and isinstance(self._registry_arg, str):
+            await self._registry.close()  # we opened it, we close it
         await self._pool.aclose()
+
+    def service(self, name: str, **options: Any) -> Cluster:
+        """The cluster of ``name``'s providers (created once per name).
+
+        Providers come from the client's ``registry=`` or a static
+        ``providers=["host:port", ...]``. Options: ``balancer`` ("p2c" or
+        "round_robin"), ``health_path`` ("/healthz"; None for a plain connect),
+        ``probe_timeout``, ``scheme``, ``retry_budget_percent``, ``max_attempts``,
+        and ``config=ClusterConfig(...)`` for heartbeats, backoff, eviction, ejection
+        and the empty-snapshot policy (see docs/cluster.md).
+        """
+        cluster = self._services.get(name)
+        if cluster is None:
+            registry = None
+            if "providers" not in options:
+                registry = self._open_registry()
+            cluster = self._services[name] = Cluster(self, name, registry=registry, **options)
+        return cluster
+
+    def _open_registry(self) -> Registry:
+        if self._registry is None:
+            arg = self._registry_arg
+            if arg is None:
+                raise ValueError("client.service(name) needs Client(registry=URL) "
+                                 "or providers=[...]")
+            self._registry = open_registry(arg) if isinstance(arg, str) else arg
+        return self._registry
 
     # -- the public request API ---------------------------------------------------------
 

@@ -253,8 +253,10 @@ class ClusterCore:
         return [a for a, r in self.records.items() if r.state is ProviderState.ALIVE]
 
     def next_wakeup(self) -> float | None:
+        """When :meth:`due` next has something to do (a CONNECTING provider's first
+        probe is in flight: it reports back by itself)."""
         times = [r.ejected_until if r.state is ProviderState.EJECTED else r.next_probe_at
-                 for r in self.records.values()]
+                 for r in self.records.values() if r.state is not ProviderState.CONNECTING]
         finite = [t for t in times if t != float("inf")]
         return min(finite) if finite else None
 

@@ -96,6 +96,9 @@ class ConnectionPool:
         self._waiters: deque[_Waiter] = deque()
         self.stats = PoolStats()
         self.closed = False
+        #: (host, port) of providers that left their cluster: no connection to them
+        #: goes back to the idle pool
+        self._retired: set[tuple[str, int]] = set()
 
     # -- acquiring ---------------------------------------------------------------------
 
@@ -198,9 +201,27 @@ class ConnectionPool:
 
     # -- releasing -------------------------------------------------------------------
 
+    def retire(self, host: str, port: int) -> None:
+        """A provider left: close its idle connections now; in-flight ones finish and
+        are closed when released (drained, not cut)."""
+        self._retired.add((host, port))
+        for key, stack in list(self._idle.items()):
+            if (key.host, key.port) == (host, port):
+                for conn in list(stack):
+                    stack.remove(conn)
+                    self._discard(conn)
+
+    def unretire(self, host: str, port: int) -> None:
+        self._retired.discard((host, port))
+
+    def open_to(self, host: str, port: int) -> int:
+        """Connections open (idle or busy) to one address, whatever their key."""
+        return sum(n for key, n in self._slots.items() if (key.host, key.port) == (host, port))
+
     def release(self, conn: HTTPConnection) -> None:
         """Return a connection: kept idle if reusable, closed otherwise."""
-        if self.closed or not conn.reusable:
+        key = conn.key
+        if self.closed or not conn.reusable or (key.host, key.port) in self._retired:
             self._discard(conn)
             return
         conn.idle_since = asyncio.get_running_loop().time()

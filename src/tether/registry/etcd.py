@@ -55,6 +55,9 @@ CALL_TIMEOUT = 3.0
 #: a watcher that lost its stream re-lists after this, doubling up to WATCH_RETRY_MAX
 WATCH_RETRY_MIN = 0.1
 WATCH_RETRY_MAX = 5.0
+#: seconds etcd may take to confirm a new watch (watches on one connection are created
+#: one at a time, so this is generous); past it the watch connection is replaced
+WATCH_CREATE_TIMEOUT = 15.0
 #: ``list()`` asks etcd how long each lease has left only up to this many leases;
 #: beyond that it reports each entry's registered TTL (one call per lease is not cheap)
 LEASE_INFO_LIMIT = 256
@@ -101,6 +104,9 @@ def decode(value: bytes) -> tuple[Provider, float] | None:
         return None
 
 
+#: why a watch stopped when its stream delivered another watch's keys
+_CROSSED = "etcd watch delivered keys of another watch"
+
 #: one listed key: its provider, its lease id, its registered TTL
 _Entry = tuple[Provider, int, float]
 
@@ -127,8 +133,10 @@ class EtcdRegistry:
         self.prefix = "/" + prefix.strip("/") if prefix.strip("/") else ""
         self._timeout = timeout
         self._clients: dict[int, Any] = {}
+        self._watch_clients: dict[int, Any] = {}
         self._current = 0
         self._kept: dict[KeptRegistration, _Lease] = {}
+        self._closing: set[asyncio.Task[None]] = set()
         self._closed = False
 
     # -- keys ---------------------------------------------------------------------------
@@ -155,6 +163,38 @@ class EtcdRegistry:
             client = aetcd.Client(host, port, timeout=self._timeout, options=CHANNEL_OPTIONS)
             self._clients[index] = client
         return client
+
+    def _watch_client(self, index: int) -> Any:
+        """The connection watches use: apart from the one for calls, and without aetcd's
+        own timeout on creating a watch. aetcd creates a connection's watches one at a
+        time and matches etcd's "created" answer to whichever is pending; after a
+        timeout, a late answer would wire the NEXT watch to the abandoned one's keys.
+        So a watch that is not confirmed in time retires its whole connection instead
+        (see ``_retire_watch_client``)."""
+        if self._closed:
+            raise RegistryError(f"etcd registry {self.url} is closed")
+        client = self._watch_clients.get(index)
+        if client is None:
+            host, port = self.endpoints[index]
+            if ":" in host:
+                host = f"[{host}]"
+            client = aetcd.Client(host, port, timeout=None, options=CHANNEL_OPTIONS)
+            self._watch_clients[index] = client
+        return client
+
+    def _retire_watch_client(self, index: int, client: Any) -> None:
+        """Close a watch connection that can no longer be trusted; its other watches end
+        and start again (re-list, re-watch) on a new one."""
+        if self._watch_clients.get(index) is client:
+            del self._watch_clients[index]
+        task = asyncio.get_running_loop().create_task(self._close_client(client))
+        self._closing.add(task)
+        task.add_done_callback(self._closing.discard)
+
+    @staticmethod
+    async def _close_client(client: Any) -> None:
+        with contextlib.suppress(Exception):
+            await asyncio.wait_for(client.close(), 2.0)
 
     def _failed_over(self, index: int) -> None:
         """The endpoint ``index`` could not be reached: the next call tries the next one
@@ -283,9 +323,16 @@ class EtcdRegistry:
             try:
                 entries, revision = await self._listing(prefix)
                 index = self._current
+                client = self._watch_client(index)
                 try:
-                    stream = await self._client(index).watch_prefix(
-                        prefix.encode(), start_revision=revision + 1)
+                    stream = await asyncio.wait_for(client.watch_prefix(
+                        prefix.encode(), start_revision=revision + 1), WATCH_CREATE_TIMEOUT)
+                except TimeoutError as exc:
+                    self._retire_watch_client(index, client)
+                    self._failed_over(index)
+                    raise RegistryUnreachable(
+                        f"etcd at {self._where()}: no watch within {WATCH_CREATE_TIMEOUT}s"
+                    ) from exc
                 except _UNREACHABLE as exc:
                     self._failed_over(index)
                     raise RegistryUnreachable(f"etcd at {self._where()}: {exc}") from exc
@@ -299,7 +346,7 @@ class EtcdRegistry:
                 if lost or providers != last:
                     last, lost = providers, False
                     yield Snapshot(service, providers, revision)
-                following = self._follow(service, stream, current, last, revision)
+                following = self._follow(service, prefix, stream, current, last, revision)
                 async with contextlib.aclosing(following) as events:
                     async for event in events:
                         if isinstance(event, Snapshot):
@@ -307,6 +354,9 @@ class EtcdRegistry:
                             yield event
                         else:
                             error = event
+                if error is _CROSSED:  # cannot happen unless aetcd mixed two watches up
+                    self._retire_watch_client(index, client)
+                    continue
                 if not isinstance(error, str) or self._closed:
                     return  # the stream ended because the registry was closed
                 if time.monotonic() - established > WATCH_RETRY_MAX:
@@ -320,12 +370,14 @@ class EtcdRegistry:
             delay = min(delay * 2, WATCH_RETRY_MAX)
 
     async def _follow(
-        self, service: str, stream: Any, entries: dict[bytes, Provider],
+        self, service: str, prefix: str, stream: Any, entries: dict[bytes, Provider],
         last: frozenset[Provider] | None, revision: int,
     ) -> AsyncGenerator[Snapshot | str, None]:
         """Apply the stream's events to ``entries``; yield a snapshot whenever the set
         changed (events that arrived together make one snapshot), and finally a string
-        saying why the stream stopped (nothing if the registry was closed)."""
+        saying why the stream stopped (nothing if the registry was closed; ``_CROSSED``
+        if it delivered a key outside ``prefix``)."""
+        expected_prefix = prefix.encode()
         queue: asyncio.Queue[Any] = asyncio.Queue()
         pump = asyncio.get_running_loop().create_task(self._pump(stream, queue))
         try:
@@ -339,6 +391,9 @@ class EtcdRegistry:
                         end = item if item is not None else "the watch stream ended"
                         break
                     key = bytes(item.kv.key)
+                    if not key.startswith(expected_prefix):
+                        end = _CROSSED
+                        break
                     decoded = decode(item.kv.value) if item.kind == aetcd.EventKind.PUT else None
                     if decoded is not None:
                         entries[key] = decoded[0]
@@ -349,6 +404,9 @@ class EtcdRegistry:
                 if providers != last:
                     last = providers
                     yield Snapshot(service, providers, revision)
+                if end is _CROSSED:
+                    yield _CROSSED
+                    return
                 if end is not None:
                     if not self._closed:
                         yield f"etcd watch lost: {end}" if isinstance(end, str) else (
@@ -376,7 +434,8 @@ class EtcdRegistry:
             await kept.stop()
         self._kept.clear()
         self._closed = True
-        clients, self._clients = list(self._clients.values()), {}
-        for client in clients:
-            with contextlib.suppress(Exception):
-                await asyncio.wait_for(client.close(), 2.0)
+        clients = [*self._clients.values(), *self._watch_clients.values()]
+        self._clients, self._watch_clients = {}, {}
+        await asyncio.gather(*(self._close_client(client) for client in clients))
+        if self._closing:
+            await asyncio.wait(self._closing, timeout=3.0)

@@ -1,0 +1,306 @@
+"""``client.service(name)``: a Cluster, the I/O side of the provider state machine.
+
+It feeds :class:`~tether.client.cluster.ClusterCore` with registry snapshots,
+probe results and request outcomes, carries out its actions (probe, close, log),
+balances requests over alive providers and retries safely on a *different* one.
+
+Must never hang when no provider is alive (:class:`NoProviderAvailable` at once),
+never retry past the request's deadline or the retry budget, and never let a
+provider that left the registry keep a pooled connection.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import time
+from collections import Counter
+from collections.abc import Sequence
+from typing import TYPE_CHECKING, Any, Final
+
+from tether.client.balancer import Balancer, RetryBudget
+from tether.client.cluster import Action, Close, ClusterConfig, ClusterCore, Log, Probe
+from tether.client.errors import (
+    ConnectError,
+    ConnectTimeout,
+    HTTPError,
+    PoolTimeout,
+    TransportError,
+)
+from tether.client.models import Response
+from tether.deadline import current_deadline
+from tether.errors import TetherError
+from tether.registry.base import Provider, Snapshot, Unreachable
+
+if TYPE_CHECKING:
+    from tether.client.client import Client
+    from tether.registry.base import Registry
+
+logger = logging.getLogger("tether.cluster")
+
+IDEMPOTENT: Final = frozenset({"GET", "HEAD", "OPTIONS", "PUT", "DELETE"})
+RETRYABLE_STATUS: Final = frozenset({502, 503, 504})
+#: errors that prove the request never reached the provider: safe to retry any method
+NEVER_SENT: Final = (ConnectError, ConnectTimeout, PoolTimeout)
+
+
+class NoProviderAvailable(TetherError):
+    """No provider of the service is alive; the message lists what each one is doing."""
+
+    def __init__(self, service: str, states: Sequence[tuple[str, str]]) -> None:
+        self.service = service
+        self.states = list(states)
+        listing = ", ".join(f"{a} {s}" for a, s in states) or "none listed"
+        super().__init__(f"no provider of {service!r} is available ({listing})")
+
+
+class Cluster:
+    """Every provider of one service, tracked alive / retrying / ejected / evicted."""
+
+    def __init__(
+        self,
+        client: Client,
+        name: str,
+        *,
+        registry: Registry | None = None,
+        providers: Sequence[str] | None = None,
+        balancer: str = "p2c",
+        health_path: str | None = "/healthz",
+        probe_timeout: float = 1.0,
+        scheme: str = "http",
+        retry_budget_percent: float = 20.0,
+        max_attempts: int = 3,
+        config: ClusterConfig | None = None,
+    ) -> None:
+        if registry is None and providers is None:
+            raise ValueError(f"service {name!r}: give providers=[...] or a client registry")
+        self.client = client
+        self.name = name
+        self.registry = registry
+        self.static = list(providers) if providers is not None else None
+        self.health_path = health_path
+        self.probe_timeout = probe_timeout
+        self.scheme = scheme
+        self.max_attempts = max_attempts
+        self.core = ClusterCore(name, config)
+        self.balancer = Balancer(balancer)
+        self.budget = RetryBudget(retry_budget_percent)
+        self.outstanding: Counter[str] = Counter()
+        self.metrics: Counter[str] = Counter()
+        self.registry_reachable = True
+        self._started = False
+        self._tasks: set[asyncio.Task[Any]] = set()
+        self._wake = asyncio.Event()
+        self._changed = asyncio.Event()  # set whenever the core acted
+        self._ready = asyncio.Event()
+
+    # -- lifecycle ---------------------------------------------------------------------
+
+    def _start(self) -> None:
+        if self._started:
+            return
+        self._started = True
+        if self.static is not None:
+            providers = [Provider(self.name, a, (), "static") for a in self.static]
+            self._apply(self.core.on_snapshot(providers, time.monotonic()))
+            self._ready.set()
+        else:
+            self._spawn(self._follow_registry())
+        self._spawn(self._timers())
+
+    def _spawn(self, coro: Any) -> None:
+        task = asyncio.get_running_loop().create_task(coro)
+        self._tasks.add(task)
+        task.add_done_callback(self._tasks.discard)
+
+    async def aclose(self) -> None:
+        for task in list(self._tasks):
+            task.cancel()
+        for task in list(self._tasks):
+            with contextlib.suppress(asyncio.CancelledError):
+                await task
+
+    async def _follow_registry(self) -> None:
+        assert self.registry is not None
+        async for event in self.registry.watch(self.name):
+            now = time.monotonic()
+            if isinstance(event, Unreachable):
+                # Keep the last snapshot; keep health-checking what we know.
+                self.registry_reachable = False
+                self.metrics["registry_unreachable"] += 1
+                logger.warning("%s: registry unreachable (%s); keeping %d known providers",
+                               self.name, event.error, len(self.core.records))
+                continue
+            assert isinstance(event, Snapshot)
+            self.registry_reachable = True
+            self._apply(self.core.on_snapshot(event.providers, now))
+            self._ready.set()
+
+    async def _timers(self) -> None:
+        while True:
+            wakeup = self.core.next_wakeup()
+            delay = 1.0 if wakeup is None else max(0.0, min(1.0, wakeup - time.monotonic()))
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(self._wake.wait(), delay)
+            self._wake.clear()
+            self._apply(self.core.due(time.monotonic()))
+
+    # -- carrying out the core's actions ----------------------------------------------------
+
+    def _apply(self, actions: list[Action]) -> None:
+        for action in actions:
+            if isinstance(action, Probe):
+                self._spawn(self._probe(action.address))
+            elif isinstance(action, Close):
+                # Cleanup is unconditional (never behind a log-level check): the
+                # pool closes idle connections now and in-flight ones on release.
+                host, port = _split(action.address)
+                self.client._pool.retire(host, port)
+            elif isinstance(action, Log):
+                logger.log(logging.INFO if action.level == "info" else logging.WARNING,
+                           "%s", action.message)
+        self._wake.set()
+        self._changed.set()
+
+    async def _probe(self, address: str) -> None:
+        host, port = _split(address)
+        self.client._pool.unretire(host, port)
+        ok = False
+        try:
+            if self.health_path is None:
+                async with asyncio.timeout(self.probe_timeout):
+                    _, writer = await asyncio.open_connection(host, port)
+                    writer.close()
+                ok = True
+            else:
+                r = await self.client.request(
+                    "GET", f"{self.scheme}://{address}{self.health_path}",
+                    timeout=self.probe_timeout,
+                )
+                ok = r.status_code < 500
+        except (HTTPError, OSError, TimeoutError):
+            ok = False
+        self.metrics["probes"] += 1
+        self._apply(self.core.on_probe(address, ok, time.monotonic()))
+
+    # -- requests ------------------------------------------------------------------------------
+
+    def providers(self) -> list[tuple[str, str, int, int, float | None]]:
+        """(address, state, outstanding, consecutive failures, next retry at) per provider."""
+        self._start()
+        return [
+            (a, r.state.value, self.outstanding[a], r.consecutive_failures or r.attempts,
+             None if r.next_probe_at == float("inf") else r.next_probe_at)
+            for a, r in sorted(self.core.records.items())
+        ]
+
+    def stats(self) -> dict[str, Any]:
+        by_state = Counter(r.state.value for r in self.core.records.values())
+        return {
+            "service": self.name,
+            "providers": dict(by_state),
+            "ejections": self.core.ejections,
+            "evictions": self.core.evictions,
+            **self.metrics,
+        }
+
+    async def wait_ready(self, timeout: float = 5.0) -> None:
+        """Wait until the first snapshot arrived and a provider is alive (or timeout)."""
+        self._start()
+        async with asyncio.timeout(timeout):
+            await self._ready.wait()
+            while not self.core.alive():
+                self._changed.clear()
+                await self._changed.wait()
+
+    async def request(self, method: str, path: str, **kwargs: Any) -> Response:
+        """Send to a chosen provider; retry on a different one when it is safe."""
+        self._start()
+        if not self._ready.is_set():
+            with contextlib.suppress(TimeoutError):
+                async with asyncio.timeout(self.probe_timeout):
+                    await self._ready.wait()
+        method = method.upper()
+        avoid: set[str] = set()
+        now = time.monotonic()
+        self.budget.on_request(now)
+        self.metrics["requests"] += 1
+        attempt = 0
+        while True:
+            attempt += 1
+            address = self._choose(avoid)
+            self.outstanding[address] += 1
+            try:
+                response = await self.client.request(
+                    method, f"{self.scheme}://{address}{path}", **kwargs)
+            except TransportError as exc:
+                retry = self._on_failure(address, exc, method, attempt)
+                if not retry:
+                    raise
+                avoid.add(address)
+                continue
+            finally:
+                self.outstanding[address] -= 1
+            if response.status_code in RETRYABLE_STATUS:
+                self._apply(self.core.on_request(address, False, time.monotonic()))
+                if method in IDEMPOTENT and self._may_retry(attempt):
+                    avoid.add(address)
+                    continue
+                return response
+            self._apply(self.core.on_request(address, True, time.monotonic()))
+            return response
+
+    def _choose(self, avoid: set[str]) -> str:
+        alive = self.core.alive()
+        address = self.balancer.pick(alive, self.outstanding, avoid)
+        if address is None:
+            self.metrics["no_provider"] += 1
+            raise NoProviderAvailable(
+                self.name, [(a, r.state.value) for a, r in sorted(self.core.records.items())])
+        return address
+
+    def _on_failure(self, address: str, exc: TransportError, method: str, attempt: int) -> bool:
+        now = time.monotonic()
+        if isinstance(exc, ConnectError | ConnectTimeout):
+            # A failed connect is a failed probe: the provider starts retrying (backoff)
+            # and leaves the alive set now, not after N more failed requests.
+            self._apply(self.core.on_probe(address, False, now))
+        else:
+            self._apply(self.core.on_request(address, False, now))
+            self._spawn(self._probe(address))
+        safe = isinstance(exc, NEVER_SENT) or method in IDEMPOTENT
+        return safe and self._may_retry(attempt)
+
+    def _may_retry(self, attempt: int) -> bool:
+        if attempt >= self.max_attempts or current_deadline().expired:
+            return False
+        if not self.budget.try_retry(time.monotonic()):
+            self.metrics["retry_budget_exhausted"] += 1
+            return False
+        self.metrics["retries"] += 1
+        return True
+
+    async def get(self, path: str, **kwargs: Any) -> Response:
+        return await self.request("GET", path, **kwargs)
+
+    async def head(self, path: str, **kwargs: Any) -> Response:
+        return await self.request("HEAD", path, **kwargs)
+
+    async def post(self, path: str, **kwargs: Any) -> Response:
+        return await self.request("POST", path, **kwargs)
+
+    async def put(self, path: str, **kwargs: Any) -> Response:
+        return await self.request("PUT", path, **kwargs)
+
+    async def patch(self, path: str, **kwargs: Any) -> Response:
+        return await self.request("PATCH", path, **kwargs)
+
+    async def delete(self, path: str, **kwargs: Any) -> Response:
+        return await self.request("DELETE", path, **kwargs)
+
+
+def _split(address: str) -> tuple[str, int]:
+    host, _, port = address.rpartition(":")
+    return host.strip("[]"), int(port)
+
