@@ -1,11 +1,16 @@
 #!/usr/bin/env bash
 # Installs the Debian packages the test suite and benchmarks need, only if missing.
-# curl: a real HTTP client the tests drive the server with; wrk: the benchmark load tool.
+# curl: a real HTTP client the tests drive the server with; wrk: the benchmark load tool;
+# postgresql: initdb + pg_ctl for the throwaway database the tests start (Debian's package
+# also creates and starts its own cluster on install: harmless, the tests do not use it);
+# etcd-server: the etcd binary the registry tests start.
 set -euo pipefail
 
 need=()
 command -v curl >/dev/null 2>&1 || need+=(curl)
 command -v wrk >/dev/null 2>&1 || need+=(wrk)
+compgen -G '/usr/lib/postgresql/*/bin/initdb' >/dev/null || need+=(postgresql)
+command -v etcd >/dev/null 2>&1 || need+=(etcd-server)
 
 if [ ${#need[@]} -eq 0 ]; then
     exit 0

@@ -237,3 +237,11 @@ async def test_deadline_and_overload_errors_from_the_handler_map_to_504_and_503(
     assert late.status_code == 504
     assert busy.status_code == 503 and busy.headers["retry-after"] == "1"
     assert counters["deadline_exceeded"] == 1 and counters["overloaded"] == 1
+
+
+async def test_an_inner_timeout_is_not_reported_as_the_deadline() -> None:
+    with pytest.raises(TimeoutError) as info:
+        async with tether.deadline_after(10):
+            async with asyncio.timeout(0.01):
+                await asyncio.sleep(1)
+    assert not isinstance(info.value, tether.DeadlineExceeded)

@@ -115,14 +115,15 @@ async def deadline_at(at: float | None) -> AsyncIterator[Deadline]:
             return
         if deadline.expired:
             raise DeadlineExceeded("deadline already passed")
+        scope = asyncio.timeout_at(deadline.loop_time(loop))
         try:
-            async with asyncio.timeout_at(deadline.loop_time(loop)):
+            async with scope:
                 yield deadline
         except TimeoutError as exc:
-            if isinstance(exc, DeadlineExceeded):
-                raise
+            if isinstance(exc, DeadlineExceeded) or not scope.expired():
+                raise  # someone else's timeout (an inner scope, a driver): not ours
             raise DeadlineExceeded(
-                f"deadline exceeded after {_age(deadline):.3f}s over"
+                f"deadline exceeded ({_age(deadline):.3f}s past it)"
             ) from exc
     finally:
         _current.reset(token)

@@ -126,7 +126,11 @@ class Pool:
             raise Overloaded("database pool overloaded: request shed from its queue")
         try:
             try:
-                conn = await self.raw.acquire(timeout=_budget(budget))
+                # Bound the wait ourselves: a timeout= given to asyncpg's acquire is
+                # remembered as the release timeout, and a release too short to wait
+                # for a pending cancel terminates the connection (pool churn).
+                async with asyncio.timeout(_budget(budget)):
+                    conn = await self.raw.acquire()
             except TimeoutError as exc:
                 counters["db_acquire_timeouts"] += 1
                 raise DeadlineExceeded(
