@@ -8,6 +8,7 @@ name for the ASGI ``tls`` extension. Must never turn verification off unless ask
 
 from __future__ import annotations
 
+import os
 import ssl
 from typing import Any
 
@@ -38,8 +39,6 @@ def client_context(
 
 
 def _is_dir(path: str) -> bool:
-    import os
-
     return os.path.isdir(path)
 
 
@@ -53,6 +52,10 @@ def server_context(
     """A server context for ``--ssl-*``; raises ConfigError with the reason if unusable."""
     ctx = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
     ctx.minimum_version = ssl.TLSVersion.TLSv1_2
+    for flag, path in (("--ssl-certfile", certfile), ("--ssl-keyfile", keyfile)):
+        # ssl reports a missing file without its name: check first, say which.
+        if path is not None and not os.access(path, os.R_OK):
+            raise ConfigError(f"{flag}: cannot read {path!r}")
     try:
         ctx.load_cert_chain(certfile, keyfile, password=password)
     except FileNotFoundError as exc:

@@ -403,7 +403,10 @@ class Client:
             raise ConnectTimeout(f"no connection within {timeout}s", target=target,
                                  phase="connect") from None
         except ssl.SSLError as exc:  # includes certificate and hostname failures
-            raise TLSError(f"TLS handshake failed: {exc.reason or exc}", target=target,
+            # A verification failure says which name or CA was wrong in verify_message.
+            detail = getattr(exc, "verify_message", None) or exc.reason or str(exc)
+            sni = f" (SNI {key.sni})" if key.sni and key.sni != key.host else ""
+            raise TLSError(f"TLS handshake failed: {detail}{sni}", target=target,
                            phase="tls") from exc
         except OSError as exc:
             raise ConnectError(f"cannot connect: {exc.strerror or exc}", target=target,

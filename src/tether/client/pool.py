@@ -99,6 +99,7 @@ class ConnectionPool:
         #: (host, port) of providers that left their cluster: no connection to them
         #: goes back to the idle pool
         self._retired: set[tuple[str, int]] = set()
+        self._dispatching = False
 
     # -- acquiring ---------------------------------------------------------------------
 
@@ -138,7 +139,7 @@ class ConnectionPool:
             raise PoolTimeout(
                 f"no connection available within {timeout}s "
                 f"({self._total}/{self.max_connections} open, "
-                f"{self._slots.get(key, 0)}/{self.max_per_origin} for this origin)",
+                f"{self._slots.get(key, 0)}/{self.max_per_origin} for this connection key)",
                 target=str(key.origin), phase="pool",
             ) from None
         except BaseException:
@@ -196,7 +197,9 @@ class ConnectionPool:
         if oldest is None:
             return False
         self._idle[oldest.key].remove(oldest)
-        self._discard(oldest)
+        oldest.close()
+        oldest.slot_released = True
+        self._release_slot(oldest.key)  # no dispatch: the caller takes this room
         return True
 
     # -- releasing -------------------------------------------------------------------
@@ -231,6 +234,10 @@ class ConnectionPool:
                 waiter.future.set_result(conn)
                 return
         self._idle.setdefault(conn.key, []).append(conn)
+        if self._waiters:
+            # Waiters for other keys may be stuck on the total limit: this idle
+            # connection can be closed to make room for them (_reserve evicts it).
+            self._dispatch()
 
     def discard(self, conn: HTTPConnection) -> None:
         """Close a connection that must not be reused (error, cancel, half-read)."""
@@ -244,24 +251,33 @@ class ConnectionPool:
         self._free_slot(conn.key)
 
     def _free_slot(self, key: PoolKey) -> None:
+        self._release_slot(key)
+        self._dispatch()
+
+    def _release_slot(self, key: PoolKey) -> None:
         left = self._slots.get(key, 0) - 1
         if left > 0:
             self._slots[key] = left
         else:
             self._slots.pop(key, None)
         self._total -= 1
-        self._dispatch()
 
     def _dispatch(self) -> None:
         """Give freed capacity to waiters, first come first served."""
-        for waiter in list(self._waiters):
-            if waiter.future.done():
-                self._waiters.remove(waiter)
-                continue
-            conn = self._pop_idle(waiter.key)
-            if conn is not None or self._reserve(waiter.key):
-                self._waiters.remove(waiter)
-                waiter.future.set_result(conn)
+        if self._dispatching:
+            return  # closing a stale idle connection below frees a slot: no re-entry
+        self._dispatching = True
+        try:
+            for waiter in list(self._waiters):
+                if waiter.future.done():
+                    self._waiters.remove(waiter)
+                    continue
+                conn = self._pop_idle(waiter.key)
+                if conn is not None or self._reserve(waiter.key):
+                    self._waiters.remove(waiter)
+                    waiter.future.set_result(conn)
+        finally:
+            self._dispatching = False
 
     # -- inspection and shutdown --------------------------------------------------------
 
