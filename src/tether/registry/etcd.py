@@ -12,10 +12,12 @@ it expired, or etcd lost it) it grants a new lease and puts the key again. A
 Watchers list the service's keys, then watch from the listing's ``revision + 1`` so
 that no change between the two is missed, and emit a full snapshot per change. When
 the watch stream dies (etcd restarted, network lost) they yield :class:`Unreachable`
-once, keep nothing but the caller's last snapshot, and re-list and re-watch with
-capped backoff (0.1 s doubling to 5 s), emitting a fresh full snapshot once back.
-Several endpoints (the members of one cluster): a call that cannot connect is tried
-on the next one.
+once (the caller keeps its last snapshot), then re-list and re-watch with capped
+backoff (0.1 s doubling to 5 s), emitting a fresh full snapshot once back. Watches
+use a connection of their own, on which aetcd gets no timeout for creating a watch
+(after one, aetcd wires the next watch to the abandoned one's keys): a watch not
+confirmed in time retires that connection instead. Several endpoints (the members
+of one cluster): a call that cannot connect is tried on the next one.
 
 Must never report an unreachable etcd as an empty snapshot, never let an aetcd or
 gRPC error escape untyped (connection failures are ``RegistryUnreachable``, anything
