@@ -126,8 +126,10 @@ class AdmissionGate:
             if deadline_at is None:
                 await waiter
             else:
+                # asyncio.timeout, not wait_for: 3.11's wait_for can swallow a cancel.
                 with contextlib.suppress(TimeoutError):
-                    await asyncio.wait_for(asyncio.shield(waiter), deadline_at - now)
+                    async with asyncio.timeout(deadline_at - now):
+                        await asyncio.shield(waiter)
         except BaseException:
             self._abandon(ticket)
             raise

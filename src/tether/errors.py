@@ -22,7 +22,12 @@ class LifespanFailure(TetherError):
     """The application's lifespan startup (or shutdown) reported failure or raised."""
 
 
-class Overloaded(TetherError):
+class ServiceUnavailable(TetherError):
+    """The work cannot be done now, but may succeed later: a handler that lets it
+    propagate answers ``503`` with ``Retry-After``."""
+
+
+class Overloaded(ServiceUnavailable):
     """Work refused because a queue in front of a scarce resource (the server's
     admission queue, a database pool) has been standing too long. A handler that
     lets it propagate answers ``503`` with ``Retry-After``."""

@@ -133,7 +133,10 @@ class ConnectionPool:
         self._waiters.append(waiter)
         started = loop.time()
         try:
-            return await asyncio.wait_for(asyncio.shield(waiter.future), timeout)
+            # asyncio.timeout, not wait_for: on 3.11 wait_for can swallow a cancel
+            # that races with the hand-over, and the caller would get a connection.
+            async with asyncio.timeout(timeout):
+                return await asyncio.shield(waiter.future)
         except TimeoutError:
             self._abandon(waiter)
             raise PoolTimeout(

@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import contextvars
 import logging
 import time
 from collections import Counter
@@ -20,7 +21,15 @@ from collections.abc import Sequence
 from typing import TYPE_CHECKING, Any, Final
 
 from tether.client.balancer import Balancer, RetryBudget
-from tether.client.cluster import Action, Close, ClusterConfig, ClusterCore, Log, Probe
+from tether.client.cluster import (
+    Action,
+    Close,
+    ClusterConfig,
+    ClusterCore,
+    Log,
+    Probe,
+    ProviderState,
+)
 from tether.client.errors import (
     ConnectError,
     ConnectTimeout,
@@ -30,7 +39,7 @@ from tether.client.errors import (
 )
 from tether.client.models import Response
 from tether.deadline import current_deadline
-from tether.errors import TetherError
+from tether.errors import ServiceUnavailable
 from tether.registry.base import Provider, Snapshot, Unreachable
 
 if TYPE_CHECKING:
@@ -45,7 +54,7 @@ RETRYABLE_STATUS: Final = frozenset({502, 503, 504})
 NEVER_SENT: Final = (ConnectError, ConnectTimeout, PoolTimeout)
 
 
-class NoProviderAvailable(TetherError):
+class NoProviderAvailable(ServiceUnavailable):
     """No provider of the service is alive; the message lists what each one is doing."""
 
     def __init__(self, service: str, states: Sequence[tuple[str, str]]) -> None:
@@ -110,7 +119,10 @@ class Cluster:
         self._spawn(self._timers())
 
     def _spawn(self, coro: Any) -> None:
-        task = asyncio.get_running_loop().create_task(coro)
+        # A fresh context: the cluster's own work (watch, timers, probes) must not
+        # inherit the deadline of whichever request happened to start it, or every
+        # probe would fail once that request's deadline passed.
+        task = asyncio.get_running_loop().create_task(coro, context=contextvars.Context())
         self._tasks.add(task)
         task.add_done_callback(self._tasks.discard)
 
@@ -141,14 +153,17 @@ class Cluster:
         while True:
             wakeup = self.core.next_wakeup()
             delay = 1.0 if wakeup is None else max(0.0, min(1.0, wakeup - time.monotonic()))
+            # asyncio.timeout, not wait_for: on 3.11 wait_for can swallow a cancel
+            # that races with the event, and this task must always be stoppable.
             with contextlib.suppress(TimeoutError):
-                await asyncio.wait_for(self._wake.wait(), delay)
+                async with asyncio.timeout(delay):
+                    await self._wake.wait()
             self._wake.clear()
-            self._apply(self.core.due(time.monotonic()))
+            self._apply(self.core.due(time.monotonic()), from_timer=True)
 
     # -- carrying out the core's actions ----------------------------------------------------
 
-    def _apply(self, actions: list[Action]) -> None:
+    def _apply(self, actions: list[Action], *, from_timer: bool = False) -> None:
         for action in actions:
             if isinstance(action, Probe):
                 self._spawn(self._probe(action.address))
@@ -160,7 +175,8 @@ class Cluster:
             elif isinstance(action, Log):
                 logger.log(logging.INFO if action.level == "info" else logging.WARNING,
                            "%s", action.message)
-        self._wake.set()
+        if not from_timer:
+            self._wake.set()  # timers may have moved; the timer loop itself never wakes itself
         self._changed.set()
 
     async def _probe(self, address: str) -> None:
@@ -229,7 +245,7 @@ class Cluster:
         attempt = 0
         while True:
             attempt += 1
-            address = self._choose(avoid)
+            address = await self._choose(avoid)
             self.outstanding[address] += 1
             try:
                 response = await self.client.request(
@@ -251,8 +267,21 @@ class Cluster:
             self._apply(self.core.on_request(address, True, time.monotonic()))
             return response
 
-    def _choose(self, avoid: set[str]) -> str:
+    async def _choose(self, avoid: set[str]) -> str:
         alive = self.core.alive()
+        if not alive and any(r.state is ProviderState.CONNECTING
+                             for r in self.core.records.values()):
+            # Providers just listed are being probed: wait for the first verdict
+            # (bounded by the probe timeout and the deadline) rather than fail.
+            with contextlib.suppress(TimeoutError):
+                async with asyncio.timeout(self.probe_timeout):
+                    while not self.core.alive() and any(
+                        r.state is ProviderState.CONNECTING
+                        for r in self.core.records.values()
+                    ):
+                        self._changed.clear()
+                        await self._changed.wait()
+            alive = self.core.alive()
         address = self.balancer.pick(alive, self.outstanding, avoid)
         if address is None:
             self.metrics["no_provider"] += 1

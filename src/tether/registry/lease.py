@@ -10,6 +10,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import random
 from collections.abc import Awaitable, Callable
 
 from tether.registry.base import Provider
@@ -49,7 +50,9 @@ class KeptRegistration:
 
     async def _keep_alive(self) -> None:
         period = self.ttl / 3
-        delay = period
+        # Registrations made together would otherwise refresh in lockstep forever
+        # (bursts at the registry): spread the first refresh over a tenth of a period.
+        delay = period * random.uniform(0.9, 1.0)
         failing = False
         label = f"{self.provider.service} at {self.provider.address}"
         while True:

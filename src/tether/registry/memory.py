@@ -94,7 +94,8 @@ class MemoryRegistry:
                 yield Snapshot(service, current, self._revision)
             changed = self._changed
             with contextlib.suppress(TimeoutError):
-                await asyncio.wait_for(changed.wait(), EXPIRY_CHECK)
+                async with asyncio.timeout(EXPIRY_CHECK):
+                    await changed.wait()
 
     async def list(self, service: str | None = None) -> list[tuple[Provider, float]]:
         now = time.monotonic()

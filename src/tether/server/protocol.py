@@ -46,7 +46,7 @@ from tether.deadline import (
     deadline_from_headers,
     set_deadline,
 )
-from tether.errors import ClientDisconnected, Overloaded
+from tether.errors import ClientDisconnected, Overloaded, ServiceUnavailable
 from tether.server import wire
 from tether.tls import tls_extension
 
@@ -867,9 +867,11 @@ class RequestCycle:
             # tether.db query ran out of time) propagate: that is a 504, not a bug.
             state.counters["deadline_exceeded"] += 1
             self._fail_unanswered(504, "Deadline exceeded")
-        except Overloaded as exc:
-            state.counters["overloaded"] += 1
-            self._fail_unanswered(503, f"Overloaded: {exc}", b"retry-after: 1\r\n")
+        except ServiceUnavailable as exc:
+            # Overloaded (a shed from a queue), NoProviderAvailable (a dead backend):
+            # the request may succeed later, so 503 + Retry-After, not a 500.
+            state.counters["overloaded" if isinstance(exc, Overloaded) else "unavailable"] += 1
+            self._fail_unanswered(503, f"Service unavailable: {exc}", b"retry-after: 1\r\n")
         except asyncio.CancelledError:
             reason = self.cancel_reason
             if reason == "deadline" and gate is not None and not admitted:

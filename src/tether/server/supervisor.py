@@ -104,6 +104,7 @@ class Supervisor:
         self._admin: Worker | None = None
         self._registry: Registry | None = None
         self._registration: Registration | None = None
+        self._registering: asyncio.Task[None] | None = None
         self._forced = False
         self._retired_counters: Counter[str] = Counter()
         self._drained = 0
@@ -130,7 +131,8 @@ class Supervisor:
                     await self._stop()
                     return EXIT_ERROR
             else:
-                self._spawn_task(self._register_until_done())
+                self._registering = asyncio.get_running_loop().create_task(
+                    self._register_until_done())
         self._spawn_task(self._follow_reloads())
         self._spawn_task(self._watch_heartbeats())
         await self._stop_requested.wait()
@@ -414,6 +416,13 @@ class Supervisor:
 
     async def _leave_registry(self) -> None:
         """First step of a stop: no new traffic is sent our way while we drain."""
+        task, self._registering = self._registering, None
+        if task is not None:
+            # A registration still in flight must not land after we left: stop it;
+            # if it completed meanwhile, it is deregistered just below.
+            task.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await task
         registry, registration = self._registry, self._registration
         self._registration = None
         if registry is None:

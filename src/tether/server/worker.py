@@ -173,7 +173,8 @@ class Worker:
             if self.force_requested.is_set() or loop.time() >= deadline:
                 return False
             with contextlib.suppress(TimeoutError):
-                await asyncio.wait_for(self.force_requested.wait(), 0.02)
+                async with asyncio.timeout(0.02):
+                    await self.force_requested.wait()
         return True
 
     async def _wait_tasks(self, timeout: float) -> None:
