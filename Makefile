@@ -22,7 +22,7 @@ system-deps:
 	@bash scripts/system-deps.sh
 
 demo: $(STAMP)
-	$(BIN)/python examples/demo.py
+	QUICK=$(QUICK) $(BIN)/python examples/demo.py
 
 lint: $(STAMP)
 	$(BIN)/ruff check src tests bench examples
