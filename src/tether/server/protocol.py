@@ -156,6 +156,7 @@ class HttpProtocol(asyncio.Protocol):
         self._upgrade: bytes | None = None
         self._chunked_request = False
         self._deadline_headers: list[tuple[bytes, bytes]] = []
+        self._head_number = 0
 
     # -- asyncio.Protocol ---------------------------------------------------------
 
@@ -194,11 +195,7 @@ class HttpProtocol(asyncio.Protocol):
         return False
 
     def data_received(self, data: bytes) -> None:
-        if self._in_head:
-            self._head_bytes += len(data)
-            if self._head_bytes > self.limits.max_head_bytes:
-                self._reject(RequestRejected(431, "Request header fields too large"))
-                return
+        head_before = self._head_number if self._in_head else -1
         try:
             self.parser.feed_data(data)
         except httptools.HttpParserCallbackError as exc:
@@ -216,6 +213,16 @@ class HttpProtocol(asyncio.Protocol):
         except httptools.HttpParserError as exc:
             detail = exc.args[0] if exc.args else "malformed request"
             self._reject(RequestRejected(400, f"Invalid HTTP request: {detail}"))
+        else:
+            # httptools buffers an unfinished header line itself, so bound the head by
+            # the bytes received: a read that began and ended inside one head was all
+            # head. (The read in which a head begins is bounded by the read size.)
+            # Comparing head numbers keeps a read that finished one pipelined head
+            # and began the next from counting against the next.
+            if self._in_head and self._head_number == head_before:
+                self._head_bytes += len(data)
+                if self._head_bytes > self.limits.max_head_bytes:
+                    self._reject(RequestRejected(431, "Request header fields too large"))
 
     def pause_writing(self) -> None:
         self.write_paused = True
@@ -227,6 +234,7 @@ class HttpProtocol(asyncio.Protocol):
     # -- httptools callbacks ------------------------------------------------------
 
     def on_message_begin(self) -> None:
+        self._head_number += 1
         self._url = b""
         self._headers = []
         self._in_head = True
@@ -246,6 +254,11 @@ class HttpProtocol(asyncio.Protocol):
             raise RequestRejected(414, "Request-URI too long")
 
     def on_header(self, name: bytes, value: bytes) -> None:
+        if not self._in_head:
+            # A chunked body's trailer fields: never merged into the request headers
+            # the application already holds (that would let a trailer smuggle a header
+            # past whatever checked the head). tether does not expose trailers.
+            return
         if len(self._headers) >= self.limits.request_fields:
             raise RequestRejected(431, "Too many request header fields")
         if len(name) + len(value) > self.limits.request_field_size:
@@ -285,6 +298,10 @@ class HttpProtocol(asyncio.Protocol):
         parser = self.parser
         if self._upgrade is not None and b"websocket" in self._upgrade and parser.should_upgrade():
             raise RequestRejected(426, "WebSocket is not supported by this server")
+        if parser.get_method() == b"CONNECT":
+            # A 2xx to CONNECT would make the connection a tunnel, which an ASGI
+            # server cannot be; refuse it rather than drop the bytes that follow.
+            raise RequestRejected(501, "CONNECT is not supported by this server")
         target = self._url
         if target[:1] == b"/":
             # origin-form, by far the common case: llhttp has already checked its
@@ -381,6 +398,12 @@ class HttpProtocol(asyncio.Protocol):
         cycle.more_body = False
         cycle.wake()
         self.parsing = None
+        if cycle.keep_alive and not self.parser.should_keep_alive():
+            # "Connection: close" arrived in the trailers: httptools will refuse
+            # anything after this message, so this connection ends with it.
+            cycle.keep_alive = False
+            if cycle.response_complete:
+                self.close()
 
     # -- request scheduling -------------------------------------------------------
 
@@ -396,6 +419,10 @@ class HttpProtocol(asyncio.Protocol):
 
     def response_complete(self, cycle: RequestCycle) -> None:
         """Called once per request when its last response byte has been written."""
+        # Body the application never read is dropped now (and the rest as it
+        # arrives): holding it would keep reading paused and stall the connection.
+        cycle.body_chunks.clear()
+        cycle.buffered = 0
         self.state.total_requests += 1
         if self.state.on_request_done is not None:
             self.state.on_request_done()
