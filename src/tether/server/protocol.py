@@ -410,9 +410,7 @@ class HttpProtocol(asyncio.Protocol):
     def _start(self, cycle: RequestCycle) -> None:
         self.cycle = cycle
         task = cycle.task = self.loop.create_task(cycle.run_asgi(self.state.app))
-        tasks = self.state.tasks
-        tasks.add(task)
-        task.add_done_callback(tasks.discard)
+        self.state.tasks.add(task)  # run_asgi removes it when it ends
         deadline_at = cycle.deadline.loop_time(self.loop)
         if deadline_at is not None:
             cycle.deadline_handle = self.loop.call_at(deadline_at, cycle.on_deadline)
@@ -748,25 +746,25 @@ class RequestCycle:
             raise RuntimeError(f"invalid HTTP status {status}")
         head = [wire.status_line(status)]
         has_date = False
+        render = wire.render_header
         for name, value in message.get("headers", ()):
-            reason = wire.invalid_header(name, value)
-            if reason is not None:
-                raise RuntimeError(f"ASGI application sent {reason}")
-            lname = name.lower()
-            if lname == b"content-length":
-                try:
-                    self.expected_length = int(value)
-                except ValueError:
-                    raise RuntimeError(f"invalid Content-Length {value!r}") from None
-            elif lname == b"transfer-encoding":
-                self.chunked = b"chunked" in value.lower()
-            elif lname == b"connection":
-                if b"close" in value.lower():
+            try:
+                kind, line, argument = render(name, value)
+            except ValueError as exc:
+                raise RuntimeError(f"ASGI application sent {exc}") from None
+            if kind == wire.HEADER_PLAIN:
+                pass
+            elif kind == wire.HEADER_CONTENT_LENGTH:
+                self.expected_length = argument
+            elif kind == wire.HEADER_TRANSFER_ENCODING:
+                self.chunked = bool(argument)
+            elif kind == wire.HEADER_CONNECTION:
+                if argument:
                     self.keep_alive = False
                 continue  # tether writes the connection header itself
-            elif lname == b"date":
+            else:
                 has_date = True
-            head.append(b"%s: %s\r\n" % (name, value))
+            head.append(line)
         if not has_date:
             head.append(self.conn.state.date_header)
         self.status = status
@@ -934,6 +932,8 @@ class RequestCycle:
                 assert gate is not None
                 gate.leave()
             self._log()
+            if self.task is not None:
+                state.tasks.discard(self.task)
 
     def _refuse(self, outcome: Outcome) -> None:
         """Admission said no: the handler never runs."""

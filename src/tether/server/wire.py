@@ -45,6 +45,62 @@ def invalid_header(name: bytes, value: bytes) -> str | None:
     return None
 
 
+# What a response header means to the framing; see render_header.
+HEADER_PLAIN = 0
+HEADER_CONTENT_LENGTH = 1
+HEADER_TRANSFER_ENCODING = 2
+HEADER_CONNECTION = 3
+HEADER_DATE = 4
+
+RenderedHeader = tuple[int, bytes, int]
+_rendered: dict[tuple[bytes, bytes], RenderedHeader] = {}
+_RENDERED_MAX = 4096
+
+
+def render_header(name: bytes, value: bytes) -> RenderedHeader:
+    """(kind, wire line, argument) for an application header; raises ValueError if it
+    may not be sent. ``argument`` is the Content-Length, or 1 when Transfer-Encoding
+    says chunked / Connection says close.
+
+    Applications send the same header objects again and again, so the validated
+    result is cached by value: most responses skip the regexes entirely.
+    """
+    key = (name, value)
+    try:
+        hit = _rendered.get(key)
+    except TypeError:  # unhashable (a bytearray): validate without caching
+        return _render(name, value)
+    if hit is None:
+        hit = _render(name, value)
+        if len(_rendered) >= _RENDERED_MAX:
+            _rendered.clear()
+        _rendered[key] = hit
+    return hit
+
+
+def _render(name: bytes, value: bytes) -> RenderedHeader:
+    reason = invalid_header(name, value)
+    if reason is not None:
+        raise ValueError(reason)
+    lname = name.lower()
+    line = bytes(name) + b": " + bytes(value) + b"\r\n"
+    if lname == b"content-length":
+        try:
+            length = int(value)
+        except ValueError:
+            raise ValueError(f"invalid Content-Length {value!r}") from None
+        if length < 0:
+            raise ValueError(f"invalid Content-Length {value!r}")
+        return HEADER_CONTENT_LENGTH, line, length
+    if lname == b"transfer-encoding":
+        return HEADER_TRANSFER_ENCODING, line, int(b"chunked" in value.lower())
+    if lname == b"connection":
+        return HEADER_CONNECTION, line, int(b"close" in value.lower())
+    if lname == b"date":
+        return HEADER_DATE, line, 0
+    return HEADER_PLAIN, line, 0
+
+
 def error_response(status: int, detail: str, date: bytes, extra: bytes = b"") -> bytes:
     """A complete ``text/plain`` response that closes the connection."""
     body = detail.encode("utf-8", "replace") + b"\n"
