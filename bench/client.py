@@ -24,24 +24,16 @@ from __future__ import annotations
 import argparse
 import asyncio
 import contextlib
-import datetime
-import http.client
-import importlib.metadata
 import importlib.util
-import json
 import os
 import platform
-import signal
-import socket
 import statistics
-import subprocess
 import sys
 import tempfile
 import time
 from collections.abc import Awaitable, Callable, Iterator, Sequence
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from types import FrameType
 from typing import IO, Any, Final
 
 import aiohttp
@@ -50,10 +42,14 @@ import httpx
 import tether
 from tether.asgi import Receive, Scope, Send
 
-ROOT: Final = Path(__file__).resolve().parent.parent
-HOST: Final = "127.0.0.1"
+_ROOT = str(Path(__file__).resolve().parent.parent)
+if _ROOT not in sys.path:  # run as a script: make ``bench`` importable
+    sys.path.insert(0, _ROOT)
+
+from bench import harness  # noqa: E402
+from bench.harness import HOST, PYTHON, READY_TIMEOUT, ROOT, BenchError  # noqa: E402
+
 CLIENTS: Final = ("tether", "aiohttp", "httpx")
-READY_TIMEOUT: Final = 30.0
 STOP_TIMEOUT: Final = 10.0
 BODY: Final = b"Hello, world!"
 
@@ -82,70 +78,31 @@ async def app(scope: Scope, receive: Receive, send: Send) -> None:
 # -- the server process ---------------------------------------------------------------------
 
 
-class BenchError(Exception):
-    pass
-
-
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind((HOST, 0))
-        return int(sock.getsockname()[1])
-
-
 @contextlib.contextmanager
 def server(workers: int) -> Iterator[int]:
     """Run ``tether serve bench.client:app``; yield its port once it answers a GET."""
-    port = free_port()
+    port = harness.free_port()
     argv = [
-        sys.executable, "-m", "tether", "serve", "bench.client:app", "--app-dir", str(ROOT),
+        PYTHON, "-m", "tether", "serve", "bench.client:app", "--app-dir", str(ROOT),
         "--host", HOST, "--port", str(port), "--workers", str(workers),
         "--no-access-log", "--log-level", "warning",
     ]
-    with tempfile.TemporaryFile("w+") as log:
-        proc = subprocess.Popen(argv, cwd=ROOT, stdout=log, stderr=subprocess.STDOUT,
-                                start_new_session=True)
-        try:
-            wait_ready(proc, port, log)
-            yield port
-        finally:
-            stop(proc)
+    with tempfile.TemporaryFile("w+") as log, harness.running(
+        argv, log, stop_timeout=STOP_TIMEOUT, term_group=True, reap_timeout=STOP_TIMEOUT,
+        stdin=None,
+    ) as proc:
+        harness.wait_ready(
+            proc,
+            lambda: (reply := harness.http_get(port)).status == 200 and reply.body == BODY,
+            exited=lambda status: f"the server exited with status {status}:\n{_tail(log)}",
+            timed_out=lambda _: f"the server did not answer within {READY_TIMEOUT}s:\n"
+                                f"{_tail(log)}",
+        )
+        yield port
 
 
-def wait_ready(proc: subprocess.Popen[bytes], port: int, log: IO[str]) -> None:
-    deadline = time.monotonic() + READY_TIMEOUT
-    while True:
-        if proc.poll() is not None:
-            raise BenchError(f"the server exited with status {proc.returncode}:\n{tail(log)}")
-        with contextlib.suppress(OSError, http.client.HTTPException):
-            conn = http.client.HTTPConnection(HOST, port, timeout=2)
-            try:
-                conn.request("GET", "/")
-                response = conn.getresponse()
-                if response.status == 200 and response.read() == BODY:
-                    return
-            finally:
-                conn.close()
-        if time.monotonic() > deadline:
-            raise BenchError(f"the server did not answer within {READY_TIMEOUT}s:\n{tail(log)}")
-        time.sleep(0.05)  # polling a child process's readiness, not synchronising tests
-
-
-def tail(log: IO[str], lines: int = 20) -> str:
-    log.flush()
-    log.seek(0)
-    return "".join(log.readlines()[-lines:])
-
-
-def stop(proc: subprocess.Popen[bytes]) -> None:
-    """SIGTERM, bounded wait, then SIGKILL of the whole process group."""
-    with contextlib.suppress(ProcessLookupError):
-        os.killpg(proc.pid, signal.SIGTERM)
-    with contextlib.suppress(subprocess.TimeoutExpired):
-        proc.wait(STOP_TIMEOUT)
-    with contextlib.suppress(ProcessLookupError):  # the workers too, whatever is left
-        os.killpg(proc.pid, signal.SIGKILL)
-    with contextlib.suppress(subprocess.TimeoutExpired):
-        proc.wait(STOP_TIMEOUT)
+def _tail(log: IO[str], lines: int = 20) -> str:
+    return "".join(f"{line}\n" for line in harness.tail(log, lines))
 
 
 # -- the clients ----------------------------------------------------------------------------
@@ -249,9 +206,7 @@ RUNNERS: Final[dict[str, Callable[[str, int, int], Awaitable[tuple[Result, int]]
 async def measure(options: Options, url: str, results: list[Result]) -> None:
     """Run every client in every round, appending to ``results`` as runs finish."""
     for round_no in range(1, options.rounds + 1):
-        shift = (round_no - 1) % len(options.clients)
-        order = options.clients[shift:] + options.clients[:shift]
-        for name in order:
+        for name in harness.rotated(options.clients, round_no - 1):
             runner = RUNNERS[name]
             result = Result(client=name, round=round_no)
             try:
@@ -359,24 +314,16 @@ def report(summary: dict[str, Summary], options: Options) -> list[str]:
 
 
 def machine_facts() -> dict[str, Any]:
-    cpu = platform.processor() or platform.machine()
-    with contextlib.suppress(OSError):
-        for text in Path("/proc/cpuinfo").read_text().splitlines():
-            if text.startswith("model name"):
-                cpu = text.split(":", 1)[1].strip()
-                break
-    versions: dict[str, str | None] = {}
-    for dist in ("tether", "httpx", "httpcore", "aiohttp", "uvloop", "httptools"):
-        try:
-            versions[dist] = importlib.metadata.version(dist)
-        except importlib.metadata.PackageNotFoundError:
-            versions[dist] = None
+    cpu = harness.cpu_model(default=platform.processor() or platform.machine())
+    versions = harness.package_versions(
+        ("tether", "httpx", "httpcore", "aiohttp", "uvloop", "httptools"), None
+    )
     try:
         sniffio = importlib.util.find_spec("sniffio") is not None
     except (ImportError, ValueError):
         sniffio = False
     return {
-        "date": datetime.datetime.now(datetime.UTC).isoformat(timespec="seconds"),
+        "date": harness.utc_timestamp(),
         "load_average": [round(x, 2) for x in os.getloadavg()],
         "sniffio": sniffio,
         "python": platform.python_version(), "platform": platform.platform(),
@@ -427,10 +374,6 @@ def parse_args(argv: Sequence[str] | None) -> Options:
     )
 
 
-def _terminate_as_interrupt(signum: int, frame: FrameType | None) -> None:
-    raise KeyboardInterrupt
-
-
 def loop_factory(name: str) -> Callable[[], asyncio.AbstractEventLoop]:
     if name == "uvloop":
         import uvloop
@@ -441,8 +384,7 @@ def loop_factory(name: str) -> Callable[[], asyncio.AbstractEventLoop]:
 
 def main(argv: Sequence[str] | None = None) -> int:
     options = parse_args(argv)
-    # SIGTERM unwinds like Ctrl-C, so the server is stopped on the way out.
-    signal.signal(signal.SIGTERM, _terminate_as_interrupt)
+    harness.sigterm_as_interrupt()  # the server is stopped on the way out
     facts = machine_facts()
     print(f"{facts['date']}  {facts['cpu']} x{facts['cpus']}  Python {facts['python']}  "
           f"{' '.join(f'{k} {v}' for k, v in facts['versions'].items())}  load average "
@@ -465,15 +407,14 @@ def main(argv: Sequence[str] | None = None) -> int:
         interrupted = True
     summary = summarize(results, options.clients)
     print("\n".join(report(summary, options)), flush=True)
-    print(f"load average at the end: {' '.join(f'{x:.2f}' for x in os.getloadavg())}")
+    print(f"load average at the end: {harness.format_loadavg(os.getloadavg())}")
     if options.json_path is not None:
-        options.json_path.write_text(json.dumps({
-            "settings": {k: str(v) if isinstance(v, Path) else v
-                         for k, v in asdict(options).items()},
+        harness.write_json(options.json_path, {
+            "settings": harness.settings_of(options),
             "machine": facts,
             "runs": [asdict(r) for r in results],
             "summary": {k: asdict(v) for k, v in summary.items()},
-        }, indent=2))
+        }, trailing_newline=False)
     if interrupted:
         return 130
     failed = any(r.error is not None or r.non_200 for r in results)

@@ -28,24 +28,26 @@ import asyncio
 import contextlib
 import json
 import os
-import signal
 import statistics
-import subprocess
 import sys
 import time
+from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-ROOT = Path(__file__).resolve().parent.parent
-sys.path.insert(0, str(ROOT))
+_ROOT = str(Path(__file__).resolve().parent.parent)
+if _ROOT not in sys.path:  # run as a script: make ``bench`` and ``tests`` importable
+    sys.path.insert(0, _ROOT)
 
 from tests.postgres import throwaway_postgres  # noqa: E402
-from tests.support import free_port  # noqa: E402
 
 import tether  # noqa: E402
+from bench import harness  # noqa: E402
+from bench.harness import PYTHON, ROOT, BenchError  # noqa: E402
 
 DEADLINE = 0.5
+STOP_TIMEOUT = 15.0
 
 CONFIGS: dict[str, tuple[list[str], bool, str]] = {
     # name: (extra tether serve flags, client propagates its deadline, DB queue)
@@ -63,41 +65,25 @@ class Outcome:
     errors: dict[str, int] = field(default_factory=dict)
 
 
-def start_server(
-    dsn: str, flags: list[str], port: int, db_queue: str
-) -> subprocess.Popen[bytes]:
+@contextlib.contextmanager
+def server(dsn: str, flags: list[str], port: int, db_queue: str) -> Iterator[str]:
+    """Run the service on ``port``; yield its URL once GET /stats answers; always stop it
+    (its output goes to ours)."""
     env = {**os.environ, "OVERLOAD_DSN": dsn, "PYTHONPATH": str(ROOT),
            "OVERLOAD_DB_QUEUE": db_queue}
-    return subprocess.Popen(
-        [sys.executable, "-m", "tether", "serve", "bench.overload_app:app", "--port",
-         str(port), "--no-access-log", "--log-level", "warning", *flags],
-        cwd=ROOT, env=env, start_new_session=True,
-    )
-
-
-def stop_server(proc: subprocess.Popen[bytes]) -> None:
-    with contextlib.suppress(ProcessLookupError):
-        os.killpg(proc.pid, signal.SIGTERM)
-    try:
-        proc.wait(15)
-    except subprocess.TimeoutExpired:
-        with contextlib.suppress(ProcessLookupError):
-            os.killpg(proc.pid, signal.SIGKILL)
-        proc.wait()
-
-
-async def wait_ready(url: str, timeout: float = 30.0) -> None:
-    deadline = time.monotonic() + timeout
-    async with tether.Client(timeout=1.0) as client:
-        while True:
-            try:
-                if (await client.get(f"{url}/stats")).status_code == 200:
-                    return
-            except tether.client.HTTPError:
-                pass
-            if time.monotonic() > deadline:
-                raise SystemExit(f"server at {url} did not start")
-            await asyncio.sleep(0.1)
+    argv = [PYTHON, "-m", "tether", "serve", "bench.overload_app:app", "--port", str(port),
+            "--no-access-log", "--log-level", "warning", *flags]
+    url = f"http://127.0.0.1:{port}"
+    with harness.running(argv, None, stop_timeout=STOP_TIMEOUT, term_group=True, env=env,
+                 stdin=None) as proc:
+        try:
+            harness.wait_ready(
+                proc, lambda: harness.http_get(port, "/stats", timeout=1.0).status == 200,
+                exited=str, timed_out=str, interval=0.1,
+            )
+        except BenchError:  # exited, or no answer in time: the same message either way
+            raise SystemExit(f"server at {url} did not start") from None
+        yield url
 
 
 async def stats(url: str) -> dict[str, int]:
@@ -162,19 +148,13 @@ async def offer(url: str, rate: float, seconds: float, propagate: bool) -> Outco
 
 async def run_config(name: str, dsn: str, seconds: float, factor: float) -> dict[str, Any]:
     flags, propagate, db_queue = CONFIGS[name]
-    port = free_port()
-    url = f"http://127.0.0.1:{port}"
-    proc = start_server(dsn, flags, port, db_queue)
-    try:
-        await wait_ready(url)
+    with server(dsn, flags, harness.free_port(), db_queue) as url:
         capacity = await measure_capacity(url)
         before = await stats(url)
         outcome = await offer(url, capacity * factor, seconds, propagate)
         # let abandoned work that keeps running (the "off" case) show up in the stats
         await asyncio.sleep(DEADLINE * 2)
         after = await stats(url)
-    finally:
-        stop_server(proc)
     successes = len(outcome.successes)
     goodput = successes / seconds
     started = after["started"] - before["started"]
@@ -218,7 +198,7 @@ async def main() -> int:
               f"{r['goodput_fraction']:>8} {r['p99_success_ms']:>10} "
               f"{work if work is not None else '-':>11}  late={r['late']} {r['errors']}")
     if args.json:
-        args.json.write_text(json.dumps(results, indent=2))
+        harness.write_json(args.json, results, trailing_newline=False)
     return 0
 
 

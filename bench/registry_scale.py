@@ -35,8 +35,6 @@ from __future__ import annotations
 import argparse
 import asyncio
 import contextlib
-import datetime
-import json
 import math
 import os
 import platform
@@ -48,15 +46,17 @@ import time
 from collections import defaultdict
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Final
+from typing import Any
 
-ROOT: Final = Path(__file__).resolve().parent.parent
-if str(ROOT) not in sys.path:  # run as a script: make ``tests`` importable
-    sys.path.insert(0, str(ROOT))
+_ROOT = str(Path(__file__).resolve().parent.parent)
+if _ROOT not in sys.path:  # run as a script: make ``bench`` and ``tests`` importable
+    sys.path.insert(0, _ROOT)
 
 from tests.apps.registry_share import address  # noqa: E402
 from tests.etcd import EtcdServer, throwaway_etcd  # noqa: E402
 
+from bench import harness  # noqa: E402
+from bench.harness import PYTHON, ROOT  # noqa: E402
 from tether.registry import Registration, Snapshot, open_registry  # noqa: E402
 from tether.registry.etcd import EtcdRegistry  # noqa: E402
 
@@ -124,8 +124,7 @@ def counters(etcd: EtcdServer) -> dict[str, float]:
 
 def cpu_seconds(pid: int) -> float:
     """utime + stime of ``pid`` (and its reaped children: none here)."""
-    with open(f"/proc/{pid}/stat") as f:
-        fields = f.read().rsplit(")", 1)[1].split()
+    fields = harness.proc_stat(pid)
     return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
 
 
@@ -137,12 +136,7 @@ def quantile(values: list[float], q: float) -> float:
 
 
 def machine() -> dict[str, Any]:
-    cpu = "unknown"
-    with contextlib.suppress(OSError):
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                cpu = line.split(":", 1)[1].strip()
-                break
+    cpu = harness.cpu_model()
     etcd_version = subprocess.run(["/usr/bin/etcd", "--version"], capture_output=True,
                                   text=True).stdout.splitlines()[:1]
     return {"nproc": os.cpu_count(), "cpu": cpu, "kernel": platform.release(),
@@ -157,7 +151,7 @@ class Owners:
                  ttl: float) -> None:
         self.procs = [
             subprocess.Popen(
-                [sys.executable, "-m", "tests.apps.registry_share", url, str(i), str(count),
+                [PYTHON, "-m", "tests.apps.registry_share", url, str(i), str(count),
                  str(services), str(per_service), str(ttl)],
                 cwd=ROOT, stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True,
             )
@@ -369,10 +363,9 @@ def main(argv: list[str] | None = None) -> int:
             result = asyncio.run(run(args, etcd))
     except KeyboardInterrupt:
         return 130
-    result.update(settings=vars(args), machine=facts,
-                  date=datetime.datetime.now(datetime.UTC).isoformat(timespec="seconds"))
+    result.update(settings=vars(args), machine=facts, date=harness.utc_timestamp())
     if args.json:
-        Path(args.json).write_text(json.dumps(result, indent=2, default=str))
+        harness.write_json(Path(args.json), result, trailing_newline=False, default=str)
     return 0 if result["ok"] else 1
 
 

@@ -51,16 +51,9 @@ from __future__ import annotations
 import argparse
 import asyncio
 import contextlib
-import datetime
-import http.client
-import importlib.metadata
-import json
 import os
-import platform
 import signal
-import socket
 import statistics
-import subprocess
 import sys
 import tempfile
 import time
@@ -68,21 +61,19 @@ from collections import Counter
 from collections.abc import Callable, Coroutine, Iterator, Sequence
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from types import FrameType
 from typing import Any, Final, TypeVar
 
-ROOT: Final = Path(__file__).resolve().parent.parent
-if str(ROOT) not in sys.path:  # run as a script: make ``bench`` importable
-    sys.path.insert(0, str(ROOT))
+_ROOT = str(Path(__file__).resolve().parent.parent)
+if _ROOT not in sys.path:  # run as a script: make ``bench`` importable
+    sys.path.insert(0, _ROOT)
 
+from bench import harness  # noqa: E402
+from bench.harness import HOST, PYTHON, READY_TIMEOUT, BenchError  # noqa: E402
 from bench.loadgen import LoadResult, run_load  # noqa: E402
 
-PYTHON: Final = sys.executable
-HOST: Final = "127.0.0.1"
 APP: Final = "bench.apps:hello"
 WORKERS: Final = 2
 
-READY_TIMEOUT: Final = 30.0  # seconds a server gets to answer and have all its workers
 STOP_TIMEOUT: Final = 20.0  # seconds a server gets to exit after SIGTERM
 POLL: Final = 0.02  # seconds between looks at /proc and at the server log
 REQUEST_TIMEOUT: Final = 10.0  # seconds one request may take before it counts as failed
@@ -161,10 +152,6 @@ SERVERS: Final[dict[str, Server]] = {
 # -- options and results ---------------------------------------------------------------
 
 
-class BenchError(Exception):
-    """A run could not be completed; the message says why (shown in the report)."""
-
-
 @dataclass(frozen=True)
 class Options:
     """The command line, parsed."""
@@ -227,24 +214,14 @@ class Run:
 # -- processes ---------------------------------------------------------------------------
 
 
-def free_port() -> int:
-    """A TCP port on HOST nobody listens on right now."""
-    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
-        sock.bind((HOST, 0))
-        port: int = sock.getsockname()[1]
-        return port
-
-
 ProcessKey = tuple[int, str]  # (pid, start time in clock ticks): survives pid reuse
 
 
 def _start_time(pid: int) -> str | None:
     try:
-        stat = Path(f"/proc/{pid}/stat").read_text()
+        return harness.proc_stat(pid)[19]
     except OSError:
         return None
-    # The command name (field 2) may hold spaces; fields after its ')' are plain.
-    return stat.rsplit(")", 1)[1].split()[19]
 
 
 def workers_of(pid: int) -> set[ProcessKey]:
@@ -286,17 +263,7 @@ class ServerProcess:
         self.seen_workers: set[ProcessKey] = set()
         self.exit_status: int | None = None
         with log_path.open("wb") as log:
-            try:
-                self.proc = subprocess.Popen(
-                    server.argv(port),
-                    cwd=ROOT,
-                    stdin=subprocess.DEVNULL,
-                    stdout=log,
-                    stderr=subprocess.STDOUT,
-                    start_new_session=True,  # its own process group, stopped with it
-                )
-            except OSError as exc:
-                raise BenchError(f"could not run {server.name}: {exc}") from exc
+            self.proc = harness.start_process(server.argv(port), log, name=server.name)
 
     def workers(self) -> set[ProcessKey]:
         current = workers_of(self.proc.pid)
@@ -319,21 +286,19 @@ class ServerProcess:
         try:
             if self.proc.poll() is None:
                 self.workers()  # remember the current workers before they go
-                self.proc.terminate()
-                with contextlib.suppress(subprocess.TimeoutExpired):
-                    self.exit_status = self.proc.wait(STOP_TIMEOUT)
-            else:
-                self.exit_status = self.proc.returncode
         finally:
-            # The group id is the pid we started (start_new_session); this reaps workers
-            # in the same group (all but tether's, which get their own session).
-            with contextlib.suppress(ProcessLookupError, PermissionError):
-                os.killpg(self.proc.pid, signal.SIGKILL)
-            self.proc.wait()
-            for key in self.seen_workers:
-                if alive(key):
-                    with contextlib.suppress(ProcessLookupError, PermissionError):
-                        os.kill(key[0], signal.SIGKILL)
+            try:
+                # SIGKILL of its group reaches workers in the same group (all but
+                # tether's, which get their own session): those are killed below.
+                self.exit_status = harness.stop_process(self.proc, STOP_TIMEOUT)
+            finally:
+                self._kill_seen_workers()
+
+    def _kill_seen_workers(self) -> None:
+        for key in self.seen_workers:
+            if alive(key):
+                with contextlib.suppress(ProcessLookupError, PermissionError):
+                    os.kill(key[0], signal.SIGKILL)
 
 
 @contextlib.contextmanager
@@ -347,44 +312,23 @@ def running(server: Server, port: int, log_path: Path) -> Iterator[ServerProcess
 
 
 def answers(port: int) -> bool:
-    """One GET /: True on a complete 200; False while not answering yet."""
-    conn = http.client.HTTPConnection(HOST, port, timeout=2.0)
-    try:
-        conn.request("GET", "/")
-        response = conn.getresponse()
-        body = response.read()
-    except (OSError, http.client.HTTPException):
-        return False
-    finally:
-        conn.close()
-    if response.status != 200 or body != b"Hello, world!":
-        raise BenchError(f"GET / answered {response.status} {body[:40]!r}, expected 200 hello")
+    """One GET /: True on a complete 200 hello; raises OSError/HTTPException while not
+    answering yet, BenchError on a wrong answer."""
+    reply = harness.http_get(port)
+    if reply.status != 200 or reply.body != b"Hello, world!":
+        raise BenchError(f"GET / answered {reply.status} {reply.body[:40]!r}, expected 200 hello")
     return True
 
 
-def wait_ready(process: ServerProcess) -> None:
+def wait_until_ready(process: ServerProcess) -> None:
     """Poll until GET / answers and all WORKERS workers exist, or fail at the deadline."""
-    deadline = time.monotonic() + READY_TIMEOUT
-    while True:
-        status = process.proc.poll()
-        if status is not None:
-            raise BenchError(f"exited with status {status} before it was ready")
-        if answers(process.port) and len(process.workers()) >= WORKERS:
-            return
-        if time.monotonic() >= deadline:
-            raise BenchError(
-                f"not ready after {READY_TIMEOUT:.0f}s "
-                f"({len(process.workers())} worker process(es))"
-            )
-        time.sleep(0.05)
-
-
-def tail(path: Path, lines: int = OUTPUT_TAIL_LINES) -> list[str]:
-    try:
-        text = path.read_text(errors="replace")
-    except OSError:
-        return []
-    return text.splitlines()[-lines:]
+    harness.wait_ready(
+        process.proc,
+        lambda: answers(process.port) and len(process.workers()) >= WORKERS,
+        exited=lambda status: f"exited with status {status} before it was ready",
+        timed_out=lambda _: f"not ready after {READY_TIMEOUT:.0f}s "
+                            f"({len(process.workers())} worker process(es))",
+    )
 
 
 # -- the scenario ------------------------------------------------------------------------
@@ -506,9 +450,9 @@ def bench_one(server: Server, rnd: int, opts: Options, logdir: Path) -> Run:
     log_path = logdir / f"{server.name}-round{rnd + 1}.log"
     process: ServerProcess | None = None
     try:
-        with running(server, free_port(), log_path) as process:
+        with running(server, harness.free_port(), log_path) as process:
             try:
-                wait_ready(process)
+                wait_until_ready(process)
             except BenchError as exc:
                 raise BenchError(f"failed to start: {exc}") from exc
             run_async(scenario(process, opts, run))
@@ -517,7 +461,7 @@ def bench_one(server: Server, rnd: int, opts: Options, logdir: Path) -> Run:
     finally:
         if process is not None:
             run.exit_status = process.exit_status
-        run.server_output = tail(log_path)
+        run.server_output = harness.tail(log_path, OUTPUT_TAIL_LINES)
     if run.reloads_seen_in_log is not None and run.reloads_seen_in_log != run.reloads_sent:
         run.notes.append(
             f"log shows {run.reloads_seen_in_log} finished reload(s) for "
@@ -529,15 +473,9 @@ def bench_one(server: Server, rnd: int, opts: Options, logdir: Path) -> Run:
 # -- the whole benchmark -----------------------------------------------------------------
 
 
-def rotated(items: Sequence[str], by: int) -> list[str]:
-    """``items`` starting at position ``by`` (mod len): round r runs server r first."""
-    k = by % len(items)
-    return [*items[k:], *items[:k]]
-
-
 def run_all(opts: Options, runs: list[Run], logdir: Path) -> None:
     for rnd in range(opts.rounds):
-        for name in rotated(opts.servers, rnd):
+        for name in harness.rotated(opts.servers, rnd):
             run = bench_one(SERVERS[name], rnd, opts, logdir)
             runs.append(run)
             for line in progress_lines(run, opts.rounds):
@@ -653,7 +591,7 @@ def report(rows: list[Row], runs: list[Run], opts: Options) -> str:
         lines += ["", "failed runs:"]
         for run in failed:
             lines.append(f"  {run.server}, round {run.round + 1}: {run.error}")
-            lines += [f"    | {line}" for line in run.server_output]
+            lines += harness.quoted(run.server_output)
     subject = [r for r in runs if r.server == SUBJECT and r.error is None]
     if subject:
         clean = subject_clean(runs)
@@ -677,43 +615,20 @@ def subject_clean(runs: list[Run]) -> bool:
 # -- environment -------------------------------------------------------------------------
 
 
-def machine_facts() -> dict[str, Any]:
-    cpu = "unknown"
-    with contextlib.suppress(OSError):
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                cpu = line.split(":", 1)[1].strip()
-                break
-    versions: dict[str, str] = {}
-    for name in VERSIONED:
-        try:
-            versions[name] = importlib.metadata.version(name)
-        except importlib.metadata.PackageNotFoundError:
-            versions[name] = "not installed"
+def machine_facts_with_sysctl() -> dict[str, Any]:
+    facts = harness.machine_facts(VERSIONED)
     sysctl: dict[str, str] = {}
     for key in ("net/ipv4/tcp_migrate_req", "net/core/somaxconn"):
         with contextlib.suppress(OSError):
             sysctl[key.replace("/", ".")] = Path(f"/proc/sys/{key}").read_text().strip()
+    facts["sysctl"] = sysctl
+    return facts
+
+
+def results_json(opts: Options, facts: dict[str, Any], runs: list[Run],
+                 rows: list[Row], argv: Sequence[str]) -> dict[str, Any]:
     return {
-        "nproc": os.cpu_count(),
-        "cpu": cpu,
-        "python": platform.python_version(),
-        "platform": platform.platform(),
-        "versions": versions,
-        "sysctl": sysctl,
-    }
-
-
-def write_json(path: Path, opts: Options, facts: dict[str, Any], runs: list[Run],
-               rows: list[Row], argv: Sequence[str]) -> None:
-    settings = asdict(opts)
-    settings["json_path"] = None if opts.json_path is None else str(opts.json_path)
-    settings["keep_logs"] = None if opts.keep_logs is None else str(opts.keep_logs)
-    data = {
-        "date": datetime.datetime.now(datetime.UTC).isoformat(timespec="seconds"),
-        "command": [PYTHON, *argv],
-        "settings": settings,
-        "machine": facts,
+        **harness.json_header(opts, facts, argv),
         "commands": {name: SERVERS[name].argv(0) for name in opts.servers},
         "runs": [
             {**asdict(r), "modes": [{**asdict(m), "failures_per_10k": m.failures_per_10k}
@@ -723,34 +638,13 @@ def write_json(path: Path, opts: Options, facts: dict[str, Any], runs: list[Run]
         "summary": [asdict(row) for row in rows],
         "subject_clean": subject_clean(runs),
     }
-    path.write_text(json.dumps(data, indent=2) + "\n")
 
 
 # -- command line ------------------------------------------------------------------------
 
 
-def _names(value: str) -> list[str]:
-    names = [n.strip() for n in value.split(",") if n.strip()]
-    unknown = [n for n in names if n not in SERVERS]
-    if unknown or not names:
-        raise argparse.ArgumentTypeError(
-            f"expected a comma list of {', '.join(SERVERS)}; got {value!r}"
-        )
-    return list(dict.fromkeys(names))  # drop duplicates, keep order
-
-
-def _positive_int(value: str) -> int:
-    number = int(value)
-    if number < 1:
-        raise argparse.ArgumentTypeError(f"must be at least 1, got {number}")
-    return number
-
-
-def _non_negative_int(value: str) -> int:
-    number = int(value)
-    if number < 0:
-        raise argparse.ArgumentTypeError(f"must be 0 or more, got {number}")
-    return number
+_positive_int = harness.count_type(1, "_positive_int")
+_non_negative_int = harness.count_type(0, "_non_negative_int")
 
 
 def _positive_float(value: str) -> float:
@@ -765,7 +659,7 @@ def parse_args(argv: Sequence[str]) -> Options:
         description="Failed requests per 10,000 during rolling reloads under load: tether, "
                     "uvicorn, gunicorn (UvicornWorker), granian and hypercorn, 2 workers each.",
     )
-    parser.add_argument("--servers", type=_names, default=list(SERVERS),
+    parser.add_argument("--servers", type=harness.names_type(list(SERVERS)), default=list(SERVERS),
                         help=f"comma list (default: {','.join(SERVERS)})")
     parser.add_argument("--reloads", type=_non_negative_int, default=5, metavar="N",
                         help="reload signals per run (default: 5)")
@@ -788,47 +682,30 @@ def parse_args(argv: Sequence[str]) -> Options:
     return Options(**vars(parser.parse_args(argv)))
 
 
-def _loadavg(values: tuple[float, float, float]) -> str:
-    return " ".join(f"{v:.2f}" for v in values)
-
-
-def _terminate_as_interrupt(signum: int, frame: FrameType | None) -> None:
-    raise KeyboardInterrupt
-
-
 def main(argv: Sequence[str] | None = None) -> int:
     argv = sys.argv[1:] if argv is None else argv
     opts = parse_args(argv)
-    # SIGTERM unwinds like Ctrl-C, so every server is stopped on the way out.
-    signal.signal(signal.SIGTERM, _terminate_as_interrupt)
-    facts = machine_facts()
+    harness.sigterm_as_interrupt()
+    facts = machine_facts_with_sysctl()
     versions = ", ".join(f"{k} {v}" for k, v in facts["versions"].items())
     print(f"{facts['nproc']} CPUs ({facts['cpu']}), Python {facts['python']}", flush=True)
     print(versions, flush=True)
     print(f"sysctl: {facts['sysctl']}", flush=True)
-    facts["loadavg_before"] = os.getloadavg()
-    print(f"load average before: {_loadavg(facts['loadavg_before'])}", flush=True)
+    print(f"load average before: {harness.record_loadavg(facts, 'before')}", flush=True)
     runs: list[Run] = []
-    interrupted = False
     with contextlib.ExitStack() as stack:
         if opts.keep_logs is not None:
             opts.keep_logs.mkdir(parents=True, exist_ok=True)
             logdir = opts.keep_logs
         else:
             logdir = Path(stack.enter_context(tempfile.TemporaryDirectory(prefix="reload-")))
-        try:
-            run_all(opts, runs, logdir)
-        except KeyboardInterrupt:
-            interrupted = True
-            print("\ninterrupted: every server was stopped; results so far:", flush=True)
-    facts["loadavg_after"] = os.getloadavg()
+        interrupted = harness.run_interruptibly(lambda: run_all(opts, runs, logdir))
     rows = summarize(runs, opts)
-    print(report(rows, runs, opts), flush=True)
-    print(f"\nload average after: {_loadavg(facts['loadavg_after'])} "
-          f"(on {facts['nproc']} CPUs; other load skews req/s)", flush=True)
+    harness.print_report(facts, report(rows, runs, opts), skewed="req/s")
     if opts.json_path is not None:
-        write_json(opts.json_path, opts, facts, runs, rows, [str(Path(__file__)), *argv])
-        print(f"\nraw results written to {opts.json_path}")
+        harness.save_results(
+            opts.json_path, results_json(opts, facts, runs, rows, [str(Path(__file__)), *argv])
+        )
     if interrupted:
         return 130
     if any(r.error is not None for r in runs):

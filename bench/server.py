@@ -19,33 +19,25 @@ every run completed, 1 when some run failed, 2 on bad usage or missing ``wrk``,
 from __future__ import annotations
 
 import argparse
-import contextlib
-import datetime
-import http.client
-import importlib.metadata
 import json
-import os
-import platform
 import re
 import shutil
-import signal
-import socket
 import statistics
 import subprocess
 import sys
 import tempfile
-import time
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from types import FrameType
 from typing import Any, Final
 
-ROOT: Final = Path(__file__).resolve().parent.parent
-PYTHON: Final = sys.executable
-HOST: Final = "127.0.0.1"
+_ROOT = str(Path(__file__).resolve().parent.parent)
+if _ROOT not in sys.path:  # run as a script: make ``bench`` importable
+    sys.path.insert(0, _ROOT)
 
-READY_TIMEOUT: Final = 30.0  # seconds a server gets to answer its first request
+from bench import harness  # noqa: E402
+from bench.harness import HOST, PYTHON, READY_TIMEOUT, BenchError  # noqa: E402
+
 STOP_TIMEOUT: Final = 10.0  # seconds a server gets to exit after SIGTERM
 WRK_GRACE: Final = 30.0  # seconds wrk may run past its -d before it is killed
 OUTPUT_TAIL_LINES: Final = 20
@@ -98,10 +90,6 @@ SUBJECT: Final = "tether"
 VERSIONED: Final = ("tether", "uvicorn", "hypercorn", "granian", "uvloop", "httptools")
 
 # -- options and results ---------------------------------------------------------------
-
-
-class BenchError(Exception):
-    """A run could not be completed; the message says why (shown in the report)."""
 
 
 @dataclass(frozen=True)
@@ -216,109 +204,44 @@ def run_wrk(port: int, seconds: int, connections: int, threads: int) -> WrkResul
 # -- servers -----------------------------------------------------------------------------
 
 
-def free_port() -> int:
-    """A TCP port on HOST nobody listens on right now."""
-    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
-        sock.bind((HOST, 0))
-        port: int = sock.getsockname()[1]
-        return port
-
-
-@contextlib.contextmanager
-def running(argv: list[str], log_path: Path) -> Iterator[subprocess.Popen[bytes]]:
-    """Start ``argv`` from the repository root in its own session; always stop it.
-
-    Output goes to ``log_path`` (a file, not a pipe, so a chatty server never blocks).
-    """
-    with log_path.open("wb") as log:
-        try:
-            proc = subprocess.Popen(
-                argv,
-                cwd=ROOT,
-                stdin=subprocess.DEVNULL,
-                stdout=log,
-                stderr=subprocess.STDOUT,
-                start_new_session=True,  # its own process group: workers are stopped with it
-            )
-        except OSError as exc:
-            raise BenchError(f"could not run {argv[0]}: {exc}") from exc
-        try:
-            yield proc
-        finally:
-            stop(proc)
-
-
-def stop(proc: subprocess.Popen[bytes]) -> None:
-    """SIGTERM and wait (bounded), then SIGKILL whatever is left of its process group."""
-    try:
-        if proc.poll() is None:
-            proc.terminate()
-            with contextlib.suppress(subprocess.TimeoutExpired):
-                proc.wait(STOP_TIMEOUT)
-    finally:
-        # The group id is the pid of the process we started (start_new_session); this
-        # also reaps worker processes (granian's) that outlived their parent.
-        with contextlib.suppress(ProcessLookupError, PermissionError):
-            os.killpg(proc.pid, signal.SIGKILL)
-        proc.wait()
-
-
-def check_response(port: int, app: str) -> None:
-    """One GET /: raises OSError/HTTPException while not listening yet, BenchError
-    when the answer is wrong (then waiting longer would not help)."""
-    conn = http.client.HTTPConnection(HOST, port, timeout=2.0)
-    try:
-        conn.request("GET", "/")
-        response = conn.getresponse()
-        body = response.read()
-    finally:
-        conn.close()
-    if response.status != 200:
-        raise BenchError(f"GET / answered {response.status}, expected 200")
-    length = response.getheader("content-length")
-    if length is None or int(length) != len(body):
-        raise BenchError(f"GET / content-length {length!r} but {len(body)} body bytes")
+def check_response(reply: harness.Reply, app: str) -> None:
+    """Raise BenchError when the answer to GET / is wrong (then waiting longer would
+    not help)."""
+    if reply.status != 200:
+        raise BenchError(f"GET / answered {reply.status}, expected 200")
+    length = reply.header("content-length")
+    if length is None or int(length) != len(reply.body):
+        raise BenchError(f"GET / content-length {length!r} but {len(reply.body)} body bytes")
     if app == "json":
         try:
-            json.loads(body)
+            json.loads(reply.body)
         except ValueError as exc:
             raise BenchError(f"GET / on the json app returned invalid JSON: {exc}") from exc
 
 
-def wait_ready(proc: subprocess.Popen[bytes], port: int, app: str) -> None:
-    """Poll GET / until it answers correctly, the process exits, or the deadline passes."""
-    deadline = time.monotonic() + READY_TIMEOUT
-    while True:
-        status = proc.poll()
-        if status is not None:
-            raise BenchError(f"exited with status {status} before answering a request")
-        try:
-            check_response(port, app)
-            return
-        except (OSError, http.client.HTTPException) as exc:
-            last = f"{type(exc).__name__}: {exc}"
-        if time.monotonic() >= deadline:
-            raise BenchError(f"not answering after {READY_TIMEOUT:.0f}s ({last})")
-        time.sleep(0.05)
-
-
-def tail(path: Path, lines: int = OUTPUT_TAIL_LINES) -> list[str]:
-    try:
-        text = path.read_text(errors="replace")
-    except OSError:
-        return []
-    return text.splitlines()[-lines:]
+def answers(port: int, app: str) -> bool:
+    """One GET /: raises OSError/HTTPException while not listening yet, BenchError
+    when the answer is wrong."""
+    check_response(harness.http_get(port), app)
+    return True
 
 
 def bench_one(server: str, app: str, rnd: int, opts: Options, workdir: Path) -> Run:
     """Start ``server`` on ``app``, warm up, measure, stop. Never raises BenchError."""
     run = Run(server=server, app=app, round=rnd)
-    port = free_port()
+    port = harness.free_port()
     log_path = workdir / f"{server}-{app}-{rnd}.log"
     try:
-        with running(SERVERS[server](APPS[app], port), log_path) as proc:
+        with log_path.open("wb") as log, harness.running(
+            SERVERS[server](APPS[app], port), log, stop_timeout=STOP_TIMEOUT
+        ) as proc:
             try:
-                wait_ready(proc, port, app)
+                harness.wait_ready(
+                    proc, lambda: answers(port, app),
+                    exited=lambda status: f"exited with status {status} before answering a "
+                                          "request",
+                    timed_out=lambda last: f"not answering after {READY_TIMEOUT:.0f}s ({last})",
+                )
             except BenchError as exc:
                 raise BenchError(f"failed to start: {exc}") from exc
             if opts.warmup > 0:
@@ -331,17 +254,11 @@ def bench_one(server: str, app: str, rnd: int, opts: Options, workdir: Path) -> 
     except BenchError as exc:
         run.error = str(exc)
     finally:
-        run.server_output = tail(log_path)
+        run.server_output = harness.tail(log_path, OUTPUT_TAIL_LINES)
     return run
 
 
 # -- the whole benchmark -----------------------------------------------------------------
-
-
-def rotated(items: Sequence[str], by: int) -> list[str]:
-    """``items`` starting at position ``by`` (mod len): round r runs server r first."""
-    k = by % len(items)
-    return [*items[k:], *items[:k]]
 
 
 def run_all(opts: Options, runs: list[Run]) -> None:
@@ -349,7 +266,7 @@ def run_all(opts: Options, runs: list[Run]) -> None:
     with tempfile.TemporaryDirectory(prefix="tether-bench-") as tmp:
         for rnd in range(opts.rounds):
             for app in opts.apps:
-                for server in rotated(opts.servers, rnd):
+                for server in harness.rotated(opts.servers, rnd):
                     run = bench_one(server, app, rnd, opts, Path(tmp))
                     runs.append(run)
                     print(progress_line(run, opts.rounds), flush=True)
@@ -463,86 +380,38 @@ def report(summaries: list[Summary], runs: list[Run], opts: Options) -> str:
         lines += ["", "failures:"]
         for run in failed:
             lines.append(f"  {run.server} on {run.app}, round {run.round + 1}: {run.error}")
-            lines += [f"    | {line}" for line in run.server_output]
+            lines += harness.quoted(run.server_output)
     noisy = [r for r in runs if r.error is None and r.server_output]
     if noisy:
         lines += ["", "server output (log level warning) during successful runs:"]
         for run in noisy:
             lines.append(f"  {run.server} on {run.app}, round {run.round + 1}:")
-            lines += [f"    | {line}" for line in run.server_output]
+            lines += harness.quoted(run.server_output)
     return "\n".join(lines)
 
 
 # -- environment -------------------------------------------------------------------------
 
 
-def machine_facts() -> dict[str, Any]:
-    cpu = "unknown"
-    with contextlib.suppress(OSError):
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                cpu = line.split(":", 1)[1].strip()
-                break
-    versions: dict[str, str] = {}
-    for name in VERSIONED:
-        try:
-            versions[name] = importlib.metadata.version(name)
-        except importlib.metadata.PackageNotFoundError:
-            versions[name] = "not installed"
+def wrk_version() -> str:
     wrk = subprocess.run(["wrk", "-v"], capture_output=True, text=True, check=False)
-    versions["wrk"] = (wrk.stdout.splitlines() or ["?"])[0].split(" Copyright")[0]
+    return (wrk.stdout.splitlines() or ["?"])[0].split(" Copyright")[0]
+
+
+def results_json(opts: Options, facts: dict[str, Any], runs: list[Run],
+                 summaries: list[Summary], argv: Sequence[str]) -> dict[str, Any]:
     return {
-        "nproc": os.cpu_count(),
-        "cpu": cpu,
-        "python": platform.python_version(),
-        "platform": platform.platform(),
-        "versions": versions,
-    }
-
-
-def write_json(path: Path, opts: Options, facts: dict[str, Any], runs: list[Run],
-               summaries: list[Summary], argv: Sequence[str]) -> None:
-    settings = asdict(opts)
-    settings["json_path"] = str(opts.json_path)
-    data = {
-        "date": datetime.datetime.now(datetime.UTC).isoformat(timespec="seconds"),
-        "command": [PYTHON, *argv],
-        "settings": settings,
-        "machine": facts,
+        **harness.json_header(opts, facts, argv),
         "runs": [asdict(r) for r in runs],
         "summary": [asdict(s) for s in summaries],
     }
-    path.write_text(json.dumps(data, indent=2) + "\n")
 
 
 # -- command line ------------------------------------------------------------------------
 
 
-def _names(choices: Sequence[str]) -> Callable[[str], list[str]]:
-    def parse(value: str) -> list[str]:
-        names = [n.strip() for n in value.split(",") if n.strip()]
-        unknown = [n for n in names if n not in choices]
-        if unknown or not names:
-            raise argparse.ArgumentTypeError(
-                f"expected a comma list of {', '.join(choices)}; got {value!r}"
-            )
-        return list(dict.fromkeys(names))  # drop duplicates, keep order
-
-    return parse
-
-
-def _positive(value: str) -> int:
-    number = int(value)
-    if number < 1:
-        raise argparse.ArgumentTypeError(f"must be at least 1, got {number}")
-    return number
-
-
-def _non_negative(value: str) -> int:
-    number = int(value)
-    if number < 0:
-        raise argparse.ArgumentTypeError(f"must be 0 or more, got {number}")
-    return number
+_positive = harness.count_type(1, "_positive")
+_non_negative = harness.count_type(0, "_non_negative")
 
 
 def parse_args(argv: Sequence[str]) -> Options:
@@ -557,9 +426,9 @@ def parse_args(argv: Sequence[str]) -> Options:
                         help="wrk threads (default: 2)")
     parser.add_argument("--warmup", type=_non_negative, default=2, metavar="SECONDS",
                         help="discarded wrk run before each measurement; 0 skips (default: 2)")
-    parser.add_argument("--servers", type=_names(list(SERVERS)), default=list(SERVERS),
+    parser.add_argument("--servers", type=harness.names_type(list(SERVERS)), default=list(SERVERS),
                         help=f"comma list (default: {','.join(SERVERS)})")
-    parser.add_argument("--apps", type=_names(list(APPS)), default=list(APPS),
+    parser.add_argument("--apps", type=harness.names_type(list(APPS)), default=list(APPS),
                         help=f"comma list (default: {','.join(APPS)})")
     parser.add_argument("--rounds", type=_positive, default=1, metavar="N",
                         help="rounds, the server order rotated each round; medians are "
@@ -572,14 +441,6 @@ def parse_args(argv: Sequence[str]) -> Options:
     return Options(**vars(args))
 
 
-def _loadavg(values: tuple[float, float, float]) -> str:
-    return " ".join(f"{v:.2f}" for v in values)
-
-
-def _terminate_as_interrupt(signum: int, frame: FrameType | None) -> None:
-    raise KeyboardInterrupt
-
-
 def main(argv: Sequence[str] | None = None) -> int:
     argv = sys.argv[1:] if argv is None else argv
     opts = parse_args(argv)
@@ -587,29 +448,21 @@ def main(argv: Sequence[str] | None = None) -> int:
         print("bench: wrk not found on PATH (install it: scripts/system-deps.sh)",
               file=sys.stderr)
         return 2
-    # SIGTERM unwinds like Ctrl-C, so every server is stopped on the way out.
-    signal.signal(signal.SIGTERM, _terminate_as_interrupt)
-    facts = machine_facts()
+    harness.sigterm_as_interrupt()
+    facts = harness.machine_facts(VERSIONED)
+    facts["versions"]["wrk"] = wrk_version()
     versions = ", ".join(f"{k} {v}" for k, v in facts["versions"].items() if k != "wrk")
     print(f"{facts['nproc']} CPUs ({facts['cpu']}), Python {facts['python']}", flush=True)
     print(f"{versions}; {facts['versions']['wrk']}", flush=True)
-    facts["loadavg_before"] = os.getloadavg()
-    print(f"load average before: {_loadavg(facts['loadavg_before'])}", flush=True)
+    print(f"load average before: {harness.record_loadavg(facts, 'before')}", flush=True)
     runs: list[Run] = []
-    interrupted = False
-    try:
-        run_all(opts, runs)
-    except KeyboardInterrupt:
-        interrupted = True
-        print("\ninterrupted: every server was stopped; results so far:", flush=True)
-    facts["loadavg_after"] = os.getloadavg()
+    interrupted = harness.run_interruptibly(lambda: run_all(opts, runs))
     summaries = summarize(runs, opts)
-    print(report(summaries, runs, opts), flush=True)
-    print(f"\nload average after: {_loadavg(facts['loadavg_after'])} "
-          f"(on {facts['nproc']} CPUs; other load skews the numbers)", flush=True)
+    harness.print_report(facts, report(summaries, runs, opts), skewed="the numbers")
     if opts.json_path is not None:
-        write_json(opts.json_path, opts, facts, runs, summaries, [str(Path(__file__)), *argv])
-        print(f"\nraw results written to {opts.json_path}")
+        harness.save_results(
+            opts.json_path, results_json(opts, facts, runs, summaries, [str(Path(__file__)), *argv])
+        )
     if interrupted:
         return 130
     return 1 if any(r.error is not None for r in runs) else 0
