@@ -102,6 +102,7 @@ class Cluster:
         self._tasks: set[asyncio.Task[Any]] = set()
         self._wake = asyncio.Event()
         self._changed = asyncio.Event()  # set whenever the core acted
+        self._probing: set[str] = set()
         self._ready = asyncio.Event()
 
     # -- lifecycle ---------------------------------------------------------------------
@@ -180,6 +181,15 @@ class Cluster:
         self._changed.set()
 
     async def _probe(self, address: str) -> None:
+        if address in self._probing:
+            return  # one probe per provider at a time: each failure is one attempt
+        self._probing.add(address)
+        try:
+            await self._probe_once(address)
+        finally:
+            self._probing.discard(address)
+
+    async def _probe_once(self, address: str) -> None:
         host, port = _split(address)
         self.client._pool.unretire(host, port)
         ok = False
@@ -258,9 +268,12 @@ class Cluster:
                 continue
             finally:
                 self.outstanding[address] -= 1
-            if response.status_code in RETRYABLE_STATUS:
+            if response.status_code >= 500:
+                # Every 5xx counts toward ejection (Envoy's consecutive_5xx); only
+                # 502/503/504 mean "another provider may do better" and are retried.
                 self._apply(self.core.on_request(address, False, time.monotonic()))
-                if method in IDEMPOTENT and self._may_retry(attempt):
+                if (response.status_code in RETRYABLE_STATUS and method in IDEMPOTENT
+                        and self._may_retry(attempt)):
                     avoid.add(address)
                     continue
                 return response
@@ -291,10 +304,13 @@ class Cluster:
 
     def _on_failure(self, address: str, exc: TransportError, method: str, attempt: int) -> bool:
         now = time.monotonic()
+        record = self.core.records.get(address)
         if isinstance(exc, ConnectError | ConnectTimeout):
             # A failed connect is a failed probe: the provider starts retrying (backoff)
-            # and leaves the alive set now, not after N more failed requests.
-            self._apply(self.core.on_probe(address, False, now))
+            # and leaves the alive set now. Only the first one counts: requests that
+            # were already on their way fail together, and are not N attempts.
+            if record is not None and record.state is ProviderState.ALIVE:
+                self._apply(self.core.on_probe(address, False, now))
         else:
             self._apply(self.core.on_request(address, False, now))
             self._spawn(self._probe(address))
