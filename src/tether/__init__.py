@@ -25,6 +25,7 @@ from tether.errors import (
     ConfigError,
     LifespanFailure,
     Overloaded,
+    ServiceUnavailable,
     TetherError,
 )
 
@@ -40,6 +41,7 @@ __all__ = [
     "RequestLimits",
     "Response",
     "ServerConfig",
+    "ServiceUnavailable",
     "TetherError",
     "Timeout",
     "__version__",
