@@ -23,6 +23,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import logging
 import ssl
 import subprocess
 import threading
@@ -36,7 +37,8 @@ import httpx
 import pytest
 import trustme
 
-from tests.support import ServerProcess, run_tether, serve, tether_command
+import tether
+from tests.support import ServerProcess, run_tether, serve, tether_command, wait_for
 from tether.asgi import Receive, Scope, Send
 from tether.client import Client, HTTPError, PoolTimeout, TLSError
 
@@ -590,3 +592,29 @@ async def test_peer_httpx_alternating_sni_report(certs: Certs, sni_server: SNISe
     assert isinstance(peer_wrong, int) and 0 <= peer_wrong <= total
     assert ours == 0
 
+
+
+@pytest.mark.parametrize(
+    "garbage", [b"GET / HTTP/1.1\r\nHost: x\r\n\r\n", b"\x16\x03\x01\x00\x05hello"]
+)
+async def test_failed_handshake_is_logged_once_at_debug(
+    certs: Certs, caplog: pytest.LogCaptureFixture, garbage: bytes
+) -> None:
+    """A client that fails the TLS handshake gets one debug line, nothing louder,
+    and the next TLS client is served normally."""
+    caplog.set_level(logging.DEBUG, "tether")
+    async with serve(_hello, ssl_certfile=certs.server_cert, ssl_keyfile=certs.server_key) \
+            as server:
+        reader, writer = await asyncio.open_connection("127.0.0.1", server.port)
+        writer.write(garbage)
+        await writer.drain()
+        assert await asyncio.wait_for(reader.read(), 5) == b""  # closed by the server
+        writer.close()
+        await wait_for(lambda: any("TLS handshake failed" in r.getMessage()
+                                   for r in caplog.records), what="the debug line")
+        async with tether.Client(verify=certs.ca) as client:
+            r = await client.get(f"https://127.0.0.1:{server.port}/")
+        assert r.status_code == 200
+    failures = [r for r in caplog.records if "TLS handshake failed" in r.getMessage()]
+    assert len(failures) == 1 and failures[0].levelno == logging.DEBUG
+    assert not [r for r in caplog.records if r.levelno >= logging.WARNING]

@@ -8,11 +8,14 @@ name for the ASGI ``tls`` extension. Must never turn verification off unless ask
 
 from __future__ import annotations
 
+import logging
 import os
 import ssl
 from typing import Any
 
 from tether.errors import ConfigError
+
+logger = logging.getLogger("tether.server")
 
 MINIMUM_VERSIONS = {
     "TLSv1_2": ssl.TLSVersion.TLSv1_2,
@@ -80,7 +83,23 @@ def server_context(
             raise ConfigError(f"--ssl-ciphers: no usable cipher in {ciphers!r}") from exc
     ctx.set_alpn_protocols(["http/1.1"])
     ctx.sni_callback = _record_sni
+    ctx.sslobject_class = _HandshakeLoggingSSLObject
     return ctx
+
+
+class _HandshakeLoggingSSLObject(ssl.SSLObject):
+    """Logs a failed handshake once, at debug level. asyncio and uvloop report these
+    only in loop debug mode; a client that cannot do TLS (plain HTTP on the TLS
+    port, a wrong CA, a scanner) concerns itself alone, so never more than debug."""
+
+    def do_handshake(self) -> None:
+        try:
+            super().do_handshake()
+        except (ssl.SSLWantReadError, ssl.SSLWantWriteError):
+            raise  # not a failure: the handshake needs more bytes
+        except ssl.SSLError as exc:
+            logger.debug("TLS handshake failed: %s", exc.reason or exc)
+            raise
 
 
 def _record_sni(sslobj: Any, server_name: str | None, ctx: ssl.SSLContext) -> None:
