@@ -4,6 +4,9 @@ Plain ASGI 3 callables with no framework and no tether import, so each server ru
 exactly the same code:
 
 * :func:`hello` answers every request with a fixed 13-byte ``text/plain`` body.
+* :func:`json_bytes` answers every request with the same ~10 KB JSON document,
+  serialized once at import: the server's cost for a 10 KB body, without the
+  application's serialization in the measurement.
 * :func:`json` answers every request with a ~10 KB JSON document. The document
   is built once at import (:data:`DOCUMENT`) but **serialized with ``json.dumps``
   on every request**, as a real endpoint would, so the server's cost is measured
@@ -83,3 +86,19 @@ async def json(scope: Scope, receive: Receive, send: Send) -> None:
     ]
     await send({"type": "http.response.start", "status": 200, "headers": headers})
     await send({"type": "http.response.body", "body": body})
+
+
+DOCUMENT_BYTES: Final = dumps(DOCUMENT).encode()
+_DOCUMENT_HEADERS: Final = [
+    (b"content-type", b"application/json"),
+    (b"content-length", str(len(DOCUMENT_BYTES)).encode()),
+]
+
+
+async def json_bytes(scope: Scope, receive: Receive, send: Send) -> None:
+    """The same ~10 KB JSON, serialized once: the server's cost for a 10 KB body."""
+    if scope["type"] == "lifespan":
+        await _lifespan(receive, send)
+        return
+    await send({"type": "http.response.start", "status": 200, "headers": _DOCUMENT_HEADERS})
+    await send({"type": "http.response.body", "body": DOCUMENT_BYTES})

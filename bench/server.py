@@ -45,7 +45,11 @@ OUTPUT_TAIL_LINES: Final = 20
 # -- what is benchmarked ----------------------------------------------------------------
 
 #: app name -> ASGI target, importable from the repository root
-APPS: Final = {"hello": "bench.apps:hello", "json": "bench.apps:json"}
+APPS: Final = {
+    "hello": "bench.apps:hello",
+    "json": "bench.apps:json",
+    "json_bytes": "bench.apps:json_bytes",
+}
 
 Command = Callable[[str, int], list[str]]  # (ASGI target, port) -> argv
 
