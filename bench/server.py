@@ -277,7 +277,7 @@ def run_all(opts: Options, runs: list[Run]) -> None:
 
 
 def progress_line(run: Run, rounds: int) -> str:
-    head = f"[round {run.round + 1}/{rounds}] {run.app:<5} {run.server:<9}"
+    head = f"[round {run.round + 1}/{rounds}] {run.app:<10} {run.server:<9}"
     if run.result is None:
         return f"{head} FAILED: {(run.error or '').splitlines()[0]}"
     r = run.result
@@ -341,7 +341,7 @@ def report(summaries: list[Summary], runs: list[Run], opts: Options) -> str:
         f"warmup {opts.warmup}s, {opts.rounds} round(s)"
         + (", median of rounds" if opts.rounds > 1 else ""),
         "",
-        f"{'app':<6}{'server':<11}{'req/s':>8}  {'(min-max)':<15}"
+        f"{'app':<11}{'server':<11}{'req/s':>8}  {'(min-max)':<15}"
         f"{'p99 ms':>8}  {'(min-max)':<15}{'ok':>3}  errors",
     ]
     for s in summaries:
@@ -353,7 +353,7 @@ def report(summaries: list[Summary], runs: list[Run], opts: Options) -> str:
                 f"; {errors}" if errors != "-" else ""
             )
         lines.append(
-            f"{s.app:<6}{s.server:<11}{_num(s.requests_per_sec, ',.0f'):>8}  "
+            f"{s.app:<11}{s.server:<11}{_num(s.requests_per_sec, ',.0f'):>8}  "
             f"{_range(s.rps_rounds, ',.0f'):<15}{_num(s.p99_ms, '.2f'):>8}  "
             f"{_range(s.p99_rounds, '.2f'):<15}{s.rounds_ok:>1}/{s.rounds:<1}  {errors}"
         )
@@ -366,7 +366,7 @@ def report(summaries: list[Summary], runs: list[Run], opts: Options) -> str:
             if peer == SUBJECT or subject is None:
                 continue
             other = by_key[(app, peer)]
-            label = f"{app:<6}{SUBJECT}/{peer:<11}"
+            label = f"{app:<11}{SUBJECT}/{peer:<11}"
             if (
                 subject.requests_per_sec is None
                 or subject.p99_ms is None
