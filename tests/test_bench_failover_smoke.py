@@ -12,6 +12,7 @@ import json
 import socket
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 import pytest
@@ -42,8 +43,15 @@ def test_bench_failover_short(tmp_path: Path) -> None:
         assert fault["detected"] is not None, output
         assert fault["evicted"] is not None or fault["left_registry"] is not None, output
     assert data["failed_total"] == 0, output
-    # every provider process is gone (the hung one was continued, then killed)
+    # every provider process is gone (the hung one was continued, then killed); a
+    # worker whose supervisor was killed stops on its own, within a bounded time
     for address in data["providers"]:
         host, port = address.rsplit(":", 1)
-        with pytest.raises(ConnectionRefusedError):
-            socket.create_connection((host, int(port)), timeout=2).close()
+        deadline = time.monotonic() + 20
+        while True:
+            try:
+                socket.create_connection((host, int(port)), timeout=2).close()
+            except ConnectionRefusedError:
+                break
+            assert time.monotonic() < deadline, f"{address} still accepts connections"
+            time.sleep(0.05)  # polling a condition (refused) with a deadline
