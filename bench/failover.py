@@ -67,6 +67,12 @@ import tether
 from tether.client import Cluster, ClusterConfig
 from tether.errors import TetherError
 
+_ROOT = str(Path(__file__).resolve().parent.parent)
+if _ROOT not in sys.path:  # run as a script: make ``bench`` importable
+    sys.path.insert(0, _ROOT)
+
+from bench.harness import start_time  # noqa: E402
+
 ROOT: Final = Path(__file__).resolve().parent.parent
 
 SERVICE: Final = "failover"
@@ -108,15 +114,6 @@ class Options:
 # -- providers ---------------------------------------------------------------------------
 
 
-def _start_time(pid: int) -> str | None:
-    try:
-        stat = Path(f"/proc/{pid}/stat").read_text()
-    except OSError:
-        return None
-    fields = stat.rsplit(")", 1)[1].split()
-    return None if fields[0] == "Z" else fields[19]
-
-
 class Provider:
     """One ``tether serve`` in its own session, its log in a file."""
 
@@ -145,13 +142,13 @@ class Provider:
             return ""
 
     def _remember(self, pid: int) -> None:
-        started = _start_time(pid)
+        started = start_time(pid)
         if started is not None:
             self.seen.add((pid, started))
 
     def pids(self) -> set[int]:
         found = set()
-        if _start_time(self.proc.pid) is not None:
+        if start_time(self.proc.pid) is not None:
             found.add(self.proc.pid)
             for task in Path(f"/proc/{self.proc.pid}/task").glob("*"):
                 with contextlib.suppress(OSError):
@@ -178,7 +175,7 @@ class Provider:
         """Send ``sig`` to the supervisor and every worker; returns when."""
         self.pids()
         for pid, started in self.seen:
-            if _start_time(pid) == started:
+            if start_time(pid) == started:
                 with contextlib.suppress(ProcessLookupError):
                     os.kill(pid, sig)
         return time.monotonic()

@@ -167,6 +167,16 @@ def proc_stat(pid: int) -> list[str]:
     return stat.rsplit(")", 1)[1].split()
 
 
+def start_time(pid: int) -> str | None:
+    """When ``pid`` started (clock ticks since boot), or None if it is gone or a zombie.
+    Together with the pid it names one process, whatever reuses the pid later."""
+    try:
+        fields = proc_stat(pid)
+    except OSError:
+        return None
+    return None if fields[0] == "Z" else fields[19]
+
+
 # -- readiness ---------------------------------------------------------------------------
 
 

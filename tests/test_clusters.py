@@ -43,6 +43,7 @@ from pathlib import Path
 from types import TracebackType
 
 import pytest
+from bench.harness import start_time
 
 import tether
 from tests.etcd import EtcdServer
@@ -113,15 +114,6 @@ async def opened(url: str) -> AsyncIterator[Registry]:
 # -- provider processes ----------------------------------------------------------------------
 
 
-def _start_time(pid: int) -> str | None:
-    try:
-        stat = Path(f"/proc/{pid}/stat").read_text()
-    except OSError:
-        return None
-    fields = stat.rsplit(")", 1)[1].split()
-    return None if fields[0] == "Z" else fields[19]
-
-
 class ProviderProcess:
     """One ``tether serve`` of the cluster app, in a session of its own; its stderr lines
     are kept with the time each one arrived."""
@@ -153,7 +145,7 @@ class ProviderProcess:
                 self.lines.append((time.monotonic(), line))
 
     def _remember(self, pid: int) -> None:
-        started = _start_time(pid)
+        started = start_time(pid)
         if started is not None:
             self.seen.add((pid, started))
 
@@ -190,7 +182,7 @@ class ProviderProcess:
     def pids(self) -> set[int]:
         """The supervisor and its workers, as they are now."""
         found = set()
-        if _start_time(self.proc.pid) is not None:
+        if start_time(self.proc.pid) is not None:
             found.add(self.proc.pid)
             for task in Path(f"/proc/{self.proc.pid}/task").glob("*"):
                 with contextlib.suppress(OSError):
@@ -202,12 +194,12 @@ class ProviderProcess:
     def gone(self) -> bool:
         """The supervisor and every worker ever seen have exited."""
         return self.proc.poll() is not None and not any(
-            _start_time(pid) == started for pid, started in self.seen)
+            start_time(pid) == started for pid, started in self.seen)
 
     def signal_all(self, sig: int) -> None:
         self.pids()
         for pid, started in self.seen:
-            if _start_time(pid) == started:
+            if start_time(pid) == started:
                 with contextlib.suppress(ProcessLookupError):
                     os.kill(pid, sig)
 

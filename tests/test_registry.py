@@ -40,6 +40,7 @@ from tests.support import (
     tether_command,
     wait_for,
 )
+from tether.cli import _alive
 from tether.errors import ConfigError
 from tether.registry import (
     Registry,
@@ -190,18 +191,6 @@ def worker_pids(server: ServerProcess) -> set[int]:
     return {int(m) for m in re.findall(r"worker \d+ \(pid (\d+)\) ready", server.output())}
 
 
-def alive(pid: int) -> bool:
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    try:
-        with open(f"/proc/{pid}/stat") as f:
-            return f.read().rsplit(")", 1)[1].split()[0] != "Z"
-    except (OSError, IndexError):
-        return False
-
-
 @contextlib.contextmanager
 def reaping(pids: Callable[[], set[int]]) -> Iterator[None]:
     """Kill whatever of ``pids()`` still runs at the end (workers of a killed server)."""
@@ -347,7 +336,7 @@ async def test_kill_9_server_entry_gone_within_ttl(registry_url: str) -> None:
             assert w.last is not None and not w.last.providers
             assert not w.unreachable()
         # its workers noticed their supervisor was gone and left too
-        await wait_for(lambda: not any(alive(p) for p in workers), 15, "orphan workers to exit")
+        await wait_for(lambda: not any(_alive(p) for p in workers), 15, "orphan workers to exit")
 
 
 # -- 3. graceful stop: gone before the drain finishes -----------------------------------
