@@ -1,4 +1,5 @@
-"""The admin ASGI app the supervisor serves on ``--admin-port``: health, readiness, status.
+"""The admin ASGI app the supervisor serves on ``--admin-port``: health, readiness,
+status, Prometheus metrics.
 
 Routes are a table from path to handler, so later subsystems (``/metrics``) add a
 row rather than a branch. Must never touch a worker directly: it only reads what
@@ -15,6 +16,9 @@ from tether.asgi import ASGIApp, Receive, Scope, Send
 
 StatusFn = Callable[[], dict[str, Any]]
 ReadyFn = Callable[[], bool]
+MetricsFn = Callable[[], bytes]
+#: the Prometheus text exposition format
+PROMETHEUS_TEXT = b"text/plain; version=0.0.4; charset=utf-8"
 Handler = Callable[[], Awaitable[tuple[int, bytes, bytes]]]
 
 
@@ -26,8 +30,9 @@ async def _send(send: Send, status: int, body: bytes, ctype: bytes) -> None:
     await send({"type": "http.response.body", "body": body})
 
 
-def admin_app(status: StatusFn, ready: ReadyFn) -> ASGIApp:
-    """Build the admin app over the supervisor's ``status`` and ``ready`` callables."""
+def admin_app(status: StatusFn, ready: ReadyFn, metrics: MetricsFn | None = None) -> ASGIApp:
+    """Build the admin app over the supervisor's ``status``, ``ready`` and ``metrics``
+    callables."""
     text = b"text/plain; charset=utf-8"
 
     async def healthz() -> tuple[int, bytes, bytes]:
@@ -41,11 +46,17 @@ def admin_app(status: StatusFn, ready: ReadyFn) -> ASGIApp:
     async def status_json() -> tuple[int, bytes, bytes]:
         return 200, json.dumps(status(), indent=2).encode() + b"\n", b"application/json"
 
+    async def metrics_text() -> tuple[int, bytes, bytes]:
+        assert metrics is not None
+        return 200, metrics(), PROMETHEUS_TEXT
+
     routes: dict[str, Handler] = {
         "/healthz": healthz,
         "/readyz": readyz,
         "/status": status_json,
     }
+    if metrics is not None:
+        routes["/metrics"] = metrics_text
 
     async def app(scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] != "http":

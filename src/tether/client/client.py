@@ -18,7 +18,7 @@ import ssl
 from collections.abc import AsyncIterator, Mapping
 from typing import Any, Final
 
-from tether import __version__
+from tether import __version__, metrics
 from tether.client.connection import Body, HTTPConnection, StaleConnection
 from tether.client.errors import (
     ConnectError,
@@ -103,6 +103,7 @@ class Client:
         self._registry_arg = registry
         self._registry: Registry | None = None
         self._services: dict[str, Cluster] = {}
+        metrics.PROCESS.add_status(self, Client._status_part)
 
     # -- lifecycle -----------------------------------------------------------------------
 
@@ -281,6 +282,14 @@ class Client:
             "active": counts["active"],
             "waiting": counts["waiting"],
             "pool_wait_seconds": s.pool_wait_seconds,
+        }
+
+    def _status_part(self) -> dict[str, list[dict[str, Any]]]:
+        """This client's clusters and pools, for the worker's ``/status``."""
+        return {
+            "clusters": [c.status() for c in self._services.values() if c._started],
+            "pools": [{"origin": origin, **held}
+                      for origin, held in sorted(self._pool.by_origin().items())],
         }
 
     # -- the request cycle ------------------------------------------------------------------

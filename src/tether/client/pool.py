@@ -18,6 +18,7 @@ from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 from typing import Any
 
+from tether import metrics
 from tether.client.connection import HTTPConnection
 from tether.client.errors import PoolTimeout
 from tether.client.models import Origin
@@ -100,6 +101,9 @@ class ConnectionPool:
         #: goes back to the idle pool
         self._retired: set[tuple[str, int]] = set()
         self._dispatching = False
+        #: the Prometheus series each key counts under (built once per key)
+        self._series: dict[PoolKey, tuple[str, str]] = {}
+        metrics.PROCESS.add_gauges(self, ConnectionPool.gauges)
 
     # -- acquiring ---------------------------------------------------------------------
 
@@ -113,6 +117,9 @@ class ConnectionPool:
         new connection. ``fresh`` skips idle connections (a retry after a stale one).
         """
         self.stats.outgoing_requests += 1
+        counters = metrics.PROCESS.counters
+        names = self._series.get(key) or self._name_series(key)
+        counters[names[0]] += 1
         conn = None if fresh else self._pop_idle(key)
         if conn is None and not self._reserve(key):
             conn = await self._wait(key, timeout)
@@ -125,7 +132,16 @@ class ConnectionPool:
             self._free_slot(key)
             raise
         self.stats.connections_opened += 1
+        counters[names[1]] += 1
         return conn
+
+    def _name_series(self, key: PoolKey) -> tuple[str, str]:
+        origin = str(key.origin)
+        names = self._series[key] = (
+            metrics.series("tether_client_requests_total", origin=origin),
+            metrics.series("tether_client_connections_opened_total", origin=origin),
+        )
+        return names
 
     async def _wait(self, key: PoolKey, timeout: float | None) -> HTTPConnection | None:
         loop = asyncio.get_running_loop()
@@ -287,6 +303,24 @@ class ConnectionPool:
     def counts(self) -> dict[str, int]:
         idle = sum(len(stack) for stack in self._idle.values())
         return {"idle": idle, "active": self._total - idle, "waiting": len(self._waiters)}
+
+    def by_origin(self) -> dict[str, dict[str, int]]:
+        """Connections held now per origin: {"http://h:p": {"idle": n, "active": n}}."""
+        out: dict[str, dict[str, int]] = {}
+        for key in set(self._slots) | set(self._idle):
+            entry = out.setdefault(str(key.origin), {"idle": 0, "active": 0})
+            idle = len(self._idle.get(key, []))
+            entry["idle"] += idle
+            entry["active"] += self._slots.get(key, 0) - idle
+        return out
+
+    def gauges(self) -> metrics.Values:
+        """``tether_client_connections`` by origin and state."""
+        out: metrics.Values = {}
+        for origin, held in self.by_origin().items():
+            for state, n in held.items():
+                out[metrics.series("tether_client_connections", origin=origin, state=state)] = n
+        return out
 
     def snapshot(self) -> list[dict[str, Any]]:
         """Per-key view for status pages."""

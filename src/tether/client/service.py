@@ -20,6 +20,7 @@ from collections import Counter
 from collections.abc import Sequence
 from typing import TYPE_CHECKING, Any, Final
 
+from tether import metrics
 from tether.client.balancer import Balancer, RetryBudget
 from tether.client.cluster import (
     Action,
@@ -104,6 +105,14 @@ class Cluster:
         self._changed = asyncio.Event()  # set whenever the core acted
         self._probing: set[str] = set()
         self._ready = asyncio.Event()
+        # Prometheus: the series this cluster counts under, and the core's counts
+        # already exported (the core keeps plain totals; we export the deltas).
+        self._series = {
+            what: metrics.series(f"tether_cluster_{what}_total", cluster=name)
+            for what in ("ejections", "evictions", "retries", "no_provider")
+        }
+        self._exported = {"ejections": 0, "evictions": 0}
+        metrics.PROCESS.add_gauges(self, Cluster.gauges)
 
     # -- lifecycle ---------------------------------------------------------------------
 
@@ -142,6 +151,8 @@ class Cluster:
                 # Keep the last snapshot; keep health-checking what we know.
                 self.registry_reachable = False
                 self.metrics["registry_unreachable"] += 1
+                metrics.PROCESS.inc(
+                    metrics.series("tether_registry_watch_errors_total", service=self.name))
                 logger.warning("%s: registry unreachable (%s); keeping %d known providers",
                                self.name, event.error, len(self.core.records))
                 continue
@@ -176,6 +187,7 @@ class Cluster:
             elif isinstance(action, Log):
                 logger.log(logging.INFO if action.level == "info" else logging.WARNING,
                            "%s", action.message)
+        self._export_core_counts()
         if not from_timer:
             self._wake.set()  # timers may have moved; the timer loop itself never wakes itself
         self._changed.set()
@@ -209,6 +221,36 @@ class Cluster:
             ok = False
         self.metrics["probes"] += 1
         self._apply(self.core.on_probe(address, ok, time.monotonic()))
+
+    def _export_core_counts(self) -> None:
+        core = self.core
+        for what, now in (("ejections", core.ejections), ("evictions", core.evictions)):
+            if now != self._exported[what]:
+                metrics.PROCESS.inc(self._series[what], now - self._exported[what])
+                self._exported[what] = now
+
+    def gauges(self) -> metrics.Values:
+        """``tether_cluster_providers`` by state (every state, zeros included)."""
+        by_state = Counter(r.state.value for r in self.core.records.values())
+        return {
+            metrics.series("tether_cluster_providers", cluster=self.name, state=s.value):
+            by_state[s.value] for s in ProviderState
+        }
+
+    def status(self) -> dict[str, Any]:
+        """This cluster in ``/status``: every provider's state, and the counts."""
+        return {
+            "service": self.name,
+            "providers": [
+                {"address": address, "state": state, "outstanding": outstanding,
+                 "failures": failures}
+                for address, state, outstanding, failures, _ in self.providers()
+            ],
+            "ejections": self.core.ejections,
+            "evictions": self.core.evictions,
+            "retries": self.metrics["retries"],
+            "requests": self.metrics["requests"],
+        }
 
     # -- requests ------------------------------------------------------------------------------
 
@@ -298,6 +340,7 @@ class Cluster:
         address = self.balancer.pick(alive, self.outstanding, avoid)
         if address is None:
             self.metrics["no_provider"] += 1
+            metrics.PROCESS.inc(self._series["no_provider"])
             raise NoProviderAvailable(
                 self.name, [(a, r.state.value) for a, r in sorted(self.core.records.items())])
         return address
@@ -324,6 +367,7 @@ class Cluster:
             self.metrics["retry_budget_exhausted"] += 1
             return False
         self.metrics["retries"] += 1
+        metrics.PROCESS.inc(self._series["retries"])
         return True
 
     async def get(self, path: str, **kwargs: Any) -> Response:

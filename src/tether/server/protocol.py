@@ -29,6 +29,7 @@ import contextlib
 import logging
 from collections import Counter, deque
 from collections.abc import Callable
+from time import perf_counter
 from typing import Any, Final, cast
 from urllib.parse import unquote
 
@@ -47,6 +48,7 @@ from tether.deadline import (
     set_deadline,
 )
 from tether.errors import ClientDisconnected, Overloaded, ServiceUnavailable
+from tether.metrics import HttpMetrics
 from tether.server import wire
 from tether.tls import tls_extension
 
@@ -108,6 +110,8 @@ class ServerState:
         self.admission = admission
         #: what cancellation and admission did (the supervisor shows them in /status)
         self.counters: Counter[str] = Counter()
+        #: responses by status class and duration (Prometheus, via the supervisor)
+        self.http = HttpMetrics()
         self.connections: set[HttpProtocol] = set()
         self.tasks: set[asyncio.Task[None]] = set()
         self.total_requests = 0
@@ -468,6 +472,7 @@ class HttpProtocol(asyncio.Protocol):
                     rejection.status, rejection.detail, self.state.date_header, extra
                 )
             )
+        self.state.http.observe(rejection.status, 0.0)
         self._log_access_line("-", "-", rejection.status, 0, 0.0)
         self.close()
 
@@ -613,7 +618,7 @@ class RequestCycle:
         self.bytes_sent = 0
         self.response_complete = False
         self.logged = False
-        self.started_at = conn.loop.time()
+        self.started_at = perf_counter()  # uvloop's loop.time() ticks in milliseconds
         self.deadline = deadline
         self.deadline_handle: asyncio.TimerHandle | None = None
         self.task: asyncio.Task[None] | None = None
@@ -969,14 +974,13 @@ class RequestCycle:
             return
         self.logged = True
         conn = self.conn
+        status = self.status if self.response_complete else 499
+        seconds = perf_counter() - self.started_at
+        conn.state.http.observe(status, seconds)
         if not conn.state.access_log:
             return
         scope = self.scope
         target = scope["raw_path"].decode("latin-1")
         if scope["query_string"]:
             target += "?" + scope["query_string"].decode("latin-1")
-        status = self.status if self.response_complete else 499
-        conn._log_access_line(
-            scope["method"], target, status, self.bytes_sent,
-            conn.loop.time() - self.started_at,
-        )
+        conn._log_access_line(scope["method"], target, status, self.bytes_sent, seconds)

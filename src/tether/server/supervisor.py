@@ -21,10 +21,11 @@ import socket
 import sys
 import time
 from collections import Counter
+from collections.abc import Iterable
 from dataclasses import dataclass, field, replace
 from typing import Any
 
-from tether import admin
+from tether import admin, metrics
 from tether.config import ServerConfig
 from tether.errors import ConfigError
 from tether.registry import Registration, Registry, RegistryError, open_registry
@@ -70,6 +71,12 @@ class WorkerHandle:
     killed: bool = False
     report: dict[str, Any] = field(default_factory=dict)
     counters: dict[str, int] = field(default_factory=dict)
+    connections: int = 0
+    #: the worker's Prometheus series: monotonic ones, and gauges (tether.metrics)
+    metrics: dict[str, float] = field(default_factory=dict)
+    gauges: dict[str, float] = field(default_factory=dict)
+    #: the clusters and pools of the worker's clients, as its last heartbeat saw them
+    status: dict[str, list[dict[str, Any]]] = field(default_factory=dict)
 
     @property
     def label(self) -> str:
@@ -107,6 +114,9 @@ class Supervisor:
         self._registering: asyncio.Task[None] | None = None
         self._forced = False
         self._retired_counters: Counter[str] = Counter()
+        self._metrics = metrics.Aggregate()
+        #: the supervisor's own series: worker starts, exits, stops, reloads
+        self._own: Counter[str] = Counter()
         self._drained = 0
         self._cancelled = 0
 
@@ -199,6 +209,7 @@ class Supervisor:
             exited=loop.create_future(), last_beat=loop.time(),
         )
         self.workers[worker_id] = handle
+        self._own["tether_worker_starts_total"] += 1
         self._spawn_task(self._watch(handle))
         logger.info("%s started", handle.label)
         return handle
@@ -231,6 +242,10 @@ class Supervisor:
             worker.requests = int(message.get("requests", 0))
             worker.in_flight = int(message.get("in_flight", 0))
             worker.counters = dict(message.get("counters", {}))
+            worker.connections = int(message.get("connections", 0))
+            worker.metrics = dict(message.get("metrics", {}))
+            worker.gauges = dict(message.get("gauges", {}))
+            worker.status = dict(message.get("status", {}))
         elif mtype == "ready":
             worker.state = transition(worker.state, WorkerEvent.REPORTED_READY)
             worker.last_beat = asyncio.get_running_loop().time()
@@ -247,6 +262,9 @@ class Supervisor:
                 self._spawn_task(self._recycle(worker, int(message.get("requests", 0))))
         elif mtype == "stopped":
             worker.report = message
+            # The final counts, newer than the last heartbeat's.
+            worker.counters = dict(message.get("counters", worker.counters))
+            worker.metrics = dict(message.get("metrics", worker.metrics))
         else:
             logger.warning("%s sent an unknown control message %r", worker.label, message)
 
@@ -258,8 +276,12 @@ class Supervisor:
             worker.ready.set_result(False)
         worker.exited.set_result(code)
         self._retired_counters.update(worker.counters)  # counts outlive the worker
-        self._drained += int(worker.report.get("drained", 0))
-        self._cancelled += int(worker.report.get("cancelled", 0))
+        self._metrics.retire(worker.metrics)
+        drained = int(worker.report.get("drained", 0))
+        cancelled = int(worker.report.get("cancelled", 0))
+        self._drained += drained
+        self._cancelled += cancelled
+        self._count_exit(worker, kind, code, drained, cancelled)
         if self.stopping and (
             worker.killed or worker.report.get("forced") or code == EXIT_FORCED_STOP
         ):
@@ -340,6 +362,7 @@ class Supervisor:
                     )
                     return
             self.reloads_done += 1
+            self._own["tether_reloads_total"] += 1
             logger.info("reload finished")
 
     async def _recycle(self, worker: WorkerHandle, requests: int) -> None:
@@ -489,7 +512,7 @@ class Supervisor:
     async def _start_admin(self) -> None:
         if self.admin_sock is None:
             return
-        app = admin.admin_app(self.status, self.is_ready)
+        app = admin.admin_app(self.status, self.is_ready, self.metrics_text)
         config = replace(
             self.config, app="tether.admin:app", lifespan="off", access_log=False,
             graceful_timeout=self.config.graceful_timeout,
@@ -511,8 +534,31 @@ class Supervisor:
             total.update(worker.counters)
         return total
 
+    def _count_exit(
+        self, worker: WorkerHandle, kind: ExitKind, code: int, drained: int, cancelled: int
+    ) -> None:
+        own = self._own
+        own[metrics.series("tether_worker_exits_total", kind=kind.name.lower())] += 1
+        if kind is ExitKind.EXPECTED:  # it was asked to stop (drain, stop, recycle)
+            forced = worker.killed or bool(worker.report.get("forced")) \
+                or code == EXIT_FORCED_STOP
+            own[metrics.series("tether_worker_stops_total",
+                               outcome="forced" if forced else "drained")] += 1
+            own['tether_stop_requests_total{outcome="drained"}'] += drained
+            own['tether_stop_requests_total{outcome="cancelled"}'] += cancelled
+
+    def metrics_text(self) -> bytes:
+        """``/metrics``: every worker's series (live and exited) and the supervisor's."""
+        live = list(self.workers.values())
+        gauges = [w.gauges for w in live]
+        by_state = Counter(w.state.value for w in live)
+        gauges.append({metrics.series("tether_workers", state=s): n
+                       for s, n in by_state.items()})
+        return metrics.render(self._metrics.total([w.metrics for w in live], gauges, self._own))
+
     def status(self) -> dict[str, Any]:
         now = time.monotonic()
+        live = sorted(self.workers.values(), key=lambda w: w.id)
         return {
             "pid": os.getpid(),
             "state": "stopping" if self.stopping else "serving",
@@ -529,10 +575,69 @@ class Supervisor:
                     "age_seconds": round(now - w.started_at, 3),
                     "requests": w.requests,
                     "in_flight": w.in_flight,
+                    "connections": w.connections,
+                    "clusters": w.status.get("clusters", []),
+                    "pools": w.status.get("pools", []),
                 }
-                for w in sorted(self.workers.values(), key=lambda w: w.id)
+                for w in live
             ],
+            "clusters": merged_clusters(w.status.get("clusters", []) for w in live),
+            "pools": self._pools(live),
         }
+
+    def _pools(self, live: list[WorkerHandle]) -> list[dict[str, Any]]:
+        """Per upstream origin: counts over every worker (exited ones too), and the
+        connections the live ones hold now."""
+        values = self._metrics.total([w.metrics for w in live], [w.gauges for w in live], {})
+        pools: dict[str, dict[str, Any]] = {}
+
+        def pool(origin: str) -> dict[str, Any]:
+            return pools.setdefault(origin, {
+                "origin": origin, "requests": 0, "connections_opened": 0,
+                "reuse_ratio": 0.0, "idle": 0, "active": 0,
+            })
+
+        for key, value in values.items():
+            name, labels = metrics.parse_series(key)
+            if "origin" not in labels:
+                continue
+            entry = pool(labels["origin"])
+            if name == "tether_client_requests_total":
+                entry["requests"] = int(value)
+            elif name == "tether_client_connections_opened_total":
+                entry["connections_opened"] = int(value)
+            elif name == "tether_client_connection_reuse_ratio":
+                entry["reuse_ratio"] = round(value, 4)
+            elif name == "tether_client_connections" and labels.get("state") in ("idle",
+                                                                                  "active"):
+                entry[labels["state"]] = int(value)
+        return [pools[o] for o in sorted(pools)]
+
+
+def merged_clusters(per_worker: Iterable[list[dict[str, Any]]]) -> list[dict[str, Any]]:
+    """One entry per service over every live worker: each provider's states as counts
+    of workers ("alive": 2), and the services' counts summed."""
+    merged: dict[str, dict[str, Any]] = {}
+    for clusters in per_worker:
+        for cluster in clusters:
+            entry = merged.setdefault(cluster["service"], {
+                "service": cluster["service"], "providers": {},
+                "ejections": 0, "evictions": 0, "retries": 0, "requests": 0,
+            })
+            for key in ("ejections", "evictions", "retries", "requests"):
+                entry[key] += int(cluster.get(key, 0))
+            for provider in cluster.get("providers", []):
+                states = entry["providers"].setdefault(provider["address"], Counter())
+                states[provider["state"]] += 1
+    out = []
+    for service in sorted(merged):
+        entry = merged[service]
+        entry["providers"] = [
+            {"address": address, "states": dict(states)}
+            for address, states in sorted(entry["providers"].items())
+        ]
+        out.append(entry)
+    return out
 
 
 def run_supervisor(

@@ -20,6 +20,7 @@ import sys
 from dataclasses import dataclass
 from typing import Any
 
+from tether import metrics
 from tether.admission import AdmissionGate
 from tether.asgi import ASGIApp
 from tether.config import ServerConfig
@@ -223,9 +224,13 @@ class Worker:
             if control is not None:
                 beats.cancel()
                 listener.cancel()
+                # The last word on what this worker counted: the supervisor keeps it
+                # after the process is gone, so nothing counted since the last
+                # heartbeat is lost on a reload or a stop.
                 control.send(
                     "stopped", drained=report.drained, cancelled=report.cancelled,
                     forced=report.forced, requests=self.state.total_requests,
+                    counters=self.counters(), metrics=self.metric_counters(),
                 )
                 await control.writer.drain()
         try:
@@ -273,6 +278,8 @@ class Worker:
             control.send(
                 "heartbeat", requests=state.total_requests, in_flight=len(state.tasks),
                 connections=len(state.connections), counters=self.counters(),
+                metrics=self.metric_counters(), gauges=self.metric_gauges(),
+                status=metrics.PROCESS.status(),
             )
             await asyncio.sleep(interval)
 
@@ -281,6 +288,21 @@ class Worker:
         from tether import db  # the db layer is optional (asyncpg); its counters are plain
 
         return {**self.state.counters, **db.counters}
+
+    def metric_counters(self) -> metrics.Values:
+        """Every monotonic series this worker counted (see tether.metrics, rule 2)."""
+        out = metrics.counter_values(self.counters())
+        out.update(self.state.http.values())
+        out.update(metrics.PROCESS.counters)
+        return out
+
+    def metric_gauges(self) -> metrics.Values:
+        state = self.state
+        return {
+            "tether_http_requests_in_flight": len(state.tasks),
+            "tether_http_connections": len(state.connections),
+            **metrics.PROCESS.gauges(),
+        }
 
     def _install_recycling(self, control: ControlChannel) -> None:
         limit = self.config.max_requests
