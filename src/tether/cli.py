@@ -22,6 +22,7 @@ from tether.registry import DEFAULT_URL, Provider, RegistryError, Unreachable, o
 from tether.server.sockets import BindError, adopt_fd, bind_tcp, bind_unix
 from tether.server.supervisor import run_supervisor
 from tether.server.worker import EXIT_ERROR, server_ssl_context
+from tether.statusview import status_command
 
 
 @click.group(context_settings={"help_option_names": ["-h", "--help"]})
@@ -267,6 +268,9 @@ def registry_watch(service: str, url: str) -> None:
         pass
     except (ConfigError, RegistryError) as exc:
         raise click.ClickException(str(exc)) from exc
+
+
+main.add_command(status_command)
 
 
 def _alive(pid: int) -> bool:

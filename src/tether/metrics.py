@@ -70,6 +70,7 @@ FAMILIES: Final[dict[str, tuple[str, str]]] = {
     "tether_cluster_ejections_total": ("counter", "Providers ejected for failing requests."),
     "tether_cluster_evictions_total": (
         "counter", "Providers evicted after failing probes too long."),
+    "tether_cluster_requests_total": ("counter", "Requests sent through a cluster."),
     "tether_cluster_retries_total": ("counter", "Requests retried on another provider."),
     "tether_cluster_no_provider_total": (
         "counter", "Requests refused because no provider was alive."),

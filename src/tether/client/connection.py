@@ -191,9 +191,13 @@ class HTTPConnection(asyncio.Protocol):
 
     async def send_request(
         self, head: bytes, body: Body, *, head_request: bool,
-        write_timeout: float | None, read_timeout: float | None,
+        write_timeout: float | None, read_timeout: float | None, chunked: bool = True,
     ) -> tuple[int, list[tuple[str, str]]]:
-        """Write one request and wait for the response head; return (status, headers)."""
+        """Write one request and wait for the response head; return (status, headers).
+
+        A streamed body is sent chunked, or as it comes when ``chunked`` is False (the
+        head then carries its Content-Length: a proxy passing a length through).
+        """
         assert self.transport is not None
         if self._reset_parser:
             self.parser = httptools.HttpResponseParser(self)
@@ -218,34 +222,36 @@ class HTTPConnection(asyncio.Protocol):
             await self._drain(write_timeout)
         else:
             transport.write(head)
-            await self._write_chunked(body, write_timeout)
+            await self._write_stream(body, write_timeout, chunked)
         await self._wait_for(lambda: self._head_done, read_timeout, "response head")
         return self._status, self._headers
 
-    async def _write_chunked(
-        self, body: Iterable[bytes] | AsyncIterable[bytes], timeout: float | None
+    async def _write_stream(
+        self, body: Iterable[bytes] | AsyncIterable[bytes], timeout: float | None,
+        chunked: bool,
     ) -> None:
         assert self.transport is not None
         if isinstance(body, AsyncIterable):
             async for chunk in body:
-                await self._write_chunk(chunk, timeout)
+                await self._write_chunk(chunk, timeout, chunked)
         else:
             for chunk in body:
-                await self._write_chunk(chunk, timeout)
+                await self._write_chunk(chunk, timeout, chunked)
         if self.closed:
             raise WriteError("connection closed while sending the body", target=self.target,
                              phase="write")
-        self.transport.write(b"0\r\n\r\n")
+        if chunked:
+            self.transport.write(b"0\r\n\r\n")
         await self._drain(timeout)
 
-    async def _write_chunk(self, chunk: bytes, timeout: float | None) -> None:
+    async def _write_chunk(self, chunk: bytes, timeout: float | None, chunked: bool) -> None:
         assert self.transport is not None
         if not chunk:
             return
         if self.closed:
             raise WriteError("connection closed while sending the body", target=self.target,
                              phase="write")
-        self.transport.write(b"%x\r\n%s\r\n" % (len(chunk), chunk))
+        self.transport.write(b"%x\r\n%s\r\n" % (len(chunk), chunk) if chunked else chunk)
         self._body_sent = True
         await self._drain(timeout)
 

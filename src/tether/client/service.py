@@ -17,7 +17,7 @@ import contextvars
 import logging
 import time
 from collections import Counter
-from collections.abc import Sequence
+from collections.abc import AsyncIterator, Sequence
 from typing import TYPE_CHECKING, Any, Final
 
 from tether import metrics
@@ -109,7 +109,7 @@ class Cluster:
         # already exported (the core keeps plain totals; we export the deltas).
         self._series = {
             what: metrics.series(f"tether_cluster_{what}_total", cluster=name)
-            for what in ("ejections", "evictions", "retries", "no_provider")
+            for what in ("requests", "ejections", "evictions", "retries", "no_provider")
         }
         self._exported = {"ejections": 0, "evictions": 0}
         metrics.PROCESS.add_gauges(self, Cluster.gauges)
@@ -283,7 +283,28 @@ class Cluster:
                 await self._changed.wait()
 
     async def request(self, method: str, path: str, **kwargs: Any) -> Response:
-        """Send to a chosen provider; retry on a different one when it is safe."""
+        """Send to a chosen provider and read the response; retry on a different
+        provider when it is safe."""
+        async with self.client._deadline_scope():
+            return await self._exchange(method, path, kwargs, read=True)
+
+    @contextlib.asynccontextmanager
+    async def stream(self, method: str, path: str, **kwargs: Any) -> AsyncIterator[Response]:
+        """Like :meth:`request`, but yield the response before its body is read (as
+        :meth:`Client.stream`). Retries happen only before the response is yielded,
+        and a streamed request body (an iterator) is sent once: only a failed connect
+        is retried with it."""
+        async with self.client._deadline_scope():
+            response = await self._exchange(method, path, kwargs, read=False)
+            try:
+                yield response
+            finally:
+                await response.aclose()
+
+    async def _exchange(
+        self, method: str, path: str, kwargs: dict[str, Any], *, read: bool
+    ) -> Response:
+        """The one request cycle of a cluster: choose, send, judge, maybe retry."""
         self._start()
         if not self._ready.is_set():
             with contextlib.suppress(TimeoutError):
@@ -294,17 +315,20 @@ class Cluster:
         now = time.monotonic()
         self.budget.on_request(now)
         self.metrics["requests"] += 1
+        metrics.PROCESS.inc(self._series["requests"])
         attempt = 0
         while True:
             attempt += 1
             address = await self._choose(avoid)
             self.outstanding[address] += 1
             try:
-                response = await self.client.request(
-                    method, f"{self.scheme}://{address}{path}", **kwargs)
+                response = await self.client._request(
+                    method, f"{self.scheme}://{address}{path}", **_request_options(kwargs))
+                if read:
+                    await response.aread()
             except TransportError as exc:
                 retry = self._on_failure(address, exc, method, attempt)
-                if not retry:
+                if not retry or not (isinstance(exc, NEVER_SENT) or _replayable(kwargs)):
                     raise
                 avoid.add(address)
                 continue
@@ -315,7 +339,8 @@ class Cluster:
                 # 502/503/504 mean "another provider may do better" and are retried.
                 self._apply(self.core.on_request(address, False, time.monotonic()))
                 if (response.status_code in RETRYABLE_STATUS and method in IDEMPOTENT
-                        and self._may_retry(attempt)):
+                        and _replayable(kwargs) and self._may_retry(attempt)):
+                    await response.aclose()
                     avoid.add(address)
                     continue
                 return response
@@ -387,6 +412,28 @@ class Cluster:
 
     async def delete(self, path: str, **kwargs: Any) -> Response:
         return await self.request("DELETE", path, **kwargs)
+
+
+_OPTIONS: Final = ("params", "headers", "content", "data", "json", "timeout", "sni_hostname")
+
+
+def _request_options(kwargs: dict[str, Any]) -> dict[str, Any]:
+    """Client._request's keyword arguments, with its defaults for the ones not given."""
+    unknown = set(kwargs) - set(_OPTIONS)
+    if unknown:
+        raise TypeError(f"unexpected request option(s): {', '.join(sorted(unknown))}")
+    from tether.client.client import UNSET
+
+    options: dict[str, Any] = dict.fromkeys(_OPTIONS)
+    options["timeout"] = UNSET
+    options.update(kwargs)
+    return options
+
+
+def _replayable(kwargs: dict[str, Any]) -> bool:
+    """A body in memory can be sent again; an iterator was consumed by the first try."""
+    content = kwargs.get("content")
+    return content is None or isinstance(content, bytes | str)
 
 
 def _split(address: str) -> tuple[str, int]:

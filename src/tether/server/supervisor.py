@@ -581,20 +581,26 @@ class Supervisor:
                 }
                 for w in live
             ],
-            "clusters": merged_clusters(w.status.get("clusters", []) for w in live),
-            "pools": self._pools(live),
+            **self._clusters_and_pools(live),
         }
 
-    def _pools(self, live: list[WorkerHandle]) -> list[dict[str, Any]]:
-        """Per upstream origin: counts over every worker (exited ones too), and the
-        connections the live ones hold now."""
+    def _clusters_and_pools(self, live: list[WorkerHandle]) -> dict[str, Any]:
+        """Clusters: providers' states as the ready workers see them, counts over every
+        worker (exited ones too). Pools, per upstream origin: counts over every
+        worker, and the connections the live ones hold now."""
         values = self._metrics.total([w.metrics for w in live], [w.gauges for w in live], {})
+        ready = [w for w in live if w.state is WorkerState.READY]
+        clusters = merged_clusters(w.status.get("clusters", []) for w in ready)
+        for cluster in clusters:
+            for what in ("requests", "ejections", "evictions", "retries"):
+                key = metrics.series(f"tether_cluster_{what}_total", cluster=cluster["service"])
+                cluster[what] = int(values.get(key, 0))
         pools: dict[str, dict[str, Any]] = {}
 
         def pool(origin: str) -> dict[str, Any]:
             return pools.setdefault(origin, {
                 "origin": origin, "requests": 0, "connections_opened": 0,
-                "reuse_ratio": 0.0, "idle": 0, "active": 0,
+                "reuse_ratio": None, "idle": 0, "active": 0,
             })
 
         for key, value in values.items():
@@ -611,7 +617,7 @@ class Supervisor:
             elif name == "tether_client_connections" and labels.get("state") in ("idle",
                                                                                   "active"):
                 entry[labels["state"]] = int(value)
-        return [pools[o] for o in sorted(pools)]
+        return {"clusters": clusters, "pools": [pools[o] for o in sorted(pools)]}
 
 
 def merged_clusters(per_worker: Iterable[list[dict[str, Any]]]) -> list[dict[str, Any]]:
