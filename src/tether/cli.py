@@ -273,6 +273,50 @@ def registry_watch(service: str, url: str) -> None:
 main.add_command(status_command)
 
 
+@main.command()
+@click.option("--listen", default="127.0.0.1:8080", show_default=True,
+              envvar=_env("LISTEN"), metavar="HOST:PORT", help="Address to serve on.")
+@click.option("--route", "routes", multiple=True, metavar="PREFIX=UPSTREAM",
+              help="Forward paths under PREFIX to a registry service, or to a static "
+                   "list host:port[,host:port...] (http:// or https:// allowed). Repeat.")
+@click.option("--registry", "proxy_registry", default=None, envvar=_env("REGISTRY"),
+              help="Registry URL where the routes' services are found.")
+@click.option("--config", "config_path", default=None, envvar=_env("PROXY_CONFIG"),
+              type=click.Path(dir_okay=False),
+              help="TOML file with routes and upstreams (see docs/proxy.md).")
+def proxy(listen: str, routes: tuple[str, ...], proxy_registry: str | None,
+          config_path: str | None, **opts: Any) -> None:
+    """Run a reverse proxy: longest-prefix routes to services' clusters.
+
+    The same supervisor as `tether serve` runs it (--workers, SIGHUP reload, graceful
+    stop, --admin-port with /metrics); every `serve` option applies. --service with
+    --registry also registers the proxy itself.
+    """
+    from tether.proxy import ENV_CONFIG
+    from tether.proxy_config import ProxyConfig, build_proxy_config
+
+    try:
+        build_proxy_config(routes, proxy_registry, config_path)  # fail here, not in workers
+    except ConfigError as exc:
+        raise click.UsageError(str(exc)) from exc
+    host, sep, port = listen.rpartition(":")
+    if not sep or not port.isdigit():
+        raise click.UsageError(f"--listen must be HOST:PORT, got {listen!r}")
+    os.environ[ENV_CONFIG] = ProxyConfig.inputs_to_json(routes, proxy_registry, config_path)
+    if opts.get("service") is not None:
+        opts["registry"] = proxy_registry
+    opts.update(app="tether.proxy:from_environment", factory=True, host=host.strip("[]"),
+                port=int(port), lifespan="on", app_dir=None)
+    serve.callback(**opts)  # type: ignore[misc]
+
+
+# Every `serve` option except those naming the app and the address (--listen does).
+proxy.params.extend(
+    p for p in serve.params
+    if p.name not in {"app", "host", "port", "factory", "lifespan", "app_dir", "registry"}
+)
+
+
 def _alive(pid: int) -> bool:
     """True while ``pid`` runs; an exited process its parent has not reaped yet is dead."""
     try:

@@ -39,3 +39,11 @@ class ClientDisconnected(OSError):
     ASGI 2.4 asks servers to raise an ``OSError`` subclass here so that a
     streaming application stops producing a body nobody will read.
     """
+
+
+class ResponseAborted(TetherError):
+    """Raised by an application that gives up on a response it may have started (the
+    proxy, when its upstream fails mid-body). The server closes the connection, so
+    the client sees a truncated response rather than a complete-looking one, and
+    answers ``502`` instead if nothing was sent yet. The application has logged why;
+    the server does not log it again as a crash."""

@@ -47,7 +47,7 @@ from tether.deadline import (
     deadline_from_headers,
     set_deadline,
 )
-from tether.errors import ClientDisconnected, Overloaded, ServiceUnavailable
+from tether.errors import ClientDisconnected, Overloaded, ResponseAborted, ServiceUnavailable
 from tether.metrics import HttpMetrics
 from tether.server import wire
 from tether.tls import tls_extension
@@ -863,9 +863,11 @@ class RequestCycle:
         self._log()
         self.conn.response_complete(self)
 
-    def _fail_mid_response(self, reason: str) -> None:
+    def _fail_mid_response(self, reason: str, *, quiet: bool = False) -> None:
         """The head is on the wire and the body cannot be completed: close."""
-        error_log.error("%s; closing connection (client %s)", reason, self.conn.client_label)
+        if not quiet:
+            error_log.error("%s; closing connection (client %s)", reason,
+                            self.conn.client_label)
         self._response_done()
         self.keep_alive = False
         self._log()
@@ -897,6 +899,11 @@ class RequestCycle:
             # tether.db query ran out of time) propagate: that is a 504, not a bug.
             state.counters["deadline_exceeded"] += 1
             self._fail_unanswered(504, "Deadline exceeded")
+        except ResponseAborted as exc:
+            if self.head_written:
+                self._fail_mid_response(str(exc), quiet=True)
+            else:
+                self._fail_unanswered(502, f"Bad gateway: {exc}")
         except ServiceUnavailable as exc:
             # Overloaded (a shed from a queue), NoProviderAvailable (a dead backend):
             # the request may succeed later, so 503 + Retry-After, not a 500.

@@ -1,0 +1,274 @@
+"""``tether proxy``: an ASGI reverse proxy over tether's clusters and connection pool.
+
+It is an ordinary ASGI app run by the ordinary supervisor, so reloads, graceful
+stops, deadlines, admission and metrics behave exactly as for ``tether serve``.
+Field report 4 (Traffic Server's origin pool) is why every upstream has its own
+client and pool keyed by the full connection identity (TLS server name included),
+and why connection reuse is measured per origin.
+
+Rules, in order:
+
+1. Route by the longest matching prefix (see :mod:`tether.proxy_config`); no
+   route: ``404``.
+2. Request headers: drop the hop-by-hop ones (RFC 9110 section 7.6.1: Connection,
+   the headers it names, Proxy-Connection, Keep-Alive, TE, Transfer-Encoding,
+   Upgrade, Proxy-Authorization/-Authenticate); append the client to ``Forwarded``
+   and ``X-Forwarded-For``, set ``X-Forwarded-Proto`` and ``X-Forwarded-Host`` if
+   absent, append ``Via``. The deadline header is not copied: the client writes a
+   fresh one with the time actually left.
+3. Bodies stream both ways with back-pressure; nothing holds a whole body, except
+   a request body of at most :data:`BUFFER_LIMIT` bytes with a Content-Length,
+   kept so an idempotent request can be retried on another provider.
+4. Deadlines: the client's deadline (``x-request-timeout-ms``), narrowed by the
+   route's ``timeout``, bounds the upstream exchange and travels upstream. A client
+   that disconnects cancels the handler (the server's cancel-on-disconnect), which
+   closes the upstream connection at once, which cancels the upstream handler.
+5. Failures before the response starts: no provider ``503``, deadline or upstream
+   timeout ``504``, anything else from the upstream ``502``; logged once, as one
+   warning line. After it started: the connection is closed (a truncated response
+   must never look complete).
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+from collections.abc import AsyncIterator
+from typing import Any, Final
+
+from tether.asgi import Receive, Scope, Send
+from tether.client import Client
+from tether.client.errors import TimeoutException, TransportError
+from tether.client.models import Timeout
+from tether.client.service import Cluster
+from tether.deadline import HEADER as DEADLINE_HEADER
+from tether.deadline import deadline_after
+from tether.errors import ClientDisconnected, ResponseAborted
+from tether.proxy_config import ProxyConfig, Upstream
+from tether.registry.base import Registry
+from tether.registry.urls import open_registry
+
+logger = logging.getLogger("tether.proxy")
+
+#: the environment variable that carries the configuration to the worker processes
+ENV_CONFIG: Final = "TETHER_PROXY_CONFIG"
+#: request bodies up to this size (with a Content-Length) are read before sending, so
+#: they can be sent again to another provider; larger ones stream and are sent once
+BUFFER_LIMIT: Final = 64 * 1024
+VIA: Final = "1.1 tether"
+
+HOP_BY_HOP: Final = frozenset({
+    "connection", "proxy-connection", "keep-alive", "te", "trailer", "transfer-encoding",
+    "upgrade", "proxy-authorization", "proxy-authenticate",
+})
+#: request headers the proxy rewrites itself rather than copying
+_REWRITTEN: Final = frozenset({DEADLINE_HEADER, "grpc-timeout", "via"})
+
+
+def _connection_tokens(headers: list[tuple[str, str]]) -> set[str]:
+    tokens: set[str] = set()
+    for name, value in headers:
+        if name == "connection":
+            tokens.update(t.strip().lower() for t in value.split(",") if t.strip())
+    return tokens
+
+
+def _end_to_end(headers: list[tuple[str, str]]) -> list[tuple[str, str]]:
+    """``headers`` without the hop-by-hop ones, including any Connection names."""
+    drop = HOP_BY_HOP | _connection_tokens(headers)
+    return [(n, v) for n, v in headers if n not in drop]
+
+
+def _node(host: str) -> str:
+    """A Forwarded node: IPv6 in brackets and quotes (RFC 7239 section 6)."""
+    return f'"[{host}]"' if ":" in host else host
+
+
+def request_headers(scope: Scope, host_override: str | None) -> list[tuple[str, str]]:
+    """The headers sent upstream (rule 2); names lower-case, values as received."""
+    received = [(n.decode("latin-1").lower(), v.decode("latin-1"))
+                for n, v in scope["headers"]]
+    out = [(n, v) for n, v in _end_to_end(received) if n not in _REWRITTEN]
+    client = scope.get("client")
+    client_host = client[0] if client else "unknown"
+    proto = scope.get("scheme", "http")
+    host = next((v for n, v in received if n == "host"), None)
+
+    def append(name: str, value: str) -> None:
+        for i, (n, v) in enumerate(out):
+            if n == name:
+                out[i] = (n, f"{v}, {value}")
+                return
+        out.append((name, value))
+
+    append("x-forwarded-for", client_host)
+    if not any(n == "x-forwarded-proto" for n, _ in out):
+        out.append(("x-forwarded-proto", proto))
+    if host is not None and not any(n == "x-forwarded-host" for n, _ in out):
+        out.append(("x-forwarded-host", host))
+    forwarded = f"for={_node(client_host)};proto={proto}"
+    if host is not None:
+        forwarded += f';host="{host}"'
+    append("forwarded", forwarded)
+    via = [v for n, v in received if n == "via"]
+    out.append(("via", ", ".join([*via, VIA])))
+    if host_override is not None:
+        out = [(n, v) for n, v in out if n != "host"]
+        out.append(("host", host_override))
+    return out
+
+
+def response_headers(headers: list[tuple[str, str]]) -> list[tuple[bytes, bytes]]:
+    """The upstream's response headers for the client: end-to-end ones, plus Via."""
+    lowered = [(n.lower(), v) for n, v in headers]
+    out = [(n.encode("latin-1"), v.encode("latin-1")) for n, v in _end_to_end(lowered)
+           if n != "via"]
+    via = [v for n, v in lowered if n == "via"]
+    out.append((b"via", ", ".join([*via, VIA]).encode("latin-1")))
+    return out
+
+
+async def _stream_body(receive: Receive) -> AsyncIterator[bytes]:
+    while True:
+        message = await receive()
+        if message["type"] == "http.disconnect":
+            raise ClientDisconnected("the client left while sending the request body")
+        chunk = message.get("body", b"")
+        if chunk:
+            yield chunk
+        if not message.get("more_body", False):
+            return
+
+
+async def request_body(
+    headers: list[tuple[str, str]], receive: Receive
+) -> bytes | AsyncIterator[bytes] | None:
+    """None without a body; the bytes of a small one (replayable); else a stream."""
+    length = next((v for n, v in headers if n == "content-length"), None)
+    if length is None:
+        chunked = any(n == "transfer-encoding" for n, _ in headers)
+        return _stream_body(receive) if chunked else None
+    if int(length) > BUFFER_LIMIT:
+        return _stream_body(receive)
+    parts = [chunk async for chunk in _stream_body(receive)]
+    return b"".join(parts)
+
+
+class Proxy:
+    """The proxy app. One :class:`~tether.client.Client` (pool) and cluster per
+    upstream, created at lifespan startup in each worker."""
+
+    def __init__(self, config: ProxyConfig) -> None:
+        self.config = config
+        self.clients: dict[str, Client] = {}
+        self.clusters: dict[str, Cluster] = {}
+        self._registry: Registry | None = None
+
+    async def startup(self) -> None:
+        if self.config.registry is not None:
+            self._registry = open_registry(self.config.registry)
+        for name, upstream in self.config.upstreams.items():
+            self.clients[name] = client = self._client(upstream)
+            self.clusters[name] = self._cluster(client, upstream)
+
+    def _client(self, upstream: Upstream) -> Client:
+        verify: bool | str = upstream.ca if upstream.ca is not None else upstream.verify
+        return Client(
+            timeout=Timeout(connect=upstream.connect_timeout, read=upstream.read_timeout,
+                            write=upstream.read_timeout, pool=upstream.connect_timeout),
+            verify=verify, sni_hostname=upstream.sni, registry=self._registry,
+            max_connections=upstream.max_connections * 16,
+            max_connections_per_origin=upstream.max_connections,
+        )
+
+    def _cluster(self, client: Client, upstream: Upstream) -> Cluster:
+        options: dict[str, Any] = {
+            "balancer": upstream.balancer, "health_path": upstream.health_path,
+            "scheme": upstream.scheme, "max_attempts": upstream.max_attempts,
+        }
+        if upstream.providers is not None:
+            options["providers"] = list(upstream.providers)
+        return client.service(upstream.service or upstream.name, **options)
+
+    async def shutdown(self) -> None:
+        for client in self.clients.values():
+            await client.aclose()
+        if self._registry is not None:
+            await self._registry.close()
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] == "http":
+            await self.forward(scope, receive, send)
+        elif scope["type"] == "lifespan":
+            await self._lifespan(receive, send)
+
+    async def _lifespan(self, receive: Receive, send: Send) -> None:
+        while True:
+            message = await receive()
+            if message["type"] == "lifespan.startup":
+                try:
+                    await self.startup()
+                except Exception as exc:
+                    await send({"type": "lifespan.startup.failed", "message": str(exc)})
+                    return
+                await send({"type": "lifespan.startup.complete"})
+            elif message["type"] == "lifespan.shutdown":
+                await self.shutdown()
+                await send({"type": "lifespan.shutdown.complete"})
+                return
+
+    async def forward(self, scope: Scope, receive: Receive, send: Send) -> None:
+        """Forward one request (rules 1-5)."""
+        path = scope["path"]
+        route = self.config.match(path)
+        if route is None:
+            await _answer(send, 404, f"no route for {path}\n")
+            return
+        headers = request_headers(scope, route.host)
+        target = route.upstream_path(scope["raw_path"].decode("latin-1") or path)
+        if scope["query_string"]:
+            target += "?" + scope["query_string"].decode("latin-1")
+        method = scope["method"]
+        cluster = self.clusters[route.upstream]
+        started = False
+        body = await request_body(headers, receive)
+        try:
+            async with deadline_after(route.timeout), cluster.stream(
+                method, target, headers=headers, content=body,
+            ) as response:
+                await send({
+                    "type": "http.response.start", "status": response.status_code,
+                    "headers": response_headers(response.headers.items()),
+                })
+                started = True
+                async for chunk in response.aiter_bytes():
+                    await send({"type": "http.response.body", "body": chunk,
+                                "more_body": True})
+                await send({"type": "http.response.body", "body": b""})
+        except TransportError as exc:
+            self._failed(method, path, route.upstream, exc, started)
+            if started:
+                raise ResponseAborted(f"upstream failed mid-response: {exc}") from exc
+            if isinstance(exc, TimeoutException):
+                await _answer(send, 504, f"upstream {route.upstream} timed out\n")
+            else:
+                await _answer(send, 502, f"bad gateway: upstream {route.upstream} failed\n")
+
+    @staticmethod
+    def _failed(method: str, path: str, upstream: str, exc: Exception, started: bool) -> None:
+        when = "mid-response" if started else "before responding"
+        logger.warning("%s %s: upstream %s failed %s: %s", method, path, upstream, when, exc)
+
+
+async def _answer(send: Send, status: int, text: str) -> None:
+    body = text.encode()
+    await send({"type": "http.response.start", "status": status, "headers": [
+        (b"content-type", b"text/plain; charset=utf-8"),
+        (b"content-length", b"%d" % len(body)),
+    ]})
+    await send({"type": "http.response.body", "body": body})
+
+
+def from_environment() -> Proxy:
+    """The app factory the workers import (``tether.proxy:from_environment``)."""
+    return Proxy(ProxyConfig.from_inputs_json(os.environ[ENV_CONFIG]))
