@@ -1,64 +1,70 @@
 """``make demo``: a live topology on the embedded SQLite registry, and what happens to it.
 
-Two ``orders`` providers (2 workers each) and a ``front`` service (2 workers) whose
-handler calls ``orders`` through a cluster with deadlines, all ``tether serve``
-processes on 127.0.0.1 registered in a registry file in a temp dir. While bounded
-traffic runs, the demo performs and narrates the field-report scenarios:
+Two ``orders`` providers and a ``front`` service whose handler calls ``orders``
+through a cluster with deadlines, a ``tether proxy`` in front of ``front``: every
+process a real ``tether`` on 127.0.0.1 with 2 workers, registered in a registry file
+in a temp dir. Bounded traffic goes through the proxy (each request under a 1 s
+deadline) while the demo performs and narrates the five field-report scenarios:
 
-1. a rolling reload of ``front`` (nothing lost, report 3);
-2. ``kill -9`` of an ``orders`` provider, and its return on a new port (report 5);
-3. clients that disconnect mid-request: the cancellation reaches the provider (report 1);
-4. a graceful stop of a provider with requests in flight (report 2);
-5. connection reuse between front and orders all along (report 4).
+1. steady traffic through the proxy, reusing its upstream connections (report 4);
+2. a rolling reload of ``front``: nothing lost (report 3);
+3. ``kill -9`` of an ``orders`` provider, and its return on a new port (report 5);
+4. clients that disconnect mid-request: the cancellation travels proxy -> front ->
+   orders (report 1);
+5. a graceful stop of a provider with requests in flight (report 2).
 
-It ends with a table and exits non-zero if any request that should have succeeded
-failed. ``QUICK=1`` (or ``--quick``) runs it in about 15 s.
+It ends with a table read from the processes' own ``/metrics`` and exits non-zero
+if any request that should have succeeded failed. ``QUICK=1`` (or ``--quick``)
+runs it in about 15 s; the full run takes about a minute.
 """
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
-import json
 import os
+import shutil
 import signal
 import subprocess
 import sys
 import tempfile
 import threading
 import time
+import urllib.request
 from collections import Counter
 from pathlib import Path
 from typing import Any
 
+from rich.console import Console
+from rich.progress import BarColumn, Progress, SpinnerColumn, TextColumn, TimeElapsedColumn
+from rich.table import Table
+
 import tether
+from tether.metrics import parse_series
 
 HERE = Path(__file__).resolve().parent
 QUICK = os.environ.get("QUICK", "") not in ("", "0") or "--quick" in sys.argv
-PACE = 0.5 if QUICK else 2.0  # seconds of steady traffic between scenarios
+PACE = 0.6 if QUICK else 7.0  # seconds of steady traffic around each scenario
+DISCONNECTS = 5
+IN_FLIGHT = 5
+console = Console(highlight=False)
 
 
-def say(text: str) -> None:
-    print(f"\r{' ' * 78}\r{text}", flush=True)
+class Proc:
+    """One ``tether`` process (its own session). ``port``/``admin`` are read from its
+    log lines, so every port is picked by the kernel (``--port 0``)."""
 
-
-class Server:
-    """One ``tether serve`` process (its own session, so its workers go with it)."""
-
-    def __init__(self, name: str, app: str, registry: str, service: str, *extra: str,
-                 port: int = 0) -> None:
+    def __init__(self, name: str, *args: str, env: dict[str, str]) -> None:
         self.name = name
         self.log: list[str] = []
         self.port = 0
         self.admin = ""
         self._ready = threading.Event()
         self.proc = subprocess.Popen(
-            [sys.executable, "-m", "tether", "serve", app, "--port", str(port),
-             "--workers", "2", "--no-access-log", "--admin-port", "0",
-             "--registry", registry, "--service", service, "--registry-ttl", "2",
-             "--graceful-timeout", "10", *extra],
+            [sys.executable, "-m", "tether", *args, "--workers", "2", "--no-access-log",
+             "--admin-port", "0", "--graceful-timeout", "10"],
             cwd=HERE, stderr=subprocess.PIPE, text=True, start_new_session=True,
-            env={**os.environ, "DEMO_REGISTRY": registry, "PYTHONUNBUFFERED": "1"},
+            env={**os.environ, **env, "PYTHONUNBUFFERED": "1"},
         )
         threading.Thread(target=self._read, daemon=True).start()
         if not self._ready.wait(30) or not self.port:
@@ -83,10 +89,13 @@ class Server:
     def count(self, needle: str) -> int:
         return sum(needle in line for line in list(self.log))
 
+    def metrics(self) -> dict[str, float]:
+        return scrape(self.admin)
+
     def kill(self) -> None:
         """kill -9 the supervisor and every worker (workers run in their own sessions,
         so they are killed one by one)."""
-        pids = self.worker_pids() if self.admin and self.proc.poll() is None else []
+        pids = worker_pids(self.admin) if self.admin and self.proc.poll() is None else []
         with contextlib.suppress(ProcessLookupError):
             os.killpg(self.proc.pid, signal.SIGKILL)
         for pid in pids:
@@ -94,39 +103,56 @@ class Server:
                 os.kill(pid, signal.SIGKILL)
         self.proc.wait()
 
-    def worker_pids(self) -> list[int]:
-        return [w["pid"] for w in admin_status(self.admin).get("workers", [])]
+
+def serve(name: str, app: str, registry: str, service: str) -> Proc:
+    return Proc(name, "serve", app, "--port", "0", "--registry", registry,
+                "--service", service, "--registry-ttl", "2", env={"DEMO_REGISTRY": registry})
 
 
-def admin_status(admin: str) -> dict[str, Any]:
-    import urllib.request
-
+def _get(url: str) -> bytes:
     try:
-        with urllib.request.urlopen(f"{admin}/status", timeout=2) as r:
-            data: dict[str, Any] = json.loads(r.read())
-            return data
+        with urllib.request.urlopen(url, timeout=2) as r:
+            body: bytes = r.read()
+            return body
     except OSError:
-        return {}
+        return b""
 
 
-TRAFFIC: list[Traffic] = []
-SERVERS: list[Server] = []
+def scrape(admin: str) -> dict[str, float]:
+    """A process's ``/metrics``, as {series: value} (empty if it is gone)."""
+    out: dict[str, float] = {}
+    for line in _get(f"{admin}/metrics").decode().splitlines():
+        if line and not line.startswith("#"):
+            key, _, value = line.rpartition(" ")
+            out[key] = float(value)
+    return out
 
 
-async def until(predicate: Any, timeout: float, what: str) -> None:
-    deadline = time.monotonic() + timeout
-    while not predicate():
-        if time.monotonic() > deadline:
-            counts = dict(TRAFFIC[0].counts) if TRAFFIC else {}
-            if os.environ.get("DEMO_DEBUG"):
-                for server in SERVERS:
-                    print(f"--- {server.name}", "".join(server.log[-40:]), sep="\n")
-            raise SystemExit(f"\ndemo: timed out waiting for {what} (traffic: {counts})")
-        await asyncio.sleep(0.05)
+def worker_pids(admin: str) -> list[int]:
+    import json
+
+    body = _get(f"{admin}/status")
+    return [w["pid"] for w in json.loads(body).get("workers", [])] if body else []
+
+
+def total(values: dict[str, float], name: str, **labels: str) -> float:
+    """The sum of ``name``'s series whose labels include ``labels``."""
+    out = 0.0
+    for key, value in values.items():
+        series_name, series_labels = parse_series(key)
+        if series_name == name and all(series_labels.get(k) == v for k, v in labels.items()):
+            out += value
+    return out
+
+
+def reuse(values: dict[str, float]) -> float:
+    sent = total(values, "tether_client_requests_total")
+    opened = total(values, "tether_client_connections_opened_total")
+    return 1.0 - opened / sent if sent else 0.0
 
 
 class Traffic:
-    """Bounded keep-alive traffic to front, each request under a 1 s deadline."""
+    """Bounded keep-alive traffic through the proxy, each request under a 1 s deadline."""
 
     def __init__(self, url: str, concurrency: int = 6) -> None:
         self.url = url
@@ -135,12 +161,13 @@ class Traffic:
         self.stop = asyncio.Event()
         self.client = tether.Client(timeout=5.0)
 
-    async def run(self, limit_seconds: float) -> None:
+    async def run(self, limit_seconds: float, limit_requests: int) -> None:
         stop_at = time.monotonic() + limit_seconds
 
         async def loop(n: int) -> None:
             i = 0
-            while not self.stop.is_set() and time.monotonic() < stop_at:
+            while (not self.stop.is_set() and time.monotonic() < stop_at
+                   and self.counts["sent"] < limit_requests):
                 i += 1
                 self.counts["sent"] += 1
                 try:
@@ -150,146 +177,193 @@ class Traffic:
                 except (tether.client.HTTPError, tether.DeadlineExceeded) as exc:
                     self.counts[type(exc).__name__] += 1
 
-        async def progress() -> None:
-            while not self.stop.is_set():
-                c = self.counts
-                print(f"\r  traffic: {c['sent']:>6} sent {c['ok']:>6} ok "
-                      f"{c['sent'] - c['ok']:>3} not ok", end="", flush=True)
-                await asyncio.sleep(0.25)
-
-        reporter = asyncio.create_task(progress())
         await asyncio.gather(*(loop(n) for n in range(self.concurrency)))
-        self.stop.set()
-        await reporter
         await self.client.aclose()
 
     @property
     def failed(self) -> int:
-        return self.counts["sent"] - self.counts["ok"]
+        """Requests answered with anything but 200, or not answered (in flight excluded)."""
+        return sum(n for k, n in self.counts.items() if k not in ("sent", "ok"))
 
 
-async def disconnecting_clients(front: Server, count: int) -> None:
-    """Ask for slow orders and hang up after 200 ms."""
+async def until(predicate: Any, timeout: float, what: str) -> None:
+    deadline = time.monotonic() + timeout
+    while not await asyncio.to_thread(predicate):
+        if time.monotonic() > deadline:
+            raise SystemExit(f"\ndemo: timed out waiting for {what}")
+        await asyncio.sleep(0.05)
+
+
+async def hang_up_clients(proxy: Proc, count: int) -> None:
+    """Ask the proxy for slow orders and hang up after 200 ms."""
     for _ in range(count):
-        _, writer = await asyncio.open_connection("127.0.0.1", front.port)
-        writer.write(b"GET /slow HTTP/1.1\r\nHost: front\r\n\r\n")
+        _, writer = await asyncio.open_connection("127.0.0.1", proxy.port)
+        writer.write(b"GET /slow HTTP/1.1\r\nHost: demo\r\n\r\n")
         await writer.drain()
-        await asyncio.sleep(0.2)  # the demo's client hangs up after 200 ms
+        await asyncio.sleep(0.2)  # the demo's client gives up after 200 ms
         writer.close()
 
 
-def cancelled_at(servers: list[Server]) -> int:
-    return sum(admin_status(s.admin).get("counters", {}).get("cancelled_disconnect", 0)
-               for s in servers)
+def cancelled(procs: list[Proc]) -> int:
+    return int(sum(total(p.metrics(), "tether_requests_cancelled_total", reason="disconnect")
+                   for p in procs))
 
 
 async def main() -> int:
     tmp = Path(tempfile.mkdtemp(prefix="tether-demo-"))
     registry = f"sqlite:///{tmp}/registry.db"
-    servers = SERVERS
+    procs: list[Proc] = []
     events: list[str] = []
     try:
-        say(f"registry: {registry}")
-        orders_a = Server("orders-a", "orders:app", registry, "orders")
-        orders_b = Server("orders-b", "orders:app", registry, "orders")
-        front = Server("front", "front:app", registry, "front")
-        servers += [orders_a, orders_b, front]
-        for s in servers:
-            say(f"  {s.name:<9} http://{s.address}  (2 workers, admin {s.admin})")
-        async with tether.Client() as probe:
-            async def cluster_alive() -> int:
-                r = await probe.get(f"http://{front.address}/cluster")
-                return sum(p[1] == "alive" for p in r.json()["providers"])
+        console.print(f"[bold]tether demo[/]  registry {registry}")
+        orders_a = serve("orders-a", "orders:app", registry, "orders")
+        orders_b = serve("orders-b", "orders:app", registry, "orders")
+        front = serve("front", "front:app", registry, "front")
+        proxy = Proc("proxy", "proxy", "--listen", "127.0.0.1:0", "--route", "/=front",
+                     "--registry", registry, env={})
+        procs += [orders_a, orders_b, front, proxy]
+        for p in procs:
+            console.print(f"  {p.name:<9} http://{p.address}  2 workers, admin {p.admin}")
+        await until(lambda: total(front.metrics(), "tether_cluster_providers",
+                                  state="alive") >= 2, 20, "front to see both orders")
+        await until(lambda: total(proxy.metrics(), "tether_cluster_providers",
+                                  state="alive") >= 1, 20, "the proxy to see front")
+        console.print("  the proxy sees front alive; front sees both orders providers alive\n")
 
-            deadline = time.monotonic() + 20
-            while await cluster_alive() < 2:
-                if time.monotonic() > deadline:
-                    raise SystemExit("front never saw both orders providers")
-                await asyncio.sleep(0.1)
-        say("front's cluster sees both orders providers alive\n")
+        traffic = Traffic(f"http://{proxy.address}")
+        runner = asyncio.create_task(traffic.run(limit_seconds=150, limit_requests=200_000))
+        progress = Progress(
+            SpinnerColumn(), TextColumn("{task.description}"), BarColumn(),
+            TextColumn("{task.completed}/{task.total} scenarios"), TimeElapsedColumn(),
+            console=console, transient=True,
+        )
+        with progress:
+            step = progress.add_task("", total=5)
 
-        traffic = Traffic(f"http://{front.address}")
-        TRAFFIC.append(traffic)
-        runner = asyncio.create_task(traffic.run(limit_seconds=120))
-        await asyncio.sleep(PACE)  # steady traffic before the first scenario
+            async def show() -> None:
+                while True:
+                    c = traffic.counts
+                    progress.update(step, description=(
+                        f"traffic via proxy: {c['sent']:>6} sent {c['ok']:>6} ok "
+                        f"{traffic.failed:>2} failed"))
+                    await asyncio.sleep(0.1)
 
-        say("1. rolling reload of front (SIGHUP): new workers ready before old ones drain")
-        front.proc.send_signal(signal.SIGHUP)
-        await until(lambda: front.count("reload finished") >= 1, 30, "the reload")
-        events.append("front reloaded")
-        say("   reload finished")
-        await asyncio.sleep(PACE)
+            ticker = asyncio.create_task(show())
 
-        say(f"2. kill -9 orders-a ({orders_a.address}) and all its workers")
-        orders_a.kill()
-        events.append("orders-a killed")
-        await asyncio.sleep(PACE)
-        orders_a2 = Server("orders-a2", "orders:app", registry, "orders")
-        servers.append(orders_a2)
-        events.append("orders-a back on a new port")
-        say(f"   orders-a back on a new port: {orders_a2.address}")
-        await asyncio.sleep(PACE)
+            async def pace() -> None:
+                await asyncio.sleep(PACE)  # steady traffic between scenarios (not a sync)
 
-        say("3. five clients ask front for a slow order and hang up after 200 ms")
-        before = cancelled_at([orders_b, orders_a2])
-        await disconnecting_clients(front, 5)
-        await until(lambda: cancelled_at([orders_b, orders_a2]) - before >= 5, 10,
-                    "the cancellations to reach orders")
-        cancelled = cancelled_at([orders_b, orders_a2]) - before
-        events.append(f"{cancelled} orders handlers cancelled by disconnects")
-        say(f"   {cancelled} orders handlers were cancelled (front cancelled its calls)")
+            console.print("[bold]1.[/] steady traffic through the proxy (report 4: "
+                          "reuse upstream connections)")
+            await pace()
+            await until(lambda: total(proxy.metrics(), "tether_client_requests_total") > 100,
+                        10, "the proxy's first metrics")
+            ratio = reuse(proxy.metrics())
+            console.print(f"   proxy -> front connection reuse so far: {ratio:.3f}")
+            progress.advance(step)
 
-        say("4. graceful stop of orders-b with slow requests in flight")
-        async with tether.Client(timeout=10) as slow_client:
-            slow = [asyncio.create_task(slow_client.get(f"http://{orders_b.address}/orders/slow"))
-                    for _ in range(5)]
-            await asyncio.sleep(0.3)  # let them reach the handlers
-            orders_b.proc.send_signal(signal.SIGTERM)
-            done = await asyncio.gather(*slow, return_exceptions=True)
-        completed = sum(getattr(r, "status_code", 0) == 200 for r in done)
-        code = orders_b.proc.wait(30)
-        events.append(f"orders-b stopped: {completed}/5 in-flight completed, exit {code}")
-        say(f"   {completed}/5 in-flight requests completed; orders-b exited {code}")
-        await asyncio.sleep(PACE)
+            console.print("[bold]2.[/] rolling reload of front (SIGHUP), one worker at a "
+                          "time (report 3)")
+            front.proc.send_signal(signal.SIGHUP)
+            await until(lambda: front.count("reload finished") >= 1, 30, "the reload")
+            events.append("front reloaded")
+            console.print(f"   reload finished; failed requests so far: {traffic.failed}")
+            progress.advance(step)
+            await pace()
 
-        traffic.stop.set()
-        await runner
-        async with tether.Client() as probe:
-            view = (await probe.get(f"http://{front.address}/cluster")).json()
-        stats = view["stats"]
-        say("\nfront's view of orders (one worker): " + ", ".join(
-            f"{p[0]} {p[1]}" for p in view["providers"]))
-        print()
+            console.print(f"[bold]3.[/] kill -9 orders-a ({orders_a.address}) and its "
+                          "workers (report 5)")
+            orders_a.kill()
+            events.append("orders-a killed")
+            await pace()
+            orders_a2 = serve("orders-a2", "orders:app", registry, "orders")
+            procs.append(orders_a2)
+            events.append("orders-a back on a new port")
+            await until(lambda: total(front.metrics(), "tether_cluster_providers",
+                                      state="alive") >= 2, 20, "front to see orders-a2")
+            console.print(f"   orders-a back on a new port ({orders_a2.address}), alive "
+                          "in front's cluster")
+            progress.advance(step)
+            await pace()
+
+            console.print(f"[bold]4.[/] {DISCONNECTS} clients ask for a slow order and "
+                          "hang up after 200 ms (report 1)")
+            providers = [orders_b, orders_a2]
+            before = {p.name: cancelled([p]) for p in (proxy, front, orders_b, orders_a2)}
+
+            def reached_everywhere() -> bool:
+                return all(cancelled([p]) - before[p.name] >= DISCONNECTS
+                           for p in (proxy, front)) and \
+                    sum(cancelled([p]) - before[p.name] for p in providers) >= DISCONNECTS
+
+            await hang_up_clients(proxy, DISCONNECTS)
+            await until(reached_everywhere, 10, "the cancellations to reach orders")
+            reached = sum(cancelled([p]) - before[p.name] for p in providers)
+            events.append(f"{reached} orders handlers cancelled by disconnects")
+            console.print(f"   handlers cancelled: proxy {cancelled([proxy])}, front "
+                          f"{cancelled([front])}, orders {reached}")
+            progress.advance(step)
+
+            console.print(f"[bold]5.[/] graceful stop of orders-b, {IN_FLIGHT} slow "
+                          "requests in flight (report 2)")
+            async with tether.Client(timeout=10) as slow_client:
+                slow = [asyncio.create_task(
+                    slow_client.get(f"http://{orders_b.address}/orders/slow"))
+                    for _ in range(IN_FLIGHT)]
+                await until(lambda: total(orders_b.metrics(), "tether_http_requests_in_flight")
+                            >= IN_FLIGHT, 10, "the slow requests to reach orders-b")
+                orders_b.proc.send_signal(signal.SIGTERM)
+                done = await asyncio.gather(*slow, return_exceptions=True)
+            completed = sum(getattr(r, "status_code", 0) == 200 for r in done)
+            code = orders_b.proc.wait(30)
+            events.append(f"orders-b stopped: {completed}/{IN_FLIGHT} in flight completed")
+            console.print(f"   {completed}/{IN_FLIGHT} in-flight requests completed; "
+                          f"orders-b exited with status {code}")
+            progress.advance(step)
+            await pace()
+            traffic.stop.set()
+            await runner
+            ticker.cancel()
+
+        proxy_m, front_m = proxy.metrics(), front.metrics()
         c = traffic.counts
+        table = Table(title="what happened", title_justify="left", show_header=False)
+        table.add_column("")
+        table.add_column("", justify="right")
         rows = [
-            ("requests sent", c["sent"]),
-            ("succeeded", c["ok"]),
-            ("failed", traffic.failed),
-            ("retries (one front worker)", stats.get("retries", 0)),
-            ("front->orders connection reuse", f"{view['pool']['reuse_ratio']:.3f}"),
-            ("provider evictions seen", stats.get("evictions", 0)),
-            ("handlers cancelled by disconnect", cancelled),
-            ("in-flight completed during stop", f"{completed}/5"),
+            ("requests sent through the proxy", f"{c['sent']:,}"),
+            ("succeeded", f"{c['ok']:,}"),
+            ("failed", str(c["sent"] - c["ok"])),
+            ("handlers cancelled by disconnect (proxy/front/orders)",
+             f"{cancelled([proxy])}/{cancelled([front])}/{reached}"),
+            ("front reloads / front workers started",
+             f"{total(front_m, 'tether_reloads_total'):.0f} / "
+             f"{total(front_m, 'tether_worker_starts_total'):.0f}"),
+            ("front -> orders retries on another provider",
+             f"{total(front_m, 'tether_cluster_retries_total'):.0f}"),
+            ("in-flight requests completed during the stop", f"{completed}/{IN_FLIGHT}"),
+            ("connection reuse proxy -> front", f"{reuse(proxy_m):.4f}"),
+            ("connection reuse front -> orders", f"{reuse(front_m):.4f}"),
         ]
         for label, value in rows:
-            print(f"  {label:<36} {value}")
-        print("\nevents: " + "; ".join(events))
-        failures = traffic.failed + (5 - completed) + (cancelled < 5)
-        print(f"\n{'all good' if not failures else 'PROBLEMS: see above'}")
-        return 1 if failures else 0
+            table.add_row(label, value)
+        console.print(table)
+        console.print("events: " + "; ".join(events))
+        if c["sent"] - c["ok"]:
+            console.print(f"not ok: {({k: v for k, v in c.items() if k not in ('sent', 'ok')})}")
+        problems = (c["sent"] - c["ok"]) + (IN_FLIGHT - completed) + (reached < DISCONNECTS)
+        console.print("[green]all good[/]" if not problems else "[red]PROBLEMS: see above[/]")
+        return 1 if problems else 0
     finally:
-        for s in servers:
-            if s.proc.poll() is None:
+        for p in procs:
+            if p.proc.poll() is None:
                 with contextlib.suppress(ProcessLookupError):
-                    os.killpg(s.proc.pid, signal.SIGTERM)
-        for s in servers:
+                    os.killpg(p.proc.pid, signal.SIGTERM)
+        for p in procs:
             try:
-                s.proc.wait(15)
+                p.proc.wait(15)
             except subprocess.TimeoutExpired:
-                s.kill()
-            # workers run in their own sessions: make sure none is left
-        import shutil
-
+                p.kill()
         shutil.rmtree(tmp, ignore_errors=True)
 
 

@@ -3,11 +3,13 @@
 ``GET /order/<id>`` -> ``orders`` ``/orders/<id>`` (provider chosen by p2c, retried
 elsewhere when one dies, under the caller's deadline). ``GET /slow`` -> ``orders``
 ``/orders/slow``. ``GET /cluster``: this worker's view of the ``orders`` providers.
+``GET /healthz``: 200 (what the proxy's cluster probes).
 The registry URL comes from ``DEMO_REGISTRY``.
 """
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 from typing import Any
@@ -37,6 +39,10 @@ async def _lifespan(receive: Receive, send: Send) -> None:
                 config=ClusterConfig(heartbeat_interval=0.5, backoff_initial=0.1,
                                      max_reconnect_attempts=4),
             )
+            # Start watching now (a cluster otherwise starts on its first request),
+            # and give the providers a moment to be found before serving.
+            with contextlib.suppress(TimeoutError):
+                await _state["orders"].wait_ready(timeout=2.0)
             await send({"type": "lifespan.startup.complete"})
         else:
             await _state["client"].aclose()
@@ -50,6 +56,9 @@ async def app(scope: Scope, receive: Receive, send: Send) -> None:
         return
     orders = _state["orders"]
     path = scope["path"]
+    if path == "/healthz":
+        await _json(send, 200, {"ok": True})
+        return
     if path == "/cluster":
         await _json(send, 200, {"providers": orders.providers(), "stats": orders.stats(),
                                 "pool": _state["client"].stats()})

@@ -169,7 +169,8 @@ class Proxy:
             self._registry = open_registry(self.config.registry)
         for name, upstream in self.config.upstreams.items():
             self.clients[name] = client = self._client(upstream)
-            self.clusters[name] = self._cluster(client, upstream)
+            self.clusters[name] = cluster = self._cluster(client, upstream)
+            cluster.start()  # find and probe providers before the first request
 
     def _client(self, upstream: Upstream) -> Client:
         verify: bool | str = upstream.ca if upstream.ca is not None else upstream.verify

@@ -116,6 +116,11 @@ class Cluster:
 
     # -- lifecycle ---------------------------------------------------------------------
 
+    def start(self) -> None:
+        """Start following the registry and checking providers now (by default the
+        first request does); needs a running event loop."""
+        self._start()
+
     def _start(self) -> None:
         if self._started:
             return
