@@ -157,3 +157,56 @@ async def test_counts_match_what_happened_and_survive_a_reload(tmp_path: Path) -
         assert after['tether_worker_stops_total{outcome="drained"}'] == 2
         assert after["tether_http_requests_in_flight"] == 0
         assert server.stop() == 0
+
+
+# -- what a client and its clusters count, in this process --------------------------------------
+
+
+def test_plain_counters_map_onto_their_series() -> None:
+    values = metrics.counter_values({"db_queries_cancelled": 3, "db_connections_opened": 2,
+                                     "queue_shed": 1, "something_else": 9})
+    assert values == {
+        "tether_db_queries_cancelled_total": 3,
+        "tether_db_connections_opened_total": 2,
+        'tether_admission_dropped_total{reason="shed"}': 1,
+    }
+
+
+async def _ok(scope: Any, receive: Any, send: Any) -> None:
+    await send({"type": "http.response.start", "status": 200,
+                "headers": [(b"content-length", b"2")]})
+    await send({"type": "http.response.body", "body": b"ok"})
+
+
+async def test_client_and_cluster_series_count_what_happened() -> None:
+    import tether
+    from tests.support import free_port, serve
+
+    dead = f"127.0.0.1:{free_port()}"  # nothing listens: every connect is refused
+    async with serve(_ok) as server, tether.Client() as client:
+        alive = f"127.0.0.1:{server.port}"
+        cluster = client.service("metrics-test", providers=[alive, dead], health_path=None,
+                                 balancer="round_robin")
+        await cluster.wait_ready()
+        counters_before = dict(metrics.PROCESS.counters)
+        for _ in range(20):
+            assert (await cluster.get("/")).status_code == 200
+        counted = metrics.PROCESS.counters
+
+        def delta(key: str) -> float:
+            return counted.get(key, 0) - counters_before.get(key, 0)
+
+        origin = f"http://{alive}"
+        assert delta(metrics.series("tether_cluster_requests_total",
+                                    cluster="metrics-test")) == 20
+        assert delta(metrics.series("tether_client_requests_total", origin=origin)) >= 20
+        assert delta(metrics.series("tether_client_connections_opened_total",
+                                    origin=origin)) <= 1
+        gauges = metrics.PROCESS.gauges()
+        assert gauges[metrics.series("tether_cluster_providers", cluster="metrics-test",
+                                     state="alive")] == 1
+        assert gauges[metrics.series("tether_client_connections", origin=origin,
+                                     state="idle")] == 1
+        status = metrics.PROCESS.status()
+        mine = [c for c in status["clusters"] if c["service"] == "metrics-test"]
+        assert {p["address"]: p["state"] for p in mine[0]["providers"]}[alive] == "alive"
