@@ -44,7 +44,7 @@ from tether.metrics import parse_series
 
 HERE = Path(__file__).resolve().parent
 QUICK = os.environ.get("QUICK", "") not in ("", "0") or "--quick" in sys.argv
-PACE = 0.6 if QUICK else 7.0  # seconds of steady traffic around each scenario
+PACE = 0.6 if QUICK else 9.0  # seconds of steady traffic around each scenario
 DISCONNECTS = 5
 IN_FLIGHT = 5
 console = Console(highlight=False)

@@ -3,7 +3,11 @@
 # curl: a real HTTP client the tests drive the server with; wrk: the benchmark load tool;
 # postgresql: initdb + pg_ctl for the throwaway database the tests start (Debian's package
 # also creates and starts its own cluster on install: harmless, the tests do not use it);
-# etcd-server: the etcd binary the registry tests start.
+# etcd-server: the etcd binary the registry tests start; nginx: the reference reverse proxy
+# bench/proxy.py compares `tether proxy` with (Debian's `nginx` package is the smallest that
+# has /usr/sbin/nginx with the upstream and proxy modules; nginx-light only adds a module to
+# it. Where an init system runs, installing it also starts Debian's default site on port 80:
+# harmless, the benchmark starts its own nginx from a config of its own).
 set -euo pipefail
 
 need=()
@@ -11,6 +15,7 @@ command -v curl >/dev/null 2>&1 || need+=(curl)
 command -v wrk >/dev/null 2>&1 || need+=(wrk)
 compgen -G '/usr/lib/postgresql/*/bin/initdb' >/dev/null || need+=(postgresql)
 command -v etcd >/dev/null 2>&1 || need+=(etcd-server)
+[ -x /usr/sbin/nginx ] || command -v nginx >/dev/null 2>&1 || need+=(nginx)
 
 if [ ${#need[@]} -eq 0 ]; then
     exit 0
