@@ -38,11 +38,11 @@ from typing import Any, Final
 
 from tether.asgi import Receive, Scope, Send
 from tether.client import Client
-from tether.client.errors import TimeoutException, TransportError
+from tether.client.errors import TimeoutException, TLSError, TransportError
 from tether.client.models import Timeout
-from tether.client.service import Cluster
+from tether.client.service import Cluster, NoProviderAvailable
 from tether.deadline import HEADER as DEADLINE_HEADER
-from tether.deadline import deadline_after
+from tether.deadline import DeadlineExceeded, deadline_after
 from tether.errors import ClientDisconnected, ResponseAborted
 from tether.proxy_config import ProxyConfig, Upstream
 from tether.registry.base import Registry
@@ -84,10 +84,15 @@ def _node(host: str) -> str:
     return f'"[{host}]"' if ":" in host else host
 
 
-def request_headers(scope: Scope, host_override: str | None) -> list[tuple[str, str]]:
-    """The headers sent upstream (rule 2); names lower-case, values as received."""
-    received = [(n.decode("latin-1").lower(), v.decode("latin-1"))
-                for n, v in scope["headers"]]
+def received_headers(scope: Scope) -> list[tuple[str, str]]:
+    """The client's request headers: names lower-case, values as received, in order."""
+    return [(n.decode("latin-1").lower(), v.decode("latin-1")) for n, v in scope["headers"]]
+
+
+def request_headers(
+    scope: Scope, received: list[tuple[str, str]], host_override: str | None
+) -> list[tuple[str, str]]:
+    """The headers sent upstream (rule 2); repeated headers keep their order."""
     out = [(n, v) for n, v in _end_to_end(received) if n not in _REWRITTEN]
     client = scope.get("client")
     client_host = client[0] if client else "unknown"
@@ -95,11 +100,10 @@ def request_headers(scope: Scope, host_override: str | None) -> list[tuple[str, 
     host = next((v for n, v in received if n == "host"), None)
 
     def append(name: str, value: str) -> None:
-        for i, (n, v) in enumerate(out):
-            if n == name:
-                out[i] = (n, f"{v}, {value}")
-                return
-        out.append((name, value))
+        # After every line of that header the client sent (there may be several).
+        values = [v for n, v in out if n == name]
+        out[:] = [(n, v) for n, v in out if n != name]
+        out.append((name, ", ".join([*values, value])))
 
     append("x-forwarded-for", client_host)
     if not any(n == "x-forwarded-proto" for n, _ in out):
@@ -225,14 +229,17 @@ class Proxy:
         if route is None:
             await _answer(send, 404, f"no route for {path}\n")
             return
-        headers = request_headers(scope, route.host)
+        received = received_headers(scope)
+        headers = request_headers(scope, received, route.host)
         target = route.upstream_path(scope["raw_path"].decode("latin-1") or path)
         if scope["query_string"]:
             target += "?" + scope["query_string"].decode("latin-1")
         method = scope["method"]
         cluster = self.clusters[route.upstream]
         started = False
-        body = await request_body(headers, receive)
+        # Framing comes from what the client sent (Transfer-Encoding is hop-by-hop and
+        # already gone from ``headers``).
+        body = await request_body(received, receive)
         try:
             async with deadline_after(route.timeout), cluster.stream(
                 method, target, headers=headers, content=body,
@@ -254,6 +261,21 @@ class Proxy:
                 await _answer(send, 504, f"upstream {route.upstream} timed out\n")
             else:
                 await _answer(send, 502, f"bad gateway: upstream {route.upstream} failed\n")
+        except NoProviderAvailable as exc:
+            self._failed(method, path, route.upstream, exc, started)
+            if exc.errors and all(isinstance(e, TLSError) for e in exc.errors):
+                # Every provider fails the TLS handshake: a misconfiguration (CA, server
+                # name), not an outage that waiting would cure.
+                await _answer(send, 502, f"bad gateway: upstream {route.upstream} fails "
+                              "TLS verification\n")
+            else:
+                await _answer(send, 503, f"no provider of upstream {route.upstream} is "
+                              "available\n", retry_after=True)
+        except DeadlineExceeded as exc:
+            if started:
+                raise
+            self._failed(method, path, route.upstream, exc, started)
+            await _answer(send, 504, f"deadline exceeded waiting for {route.upstream}\n")
 
     @staticmethod
     def _failed(method: str, path: str, upstream: str, exc: Exception, started: bool) -> None:
@@ -261,12 +283,13 @@ class Proxy:
         logger.warning("%s %s: upstream %s failed %s: %s", method, path, upstream, when, exc)
 
 
-async def _answer(send: Send, status: int, text: str) -> None:
+async def _answer(send: Send, status: int, text: str, *, retry_after: bool = False) -> None:
     body = text.encode()
-    await send({"type": "http.response.start", "status": status, "headers": [
-        (b"content-type", b"text/plain; charset=utf-8"),
-        (b"content-length", b"%d" % len(body)),
-    ]})
+    headers = [(b"content-type", b"text/plain; charset=utf-8"),
+               (b"content-length", b"%d" % len(body))]
+    if retry_after:
+        headers.append((b"retry-after", b"1"))
+    await send({"type": "http.response.start", "status": status, "headers": headers})
     await send({"type": "http.response.body", "body": body})
 
 

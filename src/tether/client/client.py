@@ -347,9 +347,12 @@ class Client:
             host = f"{host}:{origin.port}"
         merged = self.headers
         if headers:
-            merged = Headers(self.headers)
-            for name, value in Headers(headers).items():
-                merged[name] = value
+            # The request's headers replace the client's of the same name; a header
+            # given on several lines keeps every line, in order.
+            given = Headers(headers).items()
+            names = {n.lower() for n, _ in given}
+            merged = Headers([(n, v) for n, v in self.headers.items()
+                              if n.lower() not in names] + given)
         lines = [f"{method} {target} HTTP/1.1\r\n"]
         if "host" not in merged:
             lines.append(f"Host: {host}\r\n")

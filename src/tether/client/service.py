@@ -58,9 +58,14 @@ NEVER_SENT: Final = (ConnectError, ConnectTimeout, PoolTimeout)
 class NoProviderAvailable(ServiceUnavailable):
     """No provider of the service is alive; the message lists what each one is doing."""
 
-    def __init__(self, service: str, states: Sequence[tuple[str, str]]) -> None:
+    def __init__(
+        self, service: str, states: Sequence[tuple[str, str]],
+        errors: Sequence[BaseException] = (),
+    ) -> None:
         self.service = service
         self.states = list(states)
+        #: the last probe or request error of each provider that has one
+        self.errors = list(errors)
         listing = ", ".join(f"{a} {s}" for a, s in states) or "none listed"
         super().__init__(f"no provider of {service!r} is available ({listing})")
 
@@ -104,6 +109,8 @@ class Cluster:
         self._wake = asyncio.Event()
         self._changed = asyncio.Event()  # set whenever the core acted
         self._probing: set[str] = set()
+        #: each provider's last probe or connect failure (None once it answers again)
+        self.last_error: dict[str, BaseException | None] = {}
         self._ready = asyncio.Event()
         # Prometheus: the series this cluster counts under, and the core's counts
         # already exported (the core keeps plain totals; we export the deltas).
@@ -222,10 +229,20 @@ class Cluster:
                     timeout=self.probe_timeout,
                 )
                 ok = r.status_code < 500
-        except (HTTPError, OSError, TimeoutError):
-            ok = False
+            error: BaseException | None = None
+        except (HTTPError, OSError, TimeoutError) as exc:
+            ok, error = False, exc
+        self._note_error(address, error)
         self.metrics["probes"] += 1
         self._apply(self.core.on_probe(address, ok, time.monotonic()))
+
+    def _note_error(self, address: str, error: BaseException | None) -> None:
+        """Keep a provider's last failure, and log it when it changes (a provider that
+        keeps failing the same way is logged once, not at every backoff step)."""
+        previous = self.last_error.get(address)
+        self.last_error[address] = error
+        if error is not None and (previous is None or type(previous) is not type(error)):
+            logger.warning("%s: provider %s failed: %s", self.name, address, error)
 
     def _export_core_counts(self) -> None:
         core = self.core
@@ -372,13 +389,16 @@ class Cluster:
             self.metrics["no_provider"] += 1
             metrics.PROCESS.inc(self._series["no_provider"])
             raise NoProviderAvailable(
-                self.name, [(a, r.state.value) for a, r in sorted(self.core.records.items())])
+                self.name, [(a, r.state.value) for a, r in sorted(self.core.records.items())],
+                [e for a in sorted(self.core.records)
+                 if (e := self.last_error.get(a)) is not None])
         return address
 
     def _on_failure(self, address: str, exc: TransportError, method: str, attempt: int) -> bool:
         now = time.monotonic()
         record = self.core.records.get(address)
         if isinstance(exc, ConnectError | ConnectTimeout):
+            self._note_error(address, exc)
             # A failed connect is a failed probe: the provider starts retrying (backoff)
             # and leaves the alive set now. Only the first one counts: requests that
             # were already on their way fail together, and are not N attempts.
