@@ -4,6 +4,7 @@ limits and reuse, stale connections, timeouts, malformed responses, cancellation
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import json
 import random
 from collections.abc import AsyncIterator, Awaitable, Callable
@@ -252,3 +253,59 @@ async def test_cancellation_stress_leaves_pool_consistent() -> None:
         assert all(r.status_code == 200 for r in results)
         assert client.stats()["active"] == 0
         assert client.stats()["idle"] <= 8
+
+
+async def test_a_response_head_too_large_is_refused() -> None:
+    """A hostile or broken server cannot grow the client's memory with its head."""
+    async def handler(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        await reader.readuntil(b"\r\n\r\n")
+        writer.write(b"HTTP/1.1 200 OK\r\n")
+        with contextlib.suppress(ConnectionError):
+            for i in range(2_000):  # ~16 MB of headers if nobody stops it
+                writer.write(b"x-filler-%d: %s\r\n" % (i, b"a" * 8000))
+                await writer.drain()
+        writer.close()
+
+    server, url = await raw_server(handler)
+    async with server, tether.Client(timeout=5) as client:
+        with pytest.raises(RemoteProtocolError, match="response head over"):
+            await client.get(url)
+        assert client.stats()["active"] == 0
+
+
+async def test_an_early_answer_to_a_streamed_upload_is_the_response() -> None:
+    """The server refuses the upload (413) after the head and closes: the caller gets
+    the 413, not a write error."""
+    async def handler(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        await reader.readuntil(b"\r\n\r\n")
+        writer.write(b"HTTP/1.1 413 Content Too Large\r\nContent-Length: 8\r\n"
+                     b"Connection: close\r\n\r\ntoo big\n")
+        await writer.drain()
+        writer.close()
+
+    async def body() -> AsyncIterator[bytes]:
+        for _ in range(400):  # 25 MB: far more than the socket buffers hold
+            yield b"x" * 65536
+
+    server, url = await raw_server(handler)
+    async with server, tether.Client(timeout=5) as client:
+        response = await client.post(url, content=body())
+        assert response.status_code == 413
+        assert response.text == "too big\n"
+        assert client.stats()["idle"] == 0
+
+
+async def test_a_streamed_body_must_match_its_declared_length() -> None:
+    async def body(chunks: list[bytes]) -> AsyncIterator[bytes]:
+        for chunk in chunks:
+            yield chunk
+
+    async with serve(echo_app) as server, tether.Client() as client:
+        ok = await client.post(server.url, content=body([b"ab", b"cde"]),
+                               headers={"content-length": "5"})
+        assert ok.status_code == 200
+        for chunks in ([b"abc", b"def"], [b"ab"]):
+            with pytest.raises(tether.client.LocalProtocolError, match="Content-Length"):
+                await client.post(server.url, content=body(chunks),
+                                  headers={"content-length": "5"})
+        assert client.stats()["active"] == 0

@@ -210,3 +210,34 @@ async def test_client_and_cluster_series_count_what_happened() -> None:
         status = metrics.PROCESS.status()
         mine = [c for c in status["clusters"] if c["service"] == "metrics-test"]
         assert {p["address"]: p["state"] for p in mine[0]["providers"]}[alive] == "alive"
+
+
+async def test_a_retry_that_cannot_happen_is_not_counted() -> None:
+    """A streamed body was consumed by the first attempt: no retry, and none counted
+    (nor taken from the retry budget)."""
+    import tether
+    from tether.client import TransportError
+
+    async def hang_up(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        await reader.readuntil(b"\r\n\r\n")
+        writer.close()
+
+    async def body() -> Any:
+        yield b"x" * 1000
+
+    servers = [await asyncio.start_server(hang_up, "127.0.0.1", 0) for _ in range(2)]
+    addresses = [f"127.0.0.1:{s.sockets[0].getsockname()[1]}" for s in servers]
+    try:
+        async with tether.Client() as client:
+            cluster = client.service("no-replay", providers=addresses, health_path=None)
+            await cluster.wait_ready()
+            with pytest.raises(TransportError):
+                async with cluster.stream("PUT", "/", content=body()):
+                    pass
+            assert cluster.metrics["retries"] == 0
+            assert metrics.PROCESS.counters[
+                metrics.series("tether_cluster_retries_total", cluster="no-replay")] == 0
+            assert sum(cluster.outstanding.values()) == 0
+    finally:
+        for server in servers:
+            server.close()

@@ -530,6 +530,32 @@ async def test_forwarded_headers_and_via(upstream_a: Tether) -> None:
         assert r.json()["path"] == "/api/echo"
 
 
+async def test_the_client_cannot_forge_this_hop(upstream_a: Tether) -> None:
+    """A Host cannot add Forwarded parameters; X-Forwarded-Proto/-Host describe the hop
+    the proxy received, whatever the client claimed."""
+    with proxy("--route", f"/api={upstream_a.address}") as px:
+        forged = 'x";for=10.0.0.1;by="y'
+        async with httpx.AsyncClient(timeout=HTTP_TIMEOUT) as client:
+            r = await client.get(f"{px.url}/api/echo", headers={
+                "Host": forged, "X-Forwarded-Proto": "https", "X-Forwarded-Host": "evil"})
+        seen = headers_of(r.json())
+        assert seen["forwarded"] == ['for=127.0.0.1;proto=http;host="x\\";for=10.0.0.1;by=\\"y"']
+        assert seen["x-forwarded-proto"] == ["http"]
+        assert seen["x-forwarded-host"] == [forged]
+
+
+def test_strip_prefix_strips_what_was_matched() -> None:
+    from tether.proxy_config import Route
+
+    route = Route("/api/orders", "orders", strip_prefix=True)
+    assert route.upstream_path("/api/orders/7", "/api/orders/7") == "/7"
+    assert route.upstream_path("/api/orders", "/api/orders") == "/"
+    assert route.upstream_path("/api/orders/a%20b", "/api/orders/a b") == "/a%20b"
+    # Spelled differently in the raw path: the decoded rest, encoded again.
+    assert route.upstream_path("/api/%6Frders/7", "/api/orders/7") == "/7"
+    assert route.upstream_path("/api/orders%2F7", "/api/orders/7") == "/7"
+
+
 async def test_longest_prefix_routing(upstream_a: Tether, upstream_b: Tether) -> None:
     with proxy("--route", f"/api={upstream_a.address}",
                "--route", f"/api/orders={upstream_b.address}") as px:

@@ -306,14 +306,15 @@ def proxy(listen: str, routes: tuple[str, ...], proxy_registry: str | None,
     if opts.get("service") is not None:
         opts["registry"] = proxy_registry
     opts.update(app="tether.proxy:from_environment", factory=True, host=host.strip("[]"),
-                port=int(port), lifespan="on", app_dir=None)
+                port=int(port), lifespan="on", app_dir=None, uds=None, fd=None)
     serve.callback(**opts)  # type: ignore[misc]
 
 
 # Every `serve` option except those naming the app and the address (--listen does).
 proxy.params.extend(
     p for p in serve.params
-    if p.name not in {"app", "host", "port", "factory", "lifespan", "app_dir", "registry"}
+    if p.name not in {"app", "host", "port", "uds", "fd", "factory", "lifespan", "app_dir",
+                      "registry"}
 )
 
 

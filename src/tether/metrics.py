@@ -66,7 +66,8 @@ FAMILIES: Final[dict[str, tuple[str, str]]] = {
     "tether_client_connections": (
         "gauge", "Outgoing connections held now, by origin and state (idle, active)."),
     # clusters
-    "tether_cluster_providers": ("gauge", "Providers by cluster and state (summed over workers)."),
+    "tether_cluster_providers": (
+        "gauge", "Providers by cluster and state (the largest count any live worker reports)."),
     "tether_cluster_ejections_total": ("counter", "Providers ejected for failing requests."),
     "tether_cluster_evictions_total": (
         "counter", "Providers evicted after failing probes too long."),

@@ -51,7 +51,7 @@ from tether.registry.urls import open_registry
 logger = logging.getLogger("tether.proxy")
 
 #: the environment variable that carries the configuration to the worker processes
-ENV_CONFIG: Final = "TETHER_PROXY_CONFIG"
+ENV_CONFIG: Final = "TETHER_PROXY_INPUTS"
 #: request bodies up to this size (with a Content-Length) are read before sending, so
 #: they can be sent again to another provider; larger ones stream and are sent once
 BUFFER_LIMIT: Final = 64 * 1024
@@ -77,6 +77,11 @@ def _end_to_end(headers: list[tuple[str, str]]) -> list[tuple[str, str]]:
     """``headers`` without the hop-by-hop ones, including any Connection names."""
     drop = HOP_BY_HOP | _connection_tokens(headers)
     return [(n, v) for n, v in headers if n not in drop]
+
+
+def _quoted(value: str) -> str:
+    """An RFC 7230 quoted-string: a client's Host cannot add Forwarded parameters."""
+    return '"' + value.replace("\\", "\\\\").replace('"', '\\"') + '"'
 
 
 def _node(host: str) -> str:
@@ -105,14 +110,17 @@ def request_headers(
         out[:] = [(n, v) for n, v in out if n != name]
         out.append((name, ", ".join([*values, value])))
 
+    # X-Forwarded-For and Forwarded are chains: each proxy appends its hop (the
+    # upstream decides how many hops to trust). Proto and Host describe the hop
+    # this proxy received, so they are set, never taken from the client.
     append("x-forwarded-for", client_host)
-    if not any(n == "x-forwarded-proto" for n, _ in out):
-        out.append(("x-forwarded-proto", proto))
-    if host is not None and not any(n == "x-forwarded-host" for n, _ in out):
+    out = [(n, v) for n, v in out if n not in ("x-forwarded-proto", "x-forwarded-host")]
+    out.append(("x-forwarded-proto", proto))
+    if host is not None:
         out.append(("x-forwarded-host", host))
     forwarded = f"for={_node(client_host)};proto={proto}"
     if host is not None:
-        forwarded += f';host="{host}"'
+        forwarded += f";host={_quoted(host)}"
     append("forwarded", forwarded)
     via = [v for n, v in received if n == "via"]
     out.append(("via", ", ".join([*via, VIA])))
@@ -231,7 +239,7 @@ class Proxy:
             return
         received = received_headers(scope)
         headers = request_headers(scope, received, route.host)
-        target = route.upstream_path(scope["raw_path"].decode("latin-1") or path)
+        target = route.upstream_path(scope["raw_path"].decode("latin-1") or path, path)
         if scope["query_string"]:
             target += "?" + scope["query_string"].decode("latin-1")
         method = scope["method"]

@@ -41,6 +41,7 @@ import json
 import tomllib
 from dataclasses import dataclass, field, fields
 from typing import Any, Final
+from urllib.parse import quote
 
 from tether.errors import ConfigError
 
@@ -114,11 +115,19 @@ class Route:
         base = self.prefix.rstrip("/")
         return not base or path == base or path.startswith(base + "/")
 
-    def upstream_path(self, raw_path: str) -> str:
-        """The path sent upstream (still percent-encoded, as received)."""
+    def upstream_path(self, raw_path: str, path: str) -> str:
+        """The path sent upstream: the raw (percent-encoded) one as received, minus the
+        prefix with ``strip_prefix``. The route matched the decoded ``path``; if the
+        raw path spells the prefix differently (``/api/%6Frders``, ``/api/orders%2F7``),
+        the rest of the decoded path is sent, encoded again, so what is stripped is
+        exactly what was matched."""
         if not self.strip_prefix:
             return raw_path
-        rest = raw_path[len(self.prefix.rstrip("/")):]
+        base = self.prefix.rstrip("/")
+        if raw_path.startswith(base) and raw_path[len(base):len(base) + 1] in ("", "/"):
+            rest = raw_path[len(base):]
+        else:
+            rest = quote(path[len(base):], safe="/:@!$&'()*+,;=~")
         return rest if rest.startswith("/") else "/" + rest
 
 

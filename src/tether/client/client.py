@@ -264,9 +264,9 @@ class Client:
                 headers = Headers(headers)
                 if DEADLINE_HEADER not in headers:
                     headers[DEADLINE_HEADER] = ms.decode()
-        head, chunked = self._head(method, origin, target, headers, body, content_type)
+        head, declared = self._head(method, origin, target, headers, body, content_type)
         key = self._key(origin, sni_hostname or self.sni_hostname)
-        return await self._send(method, key, head, body, timeouts, url, chunked)
+        return await self._send(method, key, head, body, timeouts, url, declared)
 
     def stats(self) -> dict[str, Any]:
         """Requests sent, connections opened and reused, the reuse ratio, pool state."""
@@ -296,7 +296,7 @@ class Client:
 
     async def _send(
         self, method: str, key: PoolKey, head: bytes, body: Body, timeouts: Timeout, url: str,
-        chunked: bool,
+        declared_length: int | None,
     ) -> Response:
         pool = self._pool
         retryable = method in IDEMPOTENT
@@ -305,7 +305,8 @@ class Client:
             try:
                 status, raw_headers = await conn.send_request(
                     head, body, head_request=method == "HEAD",
-                    write_timeout=timeouts.write, read_timeout=timeouts.read, chunked=chunked,
+                    write_timeout=timeouts.write, read_timeout=timeouts.read,
+                    declared_length=declared_length,
                 )
             except StaleConnection as exc:
                 pool.discard(conn)
@@ -338,9 +339,9 @@ class Client:
     def _head(
         self, method: str, origin: Origin, target: str, headers: HeaderTypes,
         body: Body, content_type: str | None,
-    ) -> tuple[bytes, bool]:
-        """The request head, and whether a streamed body goes chunked (it does unless
-        the caller gave its Content-Length)."""
+    ) -> tuple[bytes, int | None]:
+        """The request head, and the Content-Length the caller declared for a streamed
+        body (None: a streamed body goes chunked)."""
         default_port = 443 if origin.scheme == "https" else 80
         host = f"[{origin.host}]" if ":" in origin.host else origin.host
         if origin.port != default_port:
@@ -360,14 +361,17 @@ class Client:
             lines.append(f"User-Agent: {USER_AGENT}\r\n")
         if content_type and "content-type" not in merged:
             lines.append(f"Content-Type: {content_type}\r\n")
-        chunked = False
+        declared: int | None = None
         if isinstance(body, bytes):
             if "content-length" not in merged:
                 lines.append(f"Content-Length: {len(body)}\r\n")
-        elif body is not None and "content-length" not in merged:
-            chunked = True
-            if "transfer-encoding" not in merged:
-                lines.append("Transfer-Encoding: chunked\r\n")
+        elif body is not None and "content-length" in merged:
+            value = merged["content-length"]
+            if not value.isdigit():
+                raise LocalProtocolError(f"invalid Content-Length {value!r}")
+            declared = int(value)
+        elif body is not None and "transfer-encoding" not in merged:
+            lines.append("Transfer-Encoding: chunked\r\n")
         elif body is None and method in ("POST", "PUT", "PATCH"):
             lines.append("Content-Length: 0\r\n")
         for name, value in merged.items():
@@ -376,7 +380,7 @@ class Client:
             lines.append(f"{name}: {value}\r\n")
         lines.append("\r\n")
         try:
-            return "".join(lines).encode("latin-1"), chunked
+            return "".join(lines).encode("latin-1"), declared
         except UnicodeEncodeError as exc:
             raise LocalProtocolError(f"header or URL not encodable as latin-1: {exc}") from exc
 

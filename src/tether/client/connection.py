@@ -12,12 +12,13 @@ from __future__ import annotations
 
 import asyncio
 from collections import deque
-from collections.abc import AsyncIterable, Callable, Iterable
+from collections.abc import AsyncIterable, AsyncIterator, Callable, Iterable
 from typing import TYPE_CHECKING, Final, cast
 
 import httptools
 
 from tether.client.errors import (
+    LocalProtocolError,
     ReadError,
     ReadTimeout,
     RemoteProtocolError,
@@ -30,6 +31,11 @@ if TYPE_CHECKING:
 
 #: bytes of unread response body after which reading from the socket pauses
 HIGH_WATER: Final = 256 * 1024
+
+#: a response head larger than this (bytes of names and values), or with more header
+#: lines, is refused: a broken or hostile server must not exhaust a worker's memory
+MAX_HEAD_BYTES: Final = 64 * 1024
+MAX_HEADERS: Final = 256
 
 Body = bytes | Iterable[bytes] | AsyncIterable[bytes] | None
 
@@ -61,6 +67,7 @@ class HTTPConnection(asyncio.Protocol):
         self._in_request = False
         self._status = 0
         self._headers: list[tuple[str, str]] = []
+        self._head_bytes = 0
         self._head_done = False
         self._complete = False
         self._keep_alive = False
@@ -134,12 +141,19 @@ class HTTPConnection(asyncio.Protocol):
     # -- httptools callbacks --------------------------------------------------------
 
     def on_header(self, name: bytes, value: bytes) -> None:
+        self._head_bytes += len(name) + len(value)
+        if self._head_bytes > MAX_HEAD_BYTES or len(self._headers) >= MAX_HEADERS:
+            # Raised inside the parser's callback: data_received turns it into a
+            # RemoteProtocolError and closes the connection.
+            raise ValueError(f"response head over {MAX_HEAD_BYTES} bytes or "
+                             f"{MAX_HEADERS} header lines")
         self._headers.append((name.decode("latin-1"), value.decode("latin-1")))
 
     def on_headers_complete(self) -> None:
         status = self.parser.get_status_code()
         if 100 <= status < 200 and status != 101:
             self._headers = []  # informational (100 Continue): the real head follows
+            self._head_bytes = 0
             return
         self._status = status
         self._head_done = True
@@ -191,12 +205,14 @@ class HTTPConnection(asyncio.Protocol):
 
     async def send_request(
         self, head: bytes, body: Body, *, head_request: bool,
-        write_timeout: float | None, read_timeout: float | None, chunked: bool = True,
+        write_timeout: float | None, read_timeout: float | None,
+        declared_length: int | None = None,
     ) -> tuple[int, list[tuple[str, str]]]:
         """Write one request and wait for the response head; return (status, headers).
 
-        A streamed body is sent chunked, or as it comes when ``chunked`` is False (the
-        head then carries its Content-Length: a proxy passing a length through).
+        A streamed body is sent chunked, or as it comes when the head declares its
+        Content-Length (``declared_length``: a proxy passing a length through), which
+        it must then match exactly.
         """
         assert self.transport is not None
         if self._reset_parser:
@@ -206,6 +222,7 @@ class HTTPConnection(asyncio.Protocol):
         self._in_request = True
         self._status = 0
         self._headers = []
+        self._head_bytes = 0
         self._head_done = self._complete = self._keep_alive = self._until_eof = False
         self._got_bytes = self._body_sent = False
         self._head_request = head_request
@@ -222,21 +239,35 @@ class HTTPConnection(asyncio.Protocol):
             await self._drain(write_timeout)
         else:
             transport.write(head)
-            await self._write_stream(body, write_timeout, chunked)
+            try:
+                await self._write_stream(body, write_timeout, declared_length)
+            except WriteError:
+                if not self._head_done:
+                    raise
+                # The server answered before taking the whole body (a 413, a 401) and
+                # closed: its answer is the response, not a write error.
         await self._wait_for(lambda: self._head_done, read_timeout, "response head")
         return self._status, self._headers
 
     async def _write_stream(
         self, body: Iterable[bytes] | AsyncIterable[bytes], timeout: float | None,
-        chunked: bool,
+        declared: int | None,
     ) -> None:
         assert self.transport is not None
-        if isinstance(body, AsyncIterable):
-            async for chunk in body:
-                await self._write_chunk(chunk, timeout, chunked)
-        else:
-            for chunk in body:
-                await self._write_chunk(chunk, timeout, chunked)
+        chunked = declared is None
+        sent = 0
+        chunks = body if isinstance(body, AsyncIterable) else _aiter(body)
+        async for chunk in chunks:
+            sent += len(chunk)
+            if declared is not None and sent > declared:
+                # Writing past the declared length would leave bytes the server reads
+                # as the next request.
+                raise LocalProtocolError(
+                    f"request body longer than its Content-Length ({declared})")
+            await self._write_chunk(chunk, timeout, chunked)
+        if declared is not None and sent != declared:
+            raise LocalProtocolError(
+                f"request body of {sent} bytes, but its Content-Length is {declared}")
         if self.closed:
             raise WriteError("connection closed while sending the body", target=self.target,
                              phase="write")
@@ -324,6 +355,11 @@ class HTTPConnection(asyncio.Protocol):
             self.transport.close()
         self.closed = True
         self._wake()
+
+
+async def _aiter(items: Iterable[bytes]) -> AsyncIterator[bytes]:
+    for item in items:
+        yield item
 
 
 def _expire(waiter: asyncio.Future[None], error: Exception) -> None:

@@ -308,7 +308,8 @@ class Cluster:
         """Send to a chosen provider and read the response; retry on a different
         provider when it is safe."""
         async with self.client._deadline_scope():
-            return await self._exchange(method, path, kwargs, read=True)
+            response, _ = await self._exchange(method, path, kwargs, read=True)
+            return response
 
     @contextlib.asynccontextmanager
     async def stream(self, method: str, path: str, **kwargs: Any) -> AsyncIterator[Response]:
@@ -317,16 +318,22 @@ class Cluster:
         and a streamed request body (an iterator) is sent once: only a failed connect
         is retried with it."""
         async with self.client._deadline_scope():
-            response = await self._exchange(method, path, kwargs, read=False)
+            response, address = await self._exchange(method, path, kwargs, read=False)
             try:
                 yield response
             finally:
+                # Outstanding until the body is done: p2c must see long streams.
+                self.outstanding[address] -= 1
                 await response.aclose()
 
     async def _exchange(
         self, method: str, path: str, kwargs: dict[str, Any], *, read: bool
-    ) -> Response:
-        """The one request cycle of a cluster: choose, send, judge, maybe retry."""
+    ) -> tuple[Response, str]:
+        """The one request cycle of a cluster: choose, send, judge, maybe retry.
+
+        Returns the response and its provider. With ``read=False`` the provider's
+        outstanding count stays raised for the caller to lower when the body is done.
+        """
         self._start()
         if not self._ready.is_set():
             with contextlib.suppress(TimeoutError):
@@ -338,36 +345,38 @@ class Cluster:
         self.budget.on_request(now)
         self.metrics["requests"] += 1
         metrics.PROCESS.inc(self._series["requests"])
+        replayable = _replayable(kwargs)
         attempt = 0
         while True:
             attempt += 1
             address = await self._choose(avoid)
             self.outstanding[address] += 1
+            kept = False
             try:
                 response = await self.client._request(
                     method, f"{self.scheme}://{address}{path}", **_request_options(kwargs))
                 if read:
                     await response.aread()
+                if response.status_code >= 500:
+                    # Every 5xx counts toward ejection (Envoy's consecutive_5xx); only
+                    # 502/503/504 mean "another provider may do better" and are retried.
+                    self._apply(self.core.on_request(address, False, time.monotonic()))
+                    if (response.status_code in RETRYABLE_STATUS and method in IDEMPOTENT
+                            and replayable and self._may_retry(attempt)):
+                        await _discard(response)
+                        avoid.add(address)
+                        continue
+                else:
+                    self._apply(self.core.on_request(address, True, time.monotonic()))
+                kept = not read
+                return response, address
             except TransportError as exc:
-                retry = self._on_failure(address, exc, method, attempt)
-                if not retry or not (isinstance(exc, NEVER_SENT) or _replayable(kwargs)):
+                if not self._on_failure(address, exc, method, attempt, replayable):
                     raise
                 avoid.add(address)
-                continue
             finally:
-                self.outstanding[address] -= 1
-            if response.status_code >= 500:
-                # Every 5xx counts toward ejection (Envoy's consecutive_5xx); only
-                # 502/503/504 mean "another provider may do better" and are retried.
-                self._apply(self.core.on_request(address, False, time.monotonic()))
-                if (response.status_code in RETRYABLE_STATUS and method in IDEMPOTENT
-                        and _replayable(kwargs) and self._may_retry(attempt)):
-                    await response.aclose()
-                    avoid.add(address)
-                    continue
-                return response
-            self._apply(self.core.on_request(address, True, time.monotonic()))
-            return response
+                if not kept:
+                    self.outstanding[address] -= 1
 
     async def _choose(self, avoid: set[str]) -> str:
         alive = self.core.alive()
@@ -394,7 +403,9 @@ class Cluster:
                  if (e := self.last_error.get(a)) is not None])
         return address
 
-    def _on_failure(self, address: str, exc: TransportError, method: str, attempt: int) -> bool:
+    def _on_failure(
+        self, address: str, exc: TransportError, method: str, attempt: int, replayable: bool
+    ) -> bool:
         now = time.monotonic()
         record = self.core.records.get(address)
         if isinstance(exc, ConnectError | ConnectTimeout):
@@ -407,7 +418,9 @@ class Cluster:
         else:
             self._apply(self.core.on_request(address, False, now))
             self._spawn(self._probe(address))
-        safe = isinstance(exc, NEVER_SENT) or method in IDEMPOTENT
+        # Never sent: safe to send anywhere (a streamed body was not touched yet).
+        # Sent: only an idempotent request whose body can be sent again.
+        safe = isinstance(exc, NEVER_SENT) or (method in IDEMPOTENT and replayable)
         return safe and self._may_retry(attempt)
 
     def _may_retry(self, attempt: int) -> bool:
@@ -453,6 +466,17 @@ def _request_options(kwargs: dict[str, Any]) -> dict[str, Any]:
     options["timeout"] = UNSET
     options.update(kwargs)
     return options
+
+
+async def _discard(response: Response) -> None:
+    """Let go of a response we will not use: read a small framed body so the
+    connection is kept (a 503 storm must not open a connection per retry), else close."""
+    length = response.headers.get("content-length")
+    if length is not None and length.isdigit() and int(length) <= 64 * 1024:
+        with contextlib.suppress(TransportError):
+            await response.aread()
+            return
+    await response.aclose()
 
 
 def _replayable(kwargs: dict[str, Any]) -> bool:

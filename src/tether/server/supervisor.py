@@ -265,6 +265,9 @@ class Supervisor:
             # The final counts, newer than the last heartbeat's.
             worker.counters = dict(message.get("counters", worker.counters))
             worker.metrics = dict(message.get("metrics", worker.metrics))
+            # It serves no more: its gauges (in flight, connections) no longer hold.
+            worker.gauges = {}
+            worker.status = {}
         else:
             logger.warning("%s sent an unknown control message %r", worker.label, message)
 
