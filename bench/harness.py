@@ -422,3 +422,27 @@ def run_interruptibly(work: Callable[[], None]) -> bool:
         print("\ninterrupted: every server was stopped; results so far:", flush=True)
         return True
     return False
+
+
+# -- result tables --------------------------------------------------------------------------
+
+
+def errors_text(non_2xx: int, socket_errors: int, prefix: str = "") -> str:
+    """wrk's non-2xx responses and socket errors, as a table cell ("" when none)."""
+    parts = []
+    if non_2xx:
+        parts.append(f"non-2xx {non_2xx}")
+    if socket_errors:
+        parts.append(f"socket {socket_errors}")
+    return prefix + ", ".join(parts) if parts else ""
+
+
+def num_text(value: float | None, fmt: str) -> str:
+    return "-" if value is None else format(value, fmt)
+
+
+def range_text(values: list[float], fmt: str) -> str:
+    """``min-max`` of several runs; empty for fewer than two."""
+    if len(values) < 2:
+        return ""
+    return f"{format(min(values), fmt)}-{format(max(values), fmt)}"

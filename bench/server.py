@@ -36,7 +36,15 @@ if _ROOT not in sys.path:  # run as a script: make ``bench`` importable
     sys.path.insert(0, _ROOT)
 
 from bench import harness  # noqa: E402
-from bench.harness import HOST, PYTHON, READY_TIMEOUT, BenchError  # noqa: E402
+from bench.harness import (  # noqa: E402
+    HOST,
+    PYTHON,
+    READY_TIMEOUT,
+    BenchError,
+    errors_text,
+    num_text,
+    range_text,
+)
 
 STOP_TIMEOUT: Final = 10.0  # seconds a server gets to exit after SIGTERM
 WRK_GRACE: Final = 30.0  # seconds wrk may run past its -d before it is killed
@@ -313,26 +321,6 @@ def summarize(runs: list[Run], opts: Options) -> list[Summary]:
     return summaries
 
 
-def errors_text(non_2xx: int, socket_errors: int, prefix: str = "") -> str:
-    parts = []
-    if non_2xx:
-        parts.append(f"non-2xx {non_2xx}")
-    if socket_errors:
-        parts.append(f"socket {socket_errors}")
-    return prefix + ", ".join(parts) if parts else ""
-
-
-def _num(value: float | None, fmt: str) -> str:
-    return "-" if value is None else format(value, fmt)
-
-
-def _range(values: list[float], fmt: str) -> str:
-    """``min-max`` of several rounds; empty for fewer than two."""
-    if len(values) < 2:
-        return ""
-    return f"{format(min(values), fmt)}-{format(max(values), fmt)}"
-
-
 def report(summaries: list[Summary], runs: list[Run], opts: Options) -> str:
     """The final table, the ratio lines and anything that went wrong, as text."""
     lines = [
@@ -353,9 +341,9 @@ def report(summaries: list[Summary], runs: list[Run], opts: Options) -> str:
                 f"; {errors}" if errors != "-" else ""
             )
         lines.append(
-            f"{s.app:<11}{s.server:<11}{_num(s.requests_per_sec, ',.0f'):>8}  "
-            f"{_range(s.rps_rounds, ',.0f'):<15}{_num(s.p99_ms, '.2f'):>8}  "
-            f"{_range(s.p99_rounds, '.2f'):<15}{s.rounds_ok:>1}/{s.rounds:<1}  {errors}"
+            f"{s.app:<11}{s.server:<11}{num_text(s.requests_per_sec, ',.0f'):>8}  "
+            f"{range_text(s.rps_rounds, ',.0f'):<15}{num_text(s.p99_ms, '.2f'):>8}  "
+            f"{range_text(s.p99_rounds, '.2f'):<15}{s.rounds_ok:>1}/{s.rounds:<1}  {errors}"
         )
     lines += ["", "ratios (req/s: above 1 means tether is faster; p99: below 1 means tether"
               " has the lower tail latency)"]
