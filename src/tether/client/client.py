@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import re
 import ssl
 from collections.abc import AsyncIterator, Mapping
 from typing import Any, Final
@@ -45,6 +46,12 @@ from tether.registry.urls import open_registry
 from tether.tls import client_context
 
 IDEMPOTENT: Final = frozenset({"GET", "HEAD", "OPTIONS", "PUT", "DELETE", "TRACE"})
+#: characters that would let a header name or value end the line (header injection)
+_BAD_NAME: Final = re.compile(r"[\r\n:]")
+_BAD_VALUE: Final = re.compile(r"[\r\n\0]")
+#: the header names the head is built around
+_FRAMING_NAMES: Final = frozenset(
+    {"host", "user-agent", "content-type", "content-length", "transfer-encoding"})
 USER_AGENT: Final = f"tether/{__version__}"
 
 
@@ -346,37 +353,45 @@ class Client:
         host = f"[{origin.host}]" if ":" in origin.host else origin.host
         if origin.port != default_port:
             host = f"{host}:{origin.port}"
-        merged = self.headers
+        merged = self.headers.items()
         if headers:
             # The request's headers replace the client's of the same name; a header
             # given on several lines keeps every line, in order.
-            given = Headers(headers).items()
-            names = {n.lower() for n, _ in given}
-            merged = Headers([(n, v) for n, v in self.headers.items()
-                              if n.lower() not in names] + given)
+            given = headers.items() if isinstance(headers, Headers) else Headers(headers).items()
+            if merged:
+                names = {n.lower() for n, _ in given}
+                merged = [(n, v) for n, v in merged if n.lower() not in names] + given
+            else:
+                merged = given
+        # One pass over the headers: validate, and note the names that matter here.
+        present: dict[str, str] = {}
+        for name, value in merged:
+            if _BAD_NAME.search(name) or _BAD_VALUE.search(value):
+                raise LocalProtocolError(f"invalid header {name!r}: {value!r}")
+            lname = name.lower()
+            if lname in _FRAMING_NAMES:
+                present[lname] = f"{present[lname]}, {value}" if lname in present else value
         lines = [f"{method} {target} HTTP/1.1\r\n"]
-        if "host" not in merged:
+        if "host" not in present:
             lines.append(f"Host: {host}\r\n")
-        if "user-agent" not in merged:
+        if "user-agent" not in present:
             lines.append(f"User-Agent: {USER_AGENT}\r\n")
-        if content_type and "content-type" not in merged:
+        if content_type and "content-type" not in present:
             lines.append(f"Content-Type: {content_type}\r\n")
         declared: int | None = None
         if isinstance(body, bytes):
-            if "content-length" not in merged:
+            if "content-length" not in present:
                 lines.append(f"Content-Length: {len(body)}\r\n")
-        elif body is not None and "content-length" in merged:
-            value = merged["content-length"]
+        elif body is not None and "content-length" in present:
+            value = present["content-length"]
             if not value.isdigit():
                 raise LocalProtocolError(f"invalid Content-Length {value!r}")
             declared = int(value)
-        elif body is not None and "transfer-encoding" not in merged:
+        elif body is not None and "transfer-encoding" not in present:
             lines.append("Transfer-Encoding: chunked\r\n")
         elif body is None and method in ("POST", "PUT", "PATCH"):
             lines.append("Content-Length: 0\r\n")
-        for name, value in merged.items():
-            if any(c in name for c in "\r\n:") or any(c in value for c in "\r\n\0"):
-                raise LocalProtocolError(f"invalid header {name!r}: {value!r}")
+        for name, value in merged:
             lines.append(f"{name}: {value}\r\n")
         lines.append("\r\n")
         try:

@@ -307,9 +307,7 @@ class HTTPConnection(asyncio.Protocol):
         if self._write_paused and not self.closed:
             waiter = self._drain_waiter = self.loop.create_future()
             handle = None if timeout is None else self.loop.call_later(
-                timeout, _expire, waiter,
-                WriteTimeout("sending the request timed out", target=self.target, phase="write"),
-            )
+                timeout, _expire, waiter, self._write_timeout)
             try:
                 await waiter
             finally:
@@ -327,10 +325,10 @@ class HTTPConnection(asyncio.Protocol):
                 raise ReadError(f"connection closed while waiting for the {what}",
                                 target=self.target, phase="read")
             waiter = self._waiter = self.loop.create_future()
+            # The error is built only if the timer fires (it almost never does).
             handle = None if timeout is None else self.loop.call_later(
-                timeout, _expire, waiter,
-                ReadTimeout(f"no {what} within {timeout}s", target=self.target, phase="read"),
-            )
+                timeout, _expire, waiter, lambda: ReadTimeout(
+                    f"no {what} within {timeout}s", target=self.target, phase="read"))
             try:
                 await waiter
             finally:
@@ -349,6 +347,10 @@ class HTTPConnection(asyncio.Protocol):
         self.close()
         self._wake()
 
+    def _write_timeout(self) -> Exception:
+        return WriteTimeout("sending the request timed out", target=self.target,
+                            phase="write")
+
     def close(self) -> None:
         """Close for good (idempotent). Used on any error and on cancellation."""
         if self.transport is not None and not self.transport.is_closing():
@@ -362,6 +364,6 @@ async def _aiter(items: Iterable[bytes]) -> AsyncIterator[bytes]:
         yield item
 
 
-def _expire(waiter: asyncio.Future[None], error: Exception) -> None:
+def _expire(waiter: asyncio.Future[None], error: Callable[[], Exception]) -> None:
     if not waiter.done():
-        waiter.set_exception(error)
+        waiter.set_exception(error())

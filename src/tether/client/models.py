@@ -6,6 +6,7 @@ Must never do I/O except through the connection a streaming response holds.
 from __future__ import annotations
 
 import json as jsonlib
+import re
 from collections.abc import (
     AsyncIterable,
     AsyncIterator,
@@ -16,7 +17,7 @@ from collections.abc import (
     Mapping,
 )
 from dataclasses import dataclass
-from typing import Any, TypeAlias
+from typing import Any, Final, TypeAlias
 from urllib.parse import urlencode, urlsplit
 
 from tether.client.errors import HTTPStatusError, LocalProtocolError, StreamConsumed
@@ -121,9 +122,18 @@ class Origin:
         return f"{self.scheme}://{host}:{self.port}"
 
 
-def parse_url(url: str, params: Mapping[str, str] | None = None) -> tuple[Origin, str]:
-    """Split an absolute URL into its origin and the request target (path + query)."""
-    parts = urlsplit(url)
+#: origins already parsed, by "scheme://authority" (a client talks to few of them)
+_ORIGINS: dict[str, Origin] = {}
+_ORIGINS_MAX: Final = 1024
+#: what must never reach the request line: it would end or split it
+_BAD_TARGET: Final = re.compile(r"[\x00-\x20\x7f]")
+
+
+def _origin(prefix: str, url: str) -> Origin:
+    origin = _ORIGINS.get(prefix)
+    if origin is not None:
+        return origin
+    parts = urlsplit(prefix)
     scheme = parts.scheme.lower()
     if scheme not in ("http", "https"):
         raise LocalProtocolError(f"unsupported URL scheme {parts.scheme!r} in {url!r}")
@@ -133,14 +143,34 @@ def parse_url(url: str, params: Mapping[str, str] | None = None) -> tuple[Origin
         port = parts.port or (443 if scheme == "https" else 80)
     except ValueError as exc:
         raise LocalProtocolError(f"invalid port in {url!r}") from exc
-    target = parts.path or "/"
-    query = parts.query
+    if len(_ORIGINS) >= _ORIGINS_MAX:
+        _ORIGINS.clear()
+    origin = _ORIGINS[prefix] = Origin(scheme, parts.hostname, port)
+    return origin
+
+
+def parse_url(url: str, params: Mapping[str, str] | None = None) -> tuple[Origin, str]:
+    """Split an absolute URL into its origin and the request target (path + query;
+    the fragment is dropped)."""
+    start = url.find("://")
+    if start < 0:
+        raise LocalProtocolError(f"unsupported URL {url!r}: expected http:// or https://")
+    end = len(url)
+    for delimiter in "/?#":
+        i = url.find(delimiter, start + 3)
+        if 0 <= i < end:
+            end = i
+    origin = _origin(url[:end].strip(), url)
+    path, _, query = url[end:].partition("#")[0].partition("?")
+    target = path or "/"
     if params:
         extra = urlencode(params)
         query = f"{query}&{extra}" if query else extra
     if query:
         target = f"{target}?{query}"
-    return Origin(scheme, parts.hostname, port), target
+    if _BAD_TARGET.search(target):
+        raise LocalProtocolError(f"URL has whitespace or control characters: {url!r}")
+    return origin, target
 
 
 def encode_body(
