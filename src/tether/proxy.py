@@ -31,6 +31,7 @@ Rules, in order:
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import os
 from collections.abc import AsyncIterator
@@ -56,13 +57,16 @@ ENV_CONFIG: Final = "TETHER_PROXY_INPUTS"
 #: they can be sent again to another provider; larger ones stream and are sent once
 BUFFER_LIMIT: Final = 64 * 1024
 VIA: Final = "1.1 tether"
+_NO_SCOPE: Final = contextlib.nullcontext()
 
 HOP_BY_HOP: Final = frozenset({
     "connection", "proxy-connection", "keep-alive", "te", "trailer", "transfer-encoding",
     "upgrade", "proxy-authorization", "proxy-authenticate",
 })
-#: request headers the proxy rewrites itself rather than copying
-_REWRITTEN: Final = frozenset({DEADLINE_HEADER, "grpc-timeout", "via"})
+#: request headers not copied upstream: hop-by-hop, and those the proxy writes itself
+#: (the client writes a fresh deadline header with the time actually left)
+_REQUEST_DROP: Final = HOP_BY_HOP | {
+    DEADLINE_HEADER, "grpc-timeout", "x-forwarded-proto", "x-forwarded-host"}
 
 
 def _connection_tokens(headers: list[tuple[str, str]]) -> set[str]:
@@ -97,35 +101,40 @@ def received_headers(scope: Scope) -> list[tuple[str, str]]:
 def request_headers(
     scope: Scope, received: list[tuple[str, str]], host_override: str | None
 ) -> list[tuple[str, str]]:
-    """The headers sent upstream (rule 2); repeated headers keep their order."""
-    out = [(n, v) for n, v in _end_to_end(received) if n not in _REWRITTEN]
+    """The headers sent upstream (rule 2), in one pass; repeated headers keep their
+    order, and each chain (X-Forwarded-For, Forwarded, Via) gets this hop last."""
+    drop = _REQUEST_DROP | _connection_tokens(received) if any(
+        n == "connection" for n, _ in received) else _REQUEST_DROP
+    out: list[tuple[str, str]] = []
+    chains: dict[str, list[str]] = {"x-forwarded-for": [], "forwarded": [], "via": []}
+    host = None
+    for name, value in received:
+        if name == "host":
+            host = value
+            if host_override is not None:
+                continue
+        if name in drop:
+            continue
+        chain = chains.get(name)
+        if chain is not None:
+            chain.append(value)
+        else:
+            out.append((name, value))
     client = scope.get("client")
     client_host = client[0] if client else "unknown"
     proto = scope.get("scheme", "http")
-    host = next((v for n, v in received if n == "host"), None)
-
-    def append(name: str, value: str) -> None:
-        # After every line of that header the client sent (there may be several).
-        values = [v for n, v in out if n == name]
-        out[:] = [(n, v) for n, v in out if n != name]
-        out.append((name, ", ".join([*values, value])))
-
     # X-Forwarded-For and Forwarded are chains: each proxy appends its hop (the
     # upstream decides how many hops to trust). Proto and Host describe the hop
     # this proxy received, so they are set, never taken from the client.
-    append("x-forwarded-for", client_host)
-    out = [(n, v) for n, v in out if n not in ("x-forwarded-proto", "x-forwarded-host")]
+    forwarded = f"for={_node(client_host)};proto={proto}"
     out.append(("x-forwarded-proto", proto))
     if host is not None:
         out.append(("x-forwarded-host", host))
-    forwarded = f"for={_node(client_host)};proto={proto}"
-    if host is not None:
         forwarded += f";host={_quoted(host)}"
-    append("forwarded", forwarded)
-    via = [v for n, v in received if n == "via"]
-    out.append(("via", ", ".join([*via, VIA])))
+    out.append(("x-forwarded-for", ", ".join([*chains["x-forwarded-for"], client_host])))
+    out.append(("forwarded", ", ".join([*chains["forwarded"], forwarded])))
+    out.append(("via", ", ".join([*chains["via"], VIA])))
     if host_override is not None:
-        out = [(n, v) for n, v in out if n != "host"]
         out.append(("host", host_override))
     return out
 
@@ -249,9 +258,10 @@ class Proxy:
         # already gone from ``headers``).
         body = await request_body(received, receive)
         try:
-            async with deadline_after(route.timeout), cluster.stream(
-                method, target, headers=headers, content=body,
-            ) as response:
+            async with (
+                deadline_after(route.timeout) if route.timeout is not None else _NO_SCOPE,
+                cluster.stream(method, target, headers=headers, content=body) as response,
+            ):
                 await send({
                     "type": "http.response.start", "status": response.status_code,
                     "headers": response_headers(response.headers.items()),
