@@ -245,6 +245,12 @@ def counter_values(plain: Mapping[str, int]) -> Values:
     return dict(out)
 
 
+def plain_counters(values: Mapping[str, float]) -> dict[str, int]:
+    """The reverse of :func:`counter_values`: the plain names ``/status`` shows."""
+    return {name: int(values[key]) for name, key in COUNTER_SERIES.items()
+            if values.get(key)}
+
+
 def family_of(key: str) -> str:
     """The declared family a series belongs to."""
     name = key.split("{", 1)[0]

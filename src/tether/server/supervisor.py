@@ -70,7 +70,6 @@ class WorkerHandle:
     recycle_requested: bool = False
     killed: bool = False
     report: dict[str, Any] = field(default_factory=dict)
-    counters: dict[str, int] = field(default_factory=dict)
     connections: int = 0
     #: the worker's Prometheus series: monotonic ones, and gauges (tether.metrics)
     metrics: dict[str, float] = field(default_factory=dict)
@@ -113,7 +112,6 @@ class Supervisor:
         self._registration: Registration | None = None
         self._registering: asyncio.Task[None] | None = None
         self._forced = False
-        self._retired_counters: Counter[str] = Counter()
         self._metrics = metrics.Aggregate()
         #: the supervisor's own series: worker starts, exits, stops, reloads
         self._own: Counter[str] = Counter()
@@ -241,7 +239,6 @@ class Supervisor:
             worker.last_beat = asyncio.get_running_loop().time()
             worker.requests = int(message.get("requests", 0))
             worker.in_flight = int(message.get("in_flight", 0))
-            worker.counters = dict(message.get("counters", {}))
             worker.connections = int(message.get("connections", 0))
             worker.metrics = dict(message.get("metrics", {}))
             worker.gauges = dict(message.get("gauges", {}))
@@ -263,7 +260,6 @@ class Supervisor:
         elif mtype == "stopped":
             worker.report = message
             # The final counts, newer than the last heartbeat's.
-            worker.counters = dict(message.get("counters", worker.counters))
             worker.metrics = dict(message.get("metrics", worker.metrics))
             # It serves no more: its gauges (in flight, connections) no longer hold.
             worker.gauges = {}
@@ -278,8 +274,7 @@ class Supervisor:
         if not worker.ready.done():
             worker.ready.set_result(False)
         worker.exited.set_result(code)
-        self._retired_counters.update(worker.counters)  # counts outlive the worker
-        self._metrics.retire(worker.metrics)
+        self._metrics.retire(worker.metrics)  # counts outlive the worker
         drained = int(worker.report.get("drained", 0))
         cancelled = int(worker.report.get("cancelled", 0))
         self._drained += drained
@@ -529,14 +524,6 @@ class Supervisor:
         ready = [w for w in self.workers.values() if w.state is WorkerState.READY]
         return not self.stopping and len(ready) >= self.config.workers
 
-    def counters(self) -> Counter[str]:
-        """Cancellation, admission and database counters summed over every worker,
-        including the ones that have exited."""
-        total = Counter(self._retired_counters)
-        for worker in self.workers.values():
-            total.update(worker.counters)
-        return total
-
     def _count_exit(
         self, worker: WorkerHandle, kind: ExitKind, code: int, drained: int, cancelled: int
     ) -> None:
@@ -550,18 +537,22 @@ class Supervisor:
             own['tether_stop_requests_total{outcome="drained"}'] += drained
             own['tether_stop_requests_total{outcome="cancelled"}'] += cancelled
 
-    def metrics_text(self) -> bytes:
-        """``/metrics``: every worker's series (live and exited) and the supervisor's."""
-        live = list(self.workers.values())
+    def _totals(self, live: list[WorkerHandle]) -> metrics.Values:
+        """Every series: the workers' (live and exited) and the supervisor's own."""
         gauges = [w.gauges for w in live]
         by_state = Counter(w.state.value for w in live)
         gauges.append({metrics.series("tether_workers", state=s): n
                        for s, n in by_state.items()})
-        return metrics.render(self._metrics.total([w.metrics for w in live], gauges, self._own))
+        return self._metrics.total([w.metrics for w in live], gauges, self._own)
+
+    def metrics_text(self) -> bytes:
+        """``/metrics``: every worker's series (live and exited) and the supervisor's."""
+        return metrics.render(self._totals(list(self.workers.values())))
 
     def status(self) -> dict[str, Any]:
         now = time.monotonic()
         live = sorted(self.workers.values(), key=lambda w: w.id)
+        values = self._totals(live)
         return {
             "pid": os.getpid(),
             "state": "stopping" if self.stopping else "serving",
@@ -569,7 +560,9 @@ class Supervisor:
             "reloads": self.reloads_done,
             "registered": None if self._registration is None
             else self._registration.provider.address,
-            "counters": dict(self.counters()),
+            # cancellation, admission and database counts, summed over every worker
+            # (exited ones too), by their plain names
+            "counters": metrics.plain_counters(values),
             "workers": [
                 {
                     "id": w.id,
@@ -584,14 +577,15 @@ class Supervisor:
                 }
                 for w in live
             ],
-            **self._clusters_and_pools(live),
+            **self._clusters_and_pools(live, values),
         }
 
-    def _clusters_and_pools(self, live: list[WorkerHandle]) -> dict[str, Any]:
+    def _clusters_and_pools(
+        self, live: list[WorkerHandle], values: metrics.Values
+    ) -> dict[str, Any]:
         """Clusters: providers' states as the ready workers see them, counts over every
         worker (exited ones too). Pools, per upstream origin: counts over every
         worker, and the connections the live ones hold now."""
-        values = self._metrics.total([w.metrics for w in live], [w.gauges for w in live], {})
         ready = [w for w in live if w.state is WorkerState.READY]
         clusters = merged_clusters(w.status.get("clusters", []) for w in ready)
         for cluster in clusters:

@@ -230,7 +230,7 @@ class Worker:
                 control.send(
                     "stopped", drained=report.drained, cancelled=report.cancelled,
                     forced=report.forced, requests=self.state.total_requests,
-                    counters=self.counters(), metrics=self.metric_counters(),
+                    metrics=self.metric_counters(),
                 )
                 await control.writer.drain()
         try:
@@ -277,8 +277,8 @@ class Worker:
         while True:
             control.send(
                 "heartbeat", requests=state.total_requests, in_flight=len(state.tasks),
-                connections=len(state.connections), counters=self.counters(),
-                metrics=self.metric_counters(), gauges=self.metric_gauges(),
+                connections=len(state.connections), metrics=self.metric_counters(),
+                gauges=self.metric_gauges(),
                 status=metrics.PROCESS.status(),
             )
             await asyncio.sleep(interval)
