@@ -71,7 +71,7 @@ _ROOT = str(Path(__file__).resolve().parent.parent)
 if _ROOT not in sys.path:  # run as a script: make ``bench`` importable
     sys.path.insert(0, _ROOT)
 
-from bench.harness import start_time  # noqa: E402
+from bench.harness import ProcessFamily  # noqa: E402
 
 ROOT: Final = Path(__file__).resolve().parent.parent
 
@@ -121,7 +121,6 @@ class Provider:
         self.index = index
         self.log_path = workdir / f"provider-{index}.log"
         self.port = 0
-        self.seen: set[tuple[int, str]] = set()  # (pid, start time): never a reused pid
         command = [sys.executable, "-m", "tether", "serve", APP, "--workers", "1",
                    "--host", HOST, "--port", "0", "--no-access-log",
                    "--registry", registry, "--service", SERVICE, "--registry-ttl", str(ttl)]
@@ -129,7 +128,7 @@ class Provider:
             self.proc = subprocess.Popen(command, cwd=APP_DIR, stdin=subprocess.DEVNULL,
                                          stdout=log, stderr=subprocess.STDOUT,
                                          start_new_session=True)
-        self._remember(self.proc.pid)
+        self.family = ProcessFamily(self.proc.pid)
 
     @property
     def address(self) -> str:
@@ -141,22 +140,6 @@ class Provider:
         except OSError:
             return ""
 
-    def _remember(self, pid: int) -> None:
-        started = start_time(pid)
-        if started is not None:
-            self.seen.add((pid, started))
-
-    def pids(self) -> set[int]:
-        found = set()
-        if start_time(self.proc.pid) is not None:
-            found.add(self.proc.pid)
-            for task in Path(f"/proc/{self.proc.pid}/task").glob("*"):
-                with contextlib.suppress(OSError):
-                    found.update(int(c) for c in (task / "children").read_text().split())
-        for pid in found:
-            self._remember(pid)
-        return found
-
     async def ready(self) -> None:
         deadline = time.monotonic() + START_TIMEOUT
         while True:
@@ -165,7 +148,7 @@ class Provider:
                 for line in text.splitlines():
                     if "serving on http://" in line:
                         self.port = int(line.strip().rsplit(":", 1)[1])
-                self.pids()
+                self.family.pids()  # remember the workers now
                 return
             if self.proc.poll() is not None or time.monotonic() > deadline:
                 raise BenchError(f"provider {self.index} did not start:\n{text[-2000:]}")
@@ -173,11 +156,7 @@ class Provider:
 
     def signal(self, sig: int) -> float:
         """Send ``sig`` to the supervisor and every worker; returns when."""
-        self.pids()
-        for pid, started in self.seen:
-            if start_time(pid) == started:
-                with contextlib.suppress(ProcessLookupError):
-                    os.kill(pid, sig)
+        self.family.signal(sig)
         return time.monotonic()
 
     def cleanup(self) -> None:

@@ -177,6 +177,46 @@ def start_time(pid: int) -> str | None:
     return None if fields[0] == "Z" else fields[19]
 
 
+class ProcessFamily:
+    """A supervisor and every worker of it seen so far, each as (pid, start time): a
+    pid is only ever signalled while it is still the same process. Workers run in
+    sessions of their own, so a process group would not reach them."""
+
+    def __init__(self, pid: int) -> None:
+        self.pid = pid
+        self.seen: set[tuple[int, str]] = set()
+        self._remember(pid)
+
+    def _remember(self, pid: int) -> None:
+        started = start_time(pid)
+        if started is not None:
+            self.seen.add((pid, started))
+
+    def pids(self) -> set[int]:
+        """The supervisor and its children, as they are now (and remember them)."""
+        found = set()
+        if start_time(self.pid) is not None:
+            found.add(self.pid)
+            for task in Path(f"/proc/{self.pid}/task").glob("*"):
+                with contextlib.suppress(OSError):
+                    found.update(int(c) for c in (task / "children").read_text().split())
+        for pid in found:
+            self._remember(pid)
+        return found
+
+    def alive(self) -> bool:
+        """Any process of the family ever seen still runs."""
+        return any(start_time(pid) == started for pid, started in self.seen)
+
+    def signal(self, sig: int) -> None:
+        """Send ``sig`` to every process of the family still running."""
+        self.pids()
+        for pid, started in self.seen:
+            if start_time(pid) == started:
+                with contextlib.suppress(ProcessLookupError):
+                    os.kill(pid, sig)
+
+
 # -- readiness ---------------------------------------------------------------------------
 
 

@@ -20,8 +20,11 @@ from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
+import psutil
+
 from tether.asgi import ASGIApp
 from tether.config import RequestLimits, ServerConfig
+from tether.registry import Registry, open_registry
 from tether.server.sockets import bind_tcp
 from tether.server.worker import Worker
 
@@ -157,30 +160,57 @@ def server_process(
 
     The process is killed on exit if the test did not stop it.
     """
-    full_env = {**os.environ, **(env or {})}
+    with tether_process("serve", *args, "--port", "0", cwd=cwd,
+                        env={**os.environ, **(env or {})}, timeout=timeout) as running:
+        yield running
+
+
+@contextlib.contextmanager
+def tether_process(
+    *args: str, cwd: Path, env: dict[str, str], timeout: float = 20.0
+) -> Iterator[ServerProcess]:
+    """Run ``python -m tether ARGS`` (serve, proxy) with exactly ``env``; yield once it
+    serves (``port`` read from its log).
+
+    On exit: a graceful stop, a kill if that hangs, and any worker still alive
+    (workers run in sessions of their own) is killed too.
+    """
     proc = subprocess.Popen(
-        tether_command("serve", *args, "--port", "0"),
-        cwd=cwd, env=full_env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True,
+        tether_command(*args),
+        cwd=cwd, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True,
     )
     running = ServerProcess(proc)
     reader = threading.Thread(target=running._read, daemon=True)
     reader.start()
     try:
-        line = running.wait_for_line("serving on http://", timeout)
+        line = running.wait_for_line("serving on http", timeout)
         running.port = int(line.rsplit(":", 1)[1])
         yield running
     finally:
-        # A graceful stop first, so the workers go too; kill only if that hangs.
-        if proc.poll() is None:
-            proc.terminate()
-            try:
-                proc.wait(15)
-            except subprocess.TimeoutExpired:
-                proc.kill()
-        proc.wait()
+        _stop_tree(proc)
         reader.join(5)
         if proc.stderr is not None:
             proc.stderr.close()
+
+
+def _stop_tree(proc: subprocess.Popen[str]) -> None:
+    try:
+        workers = psutil.Process(proc.pid).children(recursive=True)
+    except psutil.NoSuchProcess:
+        workers = []
+    # A graceful stop first, so the workers go too; kill only if that hangs.
+    if proc.poll() is None:
+        proc.terminate()
+        try:
+            proc.wait(15)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+    proc.wait()
+    _, alive = psutil.wait_procs(workers, timeout=5)
+    for worker in alive:
+        with contextlib.suppress(psutil.NoSuchProcess):
+            worker.kill()
+    psutil.wait_procs(alive, timeout=5)
 
 
 def run_tether(
@@ -200,3 +230,13 @@ def free_port() -> int:
 
 def with_limits(**changes: Any) -> RequestLimits:
     return replace(RequestLimits(), **changes)
+
+
+@contextlib.asynccontextmanager
+async def opened(url: str) -> AsyncIterator[Registry]:
+    """A registry opened from ``url``, closed when the block exits."""
+    registry = open_registry(url)
+    try:
+        yield registry
+    finally:
+        await registry.close()

@@ -43,14 +43,13 @@ from pathlib import Path
 from types import TracebackType
 
 import pytest
-from bench.harness import start_time
+from bench.harness import ProcessFamily
 
 import tether
 from tests.etcd import EtcdServer
-from tests.support import free_port, tether_command, wait_for
+from tests.support import free_port, opened, tether_command, wait_for
 from tether.client import Cluster, ClusterConfig, NoProviderAvailable, TransportError
 from tether.errors import TetherError
-from tether.registry import Registry, open_registry
 
 TESTS = Path(__file__).resolve().parent
 APP = "apps.cluster_app:app"
@@ -102,15 +101,6 @@ SQLITE = pytest.mark.parametrize("registry_url", ["sqlite"], indirect=True)
 LOG_LEVELS = pytest.mark.parametrize("log_level", ["INFO", "ERROR"])
 
 
-@contextlib.asynccontextmanager
-async def opened(url: str) -> AsyncIterator[Registry]:
-    registry = open_registry(url)
-    try:
-        yield registry
-    finally:
-        await registry.close()
-
-
 # -- provider processes ----------------------------------------------------------------------
 
 
@@ -131,10 +121,7 @@ class ProviderProcess:
         self.port = port
         self.lines: list[tuple[float, str]] = []
         self._lock = threading.Lock()
-        #: every process of this provider seen so far, as (pid, start time): a pid is
-        #: only ever signalled while it is still the same process
-        self.seen: set[tuple[int, str]] = set()
-        self._remember(self.proc.pid)
+        self.family = ProcessFamily(self.proc.pid)
         self._reader = threading.Thread(target=self._read, daemon=True)
         self._reader.start()
 
@@ -143,11 +130,6 @@ class ProviderProcess:
         for line in self.proc.stderr:
             with self._lock:
                 self.lines.append((time.monotonic(), line))
-
-    def _remember(self, pid: int) -> None:
-        started = start_time(pid)
-        if started is not None:
-            self.seen.add((pid, started))
 
     @property
     def address(self) -> str:
@@ -177,31 +159,18 @@ class ProviderProcess:
             found = self.find("serving on http://")
             assert found is not None
             self.port = int(found[1].strip().rsplit(":", 1)[1])
-        self.pids()  # remember the workers now
+        self.family.pids()  # remember the workers now
 
     def pids(self) -> set[int]:
         """The supervisor and its workers, as they are now."""
-        found = set()
-        if start_time(self.proc.pid) is not None:
-            found.add(self.proc.pid)
-            for task in Path(f"/proc/{self.proc.pid}/task").glob("*"):
-                with contextlib.suppress(OSError):
-                    found.update(int(c) for c in (task / "children").read_text().split())
-        for pid in found:
-            self._remember(pid)
-        return found
+        return self.family.pids()
 
     def gone(self) -> bool:
         """The supervisor and every worker ever seen have exited."""
-        return self.proc.poll() is not None and not any(
-            start_time(pid) == started for pid, started in self.seen)
+        return self.proc.poll() is not None and not self.family.alive()
 
     def signal_all(self, sig: int) -> None:
-        self.pids()
-        for pid, started in self.seen:
-            if start_time(pid) == started:
-                with contextlib.suppress(ProcessLookupError):
-                    os.kill(pid, sig)
+        self.family.signal(sig)
 
     def kill9(self) -> float:
         """``kill -9`` the provider (supervisor and workers at once); returns when."""

@@ -42,7 +42,7 @@ import trustme
 from prometheus_client.parser import text_string_to_metric_families
 
 from tests.apps.proxy_upstream import CHUNK, pattern
-from tests.support import ServerProcess, free_port, tether_command
+from tests.support import ServerProcess, free_port, tether_command, tether_process
 
 TESTS = Path(__file__).resolve().parent
 UPSTREAM_APP = "apps.proxy_upstream:app"
@@ -83,53 +83,17 @@ class Tether:
         return self.process.proc.pid
 
 
-def _stop_tree(proc: subprocess.Popen[str]) -> None:
-    """Stop a supervisor gracefully, kill it if that hangs, and make sure none of its
-    workers (each in its own session) outlives it."""
-    try:
-        workers = psutil.Process(proc.pid).children(recursive=True)
-    except psutil.NoSuchProcess:
-        workers = []
-    if proc.poll() is None:
-        proc.terminate()
-        try:
-            proc.wait(15)
-        except subprocess.TimeoutExpired:
-            proc.kill()
-    proc.wait()
-    _, alive = psutil.wait_procs(workers, timeout=5)
-    for worker in alive:
-        with contextlib.suppress(psutil.NoSuchProcess):
-            worker.kill()
-    psutil.wait_procs(alive, timeout=5)
-
-
 @contextlib.contextmanager
 def tether(*args: str, env: dict[str, str] | None = None, timeout: float = 30.0
            ) -> Iterator[Tether]:
     """Run ``python -m tether ARGS`` (cwd: tests/); yield once it serves."""
-    proc = subprocess.Popen(
-        tether_command(*args), cwd=TESTS, env=_env(env),
-        stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True,
-    )
-    running = ServerProcess(proc)
-    reader = threading.Thread(target=running._read, daemon=True)
-    reader.start()
-    try:
+    with tether_process(*args, cwd=TESTS, env=_env(env), timeout=timeout) as running:
         line = running.wait_for_line("serving on http", timeout).strip()
-        url = line.rsplit(" ", 1)[1]
-        scheme = url.split("://", 1)[0]
-        port = int(url.rsplit(":", 1)[1])
-        running.port = port
+        scheme = line.rsplit(" ", 1)[1].split("://", 1)[0]
         admin = None
         if "--admin-port" in args:
             admin = running.wait_for_line("admin listening on http://", timeout).split()[-1]
-        yield Tether(running, port, scheme, admin)
-    finally:
-        _stop_tree(proc)
-        reader.join(5)
-        if proc.stderr is not None:
-            proc.stderr.close()
+        yield Tether(running, running.port, scheme, admin)
 
 
 @contextlib.contextmanager

@@ -35,6 +35,7 @@ from tests.support import (
     ROOT,
     ServerProcess,
     free_port,
+    opened,
     run_tether,
     server_process,
     tether_command,
@@ -80,15 +81,6 @@ def registry_url(request: pytest.FixtureRequest, tmp_path: Path) -> str:
 
 def backends(*names: str) -> pytest.MarkDecorator:
     return pytest.mark.parametrize("registry_url", list(names), indirect=True)
-
-
-@contextlib.asynccontextmanager
-async def opened(url: str) -> AsyncIterator[Registry]:
-    registry = open_registry(url)
-    try:
-        yield registry
-    finally:
-        await registry.close()
 
 
 class Watching:

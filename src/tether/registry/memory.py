@@ -74,6 +74,8 @@ class MemoryRegistry:
     async def deregister(self, registration: Registration) -> None:
         assert isinstance(registration, KeptRegistration)
         await registration.stop()
+        if registration in self._kept:
+            self._kept.remove(registration)  # as the SQLite backend does: no stopped entry kept
         provider = registration.provider
         entry = self._entries.get((provider.service, provider.address))
         if entry is not None and entry[0] == provider:
