@@ -22,6 +22,7 @@ from typing import Any
 
 import httpx
 import pytest
+from bench.harness import start_time
 from bench.loadgen import LoadResult, run_load
 
 from tests.support import EXAMPLES, ServerProcess, run_tether, server_process, wait_for
@@ -249,6 +250,34 @@ async def test_silent_worker_is_killed_and_replaced(marks: Path) -> None:
                     what="a replacement")
         async with httpx.AsyncClient() as client:
             assert (await client.get(server.url)).status_code == 200
+
+
+async def test_worker_started_as_its_supervisor_dies_never_serves(marks: Path) -> None:
+    """``kill -9`` of a supervisor while it replaces a crashed worker: the new worker
+    finds its supervisor gone and exits without accepting, so nothing answers for a
+    service that is gone (it used to serve what the kernel had queued, then leave)."""
+    with lifecycle_server(marks, "--workers", "1") as server:
+        (first,) = ready_pids(server)
+        (marks / "slow-start").write_text("1.0")  # the replacement takes 1 s to start
+        os.kill(first, signal.SIGKILL)
+        await until(lambda: any(marks.glob("starting-*")), what="a replacement to start")
+        orphan = int(next(marks.glob("starting-*")).name.split("-", 1)[1])
+        orphan_started = start_time(orphan)
+        try:
+            server.proc.kill()
+            server.proc.wait()
+            # Queued in the kernel's backlog of the socket the orphan holds: it must
+            # never be answered, only dropped when the orphan exits.
+            async with httpx.AsyncClient(timeout=15) as client:
+                with pytest.raises(httpx.TransportError):
+                    await client.get(server.url)
+            await until(lambda: start_time(orphan) != orphan_started, 10,
+                        "the orphaned worker to exit")
+        finally:
+            if start_time(orphan) == orphan_started:
+                os.kill(orphan, signal.SIGKILL)
+        await until(lambda: "its supervisor is gone; exiting without serving"
+                    in server.output(), 5, "the orphan's log line")
 
 
 async def test_pid_file_reload_and_stop_commands(marks: Path, tmp_path: Path) -> None:

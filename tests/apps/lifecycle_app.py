@@ -5,6 +5,9 @@
 in the kernel), after touching ``$LIFECYCLE_MARKS/block-<pid>``. ``/stuck``: never
 answers; when cancelled it touches ``$LIFECYCLE_MARKS/cancelled-<pid>``.
 ``/spin``: blocks the loop forever (heartbeats stop).
+
+Lifespan: when ``$LIFECYCLE_MARKS/slow-start`` exists at startup, the worker touches
+``starting-<pid>`` and then takes as many seconds as that file says to start.
 """
 
 from __future__ import annotations
@@ -25,7 +28,24 @@ def _touch(name: str) -> None:
     (MARKS / f"{name}-{os.getpid()}").write_text(str(time.time()))
 
 
+async def _lifespan(receive: Receive, send: Send) -> None:
+    while True:
+        message = await receive()
+        if message["type"] == "lifespan.startup":
+            slow = MARKS / "slow-start"
+            if slow.exists():
+                _touch("starting")
+                await asyncio.sleep(float(slow.read_text()))
+            await send({"type": "lifespan.startup.complete"})
+        elif message["type"] == "lifespan.shutdown":
+            await send({"type": "lifespan.shutdown.complete"})
+            return
+
+
 async def app(scope: Scope, receive: Receive, send: Send) -> None:
+    if scope["type"] == "lifespan":
+        await _lifespan(receive, send)
+        return
     if scope["type"] != "http":
         return
     query = parse_qs(scope["query_string"].decode())

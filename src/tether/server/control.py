@@ -8,6 +8,8 @@ a recycle), ``stop`` (the whole service stops: also serve what the kernel queued
 
 Must never block either side: writes are buffered by asyncio, and a closed channel
 on the worker side means the supervisor is gone, which the worker treats as ``stop``.
+A worker whose supervisor is already gone before it starts accepting never starts
+(see :func:`supervisor_gone`).
 """
 
 from __future__ import annotations
@@ -15,6 +17,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import json
+import os
 import socket
 from typing import Any
 
@@ -23,8 +26,22 @@ ENV_CONFIG = "TETHER_WORKER_CONFIG"
 ENV_LISTEN_FDS = "TETHER_WORKER_LISTEN_FDS"
 ENV_CONTROL_FD = "TETHER_WORKER_CONTROL_FD"
 ENV_WORKER_ID = "TETHER_WORKER_ID"
+ENV_SUPERVISOR_PID = "TETHER_SUPERVISOR_PID"
 
 Message = dict[str, Any]
+
+
+def supervisor_gone() -> bool:
+    """True when the supervisor that started this worker process has exited.
+
+    A worker spawned just before its supervisor was killed (``kill -9`` while it
+    replaced a crashed worker) would otherwise start accepting on the inherited
+    sockets, serve whatever arrives until it reads the closed control channel, and
+    answer for a service that is no longer there. The parent pid is the cheap and
+    certain test: once the supervisor exits, the worker is re-parented.
+    """
+    expected = os.environ.get(ENV_SUPERVISOR_PID)
+    return expected is not None and os.getppid() != int(expected)
 
 
 class ControlChannel:

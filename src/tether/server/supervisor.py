@@ -192,6 +192,7 @@ class Supervisor:
             control_mod.ENV_LISTEN_FDS: ",".join(map(str, fds)),
             control_mod.ENV_CONTROL_FD: str(child.fileno()),
             control_mod.ENV_WORKER_ID: str(worker_id),
+            control_mod.ENV_SUPERVISOR_PID: str(os.getpid()),
         }
         # A new session: a terminal's Ctrl-C reaches only the supervisor, which then
         # stops the workers in order instead of every process racing on its own.

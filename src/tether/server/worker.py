@@ -44,6 +44,14 @@ EXIT_STARTUP_FAILED = 3
 EXIT_FORCED_STOP = 4
 
 
+class SupervisorGone(Exception):
+    """The supervisor exited before this worker began accepting: it must not serve."""
+
+
+def _log_supervisor_gone() -> None:
+    logger.warning("worker %d: its supervisor is gone; exiting without serving", os.getpid())
+
+
 @dataclass(frozen=True, slots=True)
 class StopReport:
     """How a stop went: what finished on its own and what had to be cut."""
@@ -86,9 +94,12 @@ class Worker:
     def _protocol(self) -> HttpProtocol:
         return HttpProtocol(self.state, asyncio.get_running_loop())
 
-    async def start(self) -> None:
-        """Run lifespan startup, then begin accepting. Raises LifespanFailure."""
+    async def start(self, *, supervised: bool = False) -> None:
+        """Run lifespan startup, then begin accepting. Raises LifespanFailure, and
+        SupervisorGone when ``supervised`` and the supervisor exited meanwhile."""
         await self.lifespan.startup()
+        if supervised and control_mod.supervisor_gone():
+            raise SupervisorGone
         loop = asyncio.get_running_loop()
         loop.set_exception_handler(_quiet_handshake_failures)
         self.ssl = server_ssl_context(self.config)
@@ -193,9 +204,14 @@ class Worker:
         """
         loop = asyncio.get_running_loop()
         try:
-            await self.start()
+            await self.start(supervised=control is not None)
         except LifespanFailure as exc:
             logger.error("%s", exc)
+            return EXIT_STARTUP_FAILED
+        except SupervisorGone:
+            _log_supervisor_gone()
+            with contextlib.suppress(LifespanFailure, TimeoutError):
+                await asyncio.wait_for(self.lifespan.shutdown(), self.config.force_exit_timeout)
             return EXIT_STARTUP_FAILED
         loop.add_signal_handler(signal.SIGTERM, self._on_stop_signal)
         if control is None:
@@ -370,6 +386,9 @@ def worker_main() -> None:
     """Entry point of a worker process started by the supervisor (see control.py)."""
     config = ServerConfig.from_json(os.environ[control_mod.ENV_CONFIG])
     configure_logging(config.log_level, access_log=config.access_log)
+    if control_mod.supervisor_gone():  # checked again once the app has started
+        _log_supervisor_gone()
+        sys.exit(EXIT_STARTUP_FAILED)
     fds = os.environ[control_mod.ENV_LISTEN_FDS].split(",")
     socks = [socket.socket(fileno=int(fd)) for fd in fds]
     control_sock = socket.socket(fileno=int(os.environ[control_mod.ENV_CONTROL_FD]))
