@@ -204,12 +204,31 @@ class ProcessFamily:
             self._remember(pid)
         return found
 
+    def _freeze_supervisor(self, timeout: float = 5.0) -> None:
+        with contextlib.suppress(ProcessLookupError):
+            os.kill(self.pid, signal.SIGSTOP)
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            try:
+                if proc_stat(self.pid)[0] in ("T", "t", "Z", "X"):
+                    return  # stopped (or already dead): it forks no more
+            except OSError:
+                return
+            time.sleep(0.001)
+
     def alive(self) -> bool:
         """Any process of the family ever seen still runs."""
         return any(start_time(pid) == started for pid, started in self.seen)
 
     def signal(self, sig: int) -> None:
-        """Send ``sig`` to every process of the family still running."""
+        """Send ``sig`` to every process of the family still running.
+
+        SIGKILL is "the machine died": the supervisor is stopped (SIGSTOP) first and
+        its children read only once it is stopped, so that it cannot start a
+        replacement worker between one kill and the next, which would outlive the
+        family and serve on its sockets."""
+        if sig == signal.SIGKILL:
+            self._freeze_supervisor()
         self.pids()
         for pid, started in self.seen:
             if start_time(pid) == started:

@@ -41,6 +41,7 @@ from collections.abc import AsyncIterator, Callable, Iterator
 from dataclasses import dataclass, replace
 from pathlib import Path
 from types import TracebackType
+from typing import Any
 
 import pytest
 from bench.harness import ProcessFamily
@@ -284,9 +285,11 @@ def open_to(client: tether.Client, port: int) -> int:
 
 
 class Sampler:
-    """Reads ``cluster.providers()`` every ``period`` seconds; keeps every provider's
-    state changes with the time they were first seen, and the most providers ever
-    ejected at once."""
+    """Reads ``cluster.providers()`` every ``period`` seconds, and right after every
+    batch of the core's actions is applied (where every state change happens), so a
+    change is stamped with the time it happened, not when a busy loop next got round
+    to a periodic sample. Keeps every provider's state changes and the most
+    providers ever ejected at once."""
 
     def __init__(self, cluster: Cluster, period: float = 0.005) -> None:
         self.cluster = cluster
@@ -315,11 +318,19 @@ class Sampler:
 
     async def __aenter__(self) -> Sampler:
         self.sample()
+        apply = self.cluster._apply
+
+        def apply_then_sample(actions: Any, *, from_timer: bool = False) -> None:
+            apply(actions, from_timer=from_timer)
+            self.sample()
+
+        self.cluster._apply = apply_then_sample  # type: ignore[method-assign]
         self._task = asyncio.get_running_loop().create_task(self._run())
         return self
 
     async def __aexit__(self, *exc: object) -> None:
         assert self._task is not None
+        del self.cluster._apply  # the class's method again
         self._task.cancel()
         with contextlib.suppress(asyncio.CancelledError):
             await self._task
