@@ -31,3 +31,31 @@ async def test_probes_outlive_the_first_requests_deadline() -> None:
                        what="heartbeats after the deadline")
         assert cluster.core.alive() == [f"127.0.0.1:{server.port}"]
         assert (await cluster.get("/")).status_code == 200
+
+
+async def test_closing_a_client_passes_on_the_callers_cancellation() -> None:
+    """A cancel (Ctrl-C in ``asyncio.run``) that arrives while a client closes must
+    still stop the caller: the cluster waits for its background tasks without
+    swallowing it (it used to: the close then went on as if nothing happened)."""
+    async with serve(ok_app) as server:
+        client = tether.Client()
+        cluster = client.service("svc", providers=[f"127.0.0.1:{server.port}"])
+        await cluster.wait_ready()
+        cleaning = asyncio.Event()
+        release = asyncio.Event()
+
+        async def slow_to_finish() -> None:
+            try:
+                await asyncio.Event().wait()
+            finally:
+                cleaning.set()  # cancelled by the close; its cleanup takes a while
+                await release.wait()
+
+        cluster._spawn(slow_to_finish())
+        closing = asyncio.create_task(client.aclose())
+        await wait_for(cleaning.is_set, what="the close to wait for the slow task")
+        closing.cancel()
+        await asyncio.wait([closing], timeout=5)
+        assert closing.cancelled()
+        release.set()
+        await client.aclose()

@@ -149,11 +149,17 @@ class Cluster:
         task.add_done_callback(self._tasks.discard)
 
     async def aclose(self) -> None:
-        for task in list(self._tasks):
+        tasks = list(self._tasks)
+        for task in tasks:
             task.cancel()
-        for task in list(self._tasks):
-            with contextlib.suppress(asyncio.CancelledError):
-                await task
+        if not tasks:
+            return
+        # asyncio.wait, not "await task" under suppress(CancelledError): that would
+        # also swallow a cancellation of the caller itself (a Ctrl-C during close).
+        await asyncio.wait(tasks)
+        for task in tasks:
+            if not task.cancelled() and (error := task.exception()) is not None:
+                logger.warning("%s: background task failed: %r", self.name, error)
 
     async def _follow_registry(self) -> None:
         assert self.registry is not None
