@@ -27,7 +27,11 @@ from rich.console import Console
 from tests.support import free_port, server_process, wait_for
 from tether.statusview import admin_base_url, render, status_command
 
-STATUS_COMMAND = "from tether.statusview import status_command; status_command()"
+#: SIGINT back to Python's default first: a test run started in the background by a
+#: non-interactive shell (``cmd &``) inherits SIGINT ignored, and so would the view;
+#: a user's terminal never starts it that way.
+STATUS_COMMAND = ("import signal; signal.signal(signal.SIGINT, signal.default_int_handler); "
+                  "from tether.statusview import status_command; status_command()")
 
 NEW_STATUS: dict[str, Any] = {
     "pid": 4242, "state": "serving", "uptime_seconds": 3725.5, "reloads": 2,
