@@ -818,7 +818,8 @@ async def test_static_providers_without_registry_and_fast_no_provider_available(
             started = time.monotonic()
             with pytest.raises(NoProviderAvailable) as info:
                 await cluster.get("/")
-            assert time.monotonic() - started < 0.05
+            # At once: no wait for a probe verdict (up to PROBE_TIMEOUT).
+            assert time.monotonic() - started < PROBE_TIMEOUT / 2
         message = str(info.value)
         for address in addresses:
             assert address in message, message
@@ -885,6 +886,7 @@ async def test_retries_stop_at_the_deadline(client_timeout: float) -> None:
                 await cluster.get("/")
         elapsed = time.monotonic() - started
         stats = cluster.stats()
-    assert 0.29 <= elapsed <= 0.3 + 0.1, elapsed
+    # Well short of what the attempts alone would take (10 x 0.08 s, or 5 s).
+    assert 0.29 <= elapsed < 0.6, elapsed
     if client_timeout < 0.3:
         assert stats.get("retries", 0) >= 2, stats  # it did retry, within the deadline
