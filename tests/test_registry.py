@@ -20,7 +20,7 @@ import subprocess
 import sys
 import time
 import uuid
-from collections.abc import AsyncIterator, Callable, Iterator
+from collections.abc import AsyncGenerator, AsyncIterator, Callable, Iterator
 from pathlib import Path
 from typing import Any
 
@@ -648,3 +648,59 @@ def test_registry_ls_unreachable_etcd_fails_clearly() -> None:
 def test_provider_address_parts() -> None:
     provider = Provider("api", "[::1]:8080")
     assert (provider.host, provider.port) == ("::1", 8080)
+
+
+async def test_sqlite_watch_cancelled_mid_poll_closes_its_connection_after_the_poll(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """A watch cancelled while its poll runs on the registry's thread must not close
+    the connection under that call (closing it mid-statement crashed a test run with
+    a segfault inside sqlite3). It is closed right after the poll, on that thread."""
+    import sqlite3
+    import threading
+
+    from tether.registry import sqlite as sqlite_mod
+    from tether.registry.base import Snapshot
+
+    real = sqlite_mod._data_version
+    polls: list[sqlite3.Connection] = []
+    in_slow_poll = threading.Event()
+    outcome: list[str] = []
+
+    def slow_second_poll(db: sqlite3.Connection) -> int:
+        polls.append(db)
+        if len(polls) == 2:
+            in_slow_poll.set()
+            time.sleep(0.3)  # the cancel arrives while this call runs
+            try:
+                return real(db)
+            except sqlite3.ProgrammingError as exc:  # closed under us
+                outcome.append(f"error: {exc}")
+                raise
+            finally:
+                outcome.append("done")
+        return real(db)
+
+    monkeypatch.setattr(sqlite_mod, "_data_version", slow_second_poll)
+    registry = sqlite_mod.SQLiteRegistry(str(tmp_path / "registry.db"))
+    try:
+        watch = registry.watch("svc")
+        assert isinstance(watch, AsyncGenerator)
+        assert isinstance(await anext(watch), Snapshot)
+
+        async def next_event() -> object:
+            return await anext(watch)
+
+        polling = asyncio.create_task(next_event())
+        await wait_for(in_slow_poll.is_set, 5, "the second poll")
+        polling.cancel()
+        with contextlib.suppress(asyncio.CancelledError):
+            await polling
+        await watch.aclose()
+        await wait_for(lambda: "done" in outcome, 5, "the slow poll to return")
+        assert outcome == ["done"], outcome
+        await registry._run(lambda: None)  # whatever was queued behind it has run
+        with pytest.raises(sqlite3.ProgrammingError):
+            polls[-1].execute("SELECT 1")  # and the watch's connection is closed
+    finally:
+        await registry.close()

@@ -15,6 +15,7 @@ the event loop.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import json
 import os
 import sqlite3
@@ -193,11 +194,24 @@ class SQLiteRegistry:
                     if not lost:
                         lost = True
                         yield Unreachable(service, str(exc))
+                    if conn is not None:
+                        self._close_later(conn)
                     conn = None
                 await asyncio.sleep(POLL_INTERVAL)
         finally:
             if conn is not None:
-                conn.close()
+                self._close_later(conn)
+
+    def _close_later(self, conn: sqlite3.Connection) -> None:
+        """Close ``conn`` on the registry's thread, after the call that may still be
+        running there: a watch cancelled mid-poll leaves its thread call running,
+        and closing the connection under it from this thread crashes the process
+        (a segfault inside sqlite3, seen in a test run)."""
+        # RuntimeError: the executor is shut down (the registry was closed). Then the
+        # running call holds the last other reference, and the garbage collector
+        # closes the connection once it returns.
+        with contextlib.suppress(RuntimeError):
+            self._executor.submit(conn.close)
 
     async def close(self) -> None:
         for kept in list(self._kept):
