@@ -42,6 +42,7 @@ from tether.client.models import Response
 from tether.deadline import current_deadline
 from tether.errors import ServiceUnavailable
 from tether.registry.base import Provider, Snapshot, Unreachable
+from tether.tasks import cancel_and_wait
 
 if TYPE_CHECKING:
     from tether.client.client import Client
@@ -149,17 +150,8 @@ class Cluster:
         task.add_done_callback(self._tasks.discard)
 
     async def aclose(self) -> None:
-        tasks = list(self._tasks)
-        for task in tasks:
-            task.cancel()
-        if not tasks:
-            return
-        # asyncio.wait, not "await task" under suppress(CancelledError): that would
-        # also swallow a cancellation of the caller itself (a Ctrl-C during close).
-        await asyncio.wait(tasks)
-        for task in tasks:
-            if not task.cancelled() and (error := task.exception()) is not None:
-                logger.warning("%s: background task failed: %r", self.name, error)
+        for error in await cancel_and_wait(self._tasks):
+            logger.warning("%s: background task failed: %r", self.name, error)
 
     async def _follow_registry(self) -> None:
         assert self.registry is not None

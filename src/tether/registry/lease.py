@@ -8,12 +8,12 @@ per retry, and never stop refreshing on its own: only ``stop()`` ends it.
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import logging
 import random
 from collections.abc import Awaitable, Callable
 
 from tether.registry.base import Provider
+from tether.tasks import cancel_and_wait
 
 logger = logging.getLogger("tether.registry")
 
@@ -44,9 +44,7 @@ class KeptRegistration:
     async def stop(self) -> None:
         task, self._task = self._task, None
         if task is not None:
-            task.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await task
+            await cancel_and_wait([task])
 
     async def _keep_alive(self) -> None:
         period = self.ttl / 3

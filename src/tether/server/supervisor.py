@@ -47,6 +47,7 @@ from tether.server.worker import (
     EXIT_STARTUP_FAILED,
     Worker,
 )
+from tether.tasks import cancel_and_wait
 
 logger = logging.getLogger("tether.supervisor")
 
@@ -442,9 +443,7 @@ class Supervisor:
         if task is not None:
             # A registration still in flight must not land after we left: stop it;
             # if it completed meanwhile, it is deregistered just below.
-            task.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await task
+            await cancel_and_wait([task])
         registry, registration = self._registry, self._registration
         self._registration = None
         if registry is None:
