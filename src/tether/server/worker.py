@@ -98,8 +98,6 @@ class Worker:
         """Run lifespan startup, then begin accepting. Raises LifespanFailure, and
         SupervisorGone when ``supervised`` and the supervisor exited meanwhile."""
         await self.lifespan.startup()
-        if supervised and control_mod.supervisor_gone():
-            raise SupervisorGone
         loop = asyncio.get_running_loop()
         loop.set_exception_handler(_quiet_handshake_failures)
         self.ssl = server_ssl_context(self.config)
@@ -107,9 +105,17 @@ class Worker:
             # The server gets a duplicate: closing it stops accepting while the
             # original keeps the kernel's backlog alive for the final drain.
             server = await loop.create_server(
-                self._protocol, sock=sock.dup(), backlog=self.config.backlog, ssl=self.ssl
+                self._protocol, sock=sock.dup(), backlog=self.config.backlog, ssl=self.ssl,
+                start_serving=False,
             )
             self.servers.append(server)
+        # Checked last, right before the first accept can happen.
+        if supervised and control_mod.supervisor_gone():
+            for server in self.servers:
+                server.close()
+            raise SupervisorGone
+        for server in self.servers:
+            await server.start_serving()
         self._sweep()
 
     def _sweep(self) -> None:
