@@ -704,3 +704,24 @@ async def test_sqlite_watch_cancelled_mid_poll_closes_its_connection_after_the_p
             polls[-1].execute("SELECT 1")  # and the watch's connection is closed
     finally:
         await registry.close()
+
+
+async def test_sqlite_registry_closed_under_an_open_watch(tmp_path: Path) -> None:
+    """Closing the registry closes the connections of watches still open (on the
+    registry's thread), and such a watch then ends with a clear RegistryError."""
+    from tether.registry.base import RegistryError, Snapshot
+    from tether.registry.sqlite import SQLiteRegistry
+
+    registry = SQLiteRegistry(str(tmp_path / "registry.db"))
+    watch = registry.watch("svc")
+    assert isinstance(watch, AsyncGenerator)
+    try:
+        assert isinstance(await anext(watch), Snapshot)
+        assert len(registry._watching) == 1
+        await registry.close()
+        assert registry._watching == set()
+        with pytest.raises(RegistryError, match="is closed"):
+            await anext(watch)
+    finally:
+        await watch.aclose()
+        await registry.close()

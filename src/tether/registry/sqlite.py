@@ -29,6 +29,7 @@ from tether.registry.base import (
     DEFAULT_TTL,
     Provider,
     Registration,
+    RegistryError,
     RegistryUnreachable,
     Snapshot,
     Unreachable,
@@ -67,13 +68,19 @@ class SQLiteRegistry:
         self._executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="tether-sqlite")
         self._conn: sqlite3.Connection | None = None
         self._kept: list[KeptRegistration] = []
+        #: each open watch's own connection (a watch sees other connections' commits)
+        self._watching: set[sqlite3.Connection] = set()
 
     # -- plumbing: every sqlite3 call runs on the registry's own thread -------------------
 
     async def _run(self, fn: Callable[..., T], *args: Any) -> T:
         loop = asyncio.get_running_loop()
         try:
-            return await loop.run_in_executor(self._executor, fn, *args)
+            future = loop.run_in_executor(self._executor, fn, *args)
+        except RuntimeError:  # the executor is shut down
+            raise RegistryError(f"sqlite registry {self.path} is closed") from None
+        try:
+            return await future
         except sqlite3.Error as exc:
             raise RegistryUnreachable(f"sqlite registry {self.path}: {exc}") from exc
 
@@ -179,6 +186,7 @@ class SQLiteRegistry:
                 try:
                     if conn is None:
                         conn = await self._run(self._connect)
+                        self._watching.add(conn)
                     current_version = await self._run(_data_version, conn)
                     if current_version != version or time.time() >= next_expiry or lost:
                         version = current_version
@@ -207,9 +215,9 @@ class SQLiteRegistry:
         running there: a watch cancelled mid-poll leaves its thread call running,
         and closing the connection under it from this thread crashes the process
         (a segfault inside sqlite3, seen in a test run)."""
-        # RuntimeError: the executor is shut down (the registry was closed). Then the
-        # running call holds the last other reference, and the garbage collector
-        # closes the connection once it returns.
+        # RuntimeError: the executor is shut down (the registry was closed, and
+        # closed this connection on its way).
+        self._watching.discard(conn)
         with contextlib.suppress(RuntimeError):
             self._executor.submit(conn.close)
 
@@ -217,7 +225,13 @@ class SQLiteRegistry:
         for kept in list(self._kept):
             await kept.stop()
         self._kept.clear()
+        # Every connection is closed on the registry's thread, after whatever call
+        # is still running there; a watch still open then ends with RegistryError.
+        conns, self._watching = list(self._watching), set()
         if self._conn is not None:
-            conn, self._conn = self._conn, None
-            await asyncio.get_running_loop().run_in_executor(self._executor, conn.close)
+            conns.append(self._conn)
+            self._conn = None
+        loop = asyncio.get_running_loop()
+        for conn in conns:
+            await loop.run_in_executor(self._executor, conn.close)
         self._executor.shutdown(wait=False)
