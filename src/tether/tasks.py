@@ -17,8 +17,10 @@ from typing import Any
 async def cancel_and_wait(tasks: Iterable[asyncio.Task[Any]]) -> list[BaseException]:
     """Cancel ``tasks`` and wait until each has finished; return the exceptions of
     those that failed (other than by being cancelled), for the caller to report.
-    A cancellation of the caller itself propagates."""
-    pending = list(tasks)
+    A cancellation of the caller itself propagates. The caller is never among the
+    tasks it waits for (a task cannot wait for itself)."""
+    me = asyncio.current_task()
+    pending = [task for task in tasks if task is not me]
     for task in pending:
         task.cancel()
     if not pending:

@@ -121,11 +121,14 @@ class Client:
         await self.aclose()
 
     async def aclose(self) -> None:
-        for cluster in self._services.values():
-            await cluster.aclose()
-        if self._registry is not None and isinstance(self._registry_arg, str):
-            await self._registry.close()  # we opened it, we close it
-        await self._pool.aclose()
+        try:
+            for cluster in self._services.values():
+                await cluster.aclose()
+        finally:
+            # Even when the close itself is cancelled (Ctrl-C): no socket is left open.
+            if self._registry is not None and isinstance(self._registry_arg, str):
+                await self._registry.close()  # we opened it, we close it
+            await self._pool.aclose()
 
     def service(self, name: str, **options: Any) -> Cluster:
         """The cluster of ``name``'s providers (created once per name).

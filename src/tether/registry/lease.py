@@ -44,7 +44,9 @@ class KeptRegistration:
     async def stop(self) -> None:
         task, self._task = self._task, None
         if task is not None:
-            await cancel_and_wait([task])
+            for error in await cancel_and_wait([task]):
+                logger.warning("registration of %s at %s: keep-alive failed: %r",
+                               self.provider.service, self.provider.address, error)
 
     async def _keep_alive(self) -> None:
         period = self.ttl / 3

@@ -443,7 +443,8 @@ class Supervisor:
         if task is not None:
             # A registration still in flight must not land after we left: stop it;
             # if it completed meanwhile, it is deregistered just below.
-            await cancel_and_wait([task])
+            for error in await cancel_and_wait([task]):
+                logger.warning("registering failed: %r", error)
         registry, registration = self._registry, self._registration
         self._registration = None
         if registry is None:
