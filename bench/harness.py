@@ -184,8 +184,13 @@ class ProcessFamily:
 
     def __init__(self, pid: int) -> None:
         self.pid = pid
+        self.started = start_time(pid)
         self.seen: set[tuple[int, str]] = set()
         self._remember(pid)
+
+    def _supervisor_runs(self) -> bool:
+        """The supervisor still runs (its pid is not yet another process's)."""
+        return self.started is not None and start_time(self.pid) == self.started
 
     def _remember(self, pid: int) -> None:
         started = start_time(pid)
@@ -195,7 +200,7 @@ class ProcessFamily:
     def pids(self) -> set[int]:
         """The supervisor and its children, as they are now (and remember them)."""
         found = set()
-        if start_time(self.pid) is not None:
+        if self._supervisor_runs():
             found.add(self.pid)
             for task in Path(f"/proc/{self.pid}/task").glob("*"):
                 with contextlib.suppress(OSError):
@@ -205,6 +210,8 @@ class ProcessFamily:
         return found
 
     def _freeze_supervisor(self, timeout: float = 5.0) -> None:
+        if not self._supervisor_runs():
+            return
         with contextlib.suppress(ProcessLookupError):
             os.kill(self.pid, signal.SIGSTOP)
         deadline = time.monotonic() + timeout
