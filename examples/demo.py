@@ -152,16 +152,33 @@ def reuse(values: dict[str, float]) -> float:
 
 
 class Traffic:
-    """Bounded keep-alive traffic through the proxy, each request under a 1 s deadline."""
+    """Bounded keep-alive traffic through the proxy, each request under a 1 s deadline.
+
+    It runs on a thread and event loop of its own: the narration blocks now and then
+    (starting a process, waiting for one to exit), and a loop blocked for a second
+    would see its requests' deadlines pass while they were answered in time."""
 
     def __init__(self, url: str, concurrency: int = 6) -> None:
         self.url = url
         self.concurrency = concurrency
         self.counts: Counter[str] = Counter()
-        self.stop = asyncio.Event()
-        self.client = tether.Client(timeout=5.0)
+        self.stop = threading.Event()
+        self._thread: threading.Thread | None = None
+
+    def start(self, limit_seconds: float, limit_requests: int) -> None:
+        self._thread = threading.Thread(
+            target=asyncio.run, args=(self.run(limit_seconds, limit_requests),),
+            name="demo-traffic", daemon=True)
+        self._thread.start()
+
+    async def finish(self) -> None:
+        """Stop sending, and wait for the requests in flight to end."""
+        self.stop.set()
+        if self._thread is not None:
+            await asyncio.to_thread(self._thread.join)
 
     async def run(self, limit_seconds: float, limit_requests: int) -> None:
+        self.client = tether.Client(timeout=5.0)
         stop_at = time.monotonic() + limit_seconds
 
         async def loop(n: int) -> None:
@@ -183,7 +200,8 @@ class Traffic:
     @property
     def failed(self) -> int:
         """Requests answered with anything but 200, or not answered (in flight excluded)."""
-        return sum(n for k, n in self.counts.items() if k not in ("sent", "ok"))
+        counts = dict(self.counts)  # one copy: the traffic thread adds keys as it goes
+        return sum(n for k, n in counts.items() if k not in ("sent", "ok"))
 
 
 async def until(predicate: Any, timeout: float, what: str) -> None:
@@ -231,7 +249,7 @@ async def main() -> int:
         console.print("  the proxy sees front alive; front sees both orders providers alive\n")
 
         traffic = Traffic(f"http://{proxy.address}")
-        runner = asyncio.create_task(traffic.run(limit_seconds=150, limit_requests=200_000))
+        traffic.start(limit_seconds=150, limit_requests=200_000)
         progress = Progress(
             SpinnerColumn(), TextColumn("{task.description}"), BarColumn(),
             TextColumn("{task.completed}/{task.total} scenarios"), TimeElapsedColumn(),
@@ -321,8 +339,7 @@ async def main() -> int:
                           f"orders-b exited with status {code}")
             progress.advance(step)
             await pace()
-            traffic.stop.set()
-            await runner
+            await traffic.finish()
             ticker.cancel()
 
         proxy_m, front_m = proxy.metrics(), front.metrics()
