@@ -48,10 +48,6 @@ class SupervisorGone(Exception):
     """The supervisor exited before this worker began accepting: it must not serve."""
 
 
-def _log_supervisor_gone() -> None:
-    logger.warning("worker %d: its supervisor is gone; exiting without serving", os.getpid())
-
-
 @dataclass(frozen=True, slots=True)
 class StopReport:
     """How a stop went: what finished on its own and what had to be cut."""
@@ -215,9 +211,9 @@ class Worker:
             logger.error("%s", exc)
             return EXIT_STARTUP_FAILED
         except SupervisorGone:
-            _log_supervisor_gone()
-            with contextlib.suppress(LifespanFailure, TimeoutError):
-                await asyncio.wait_for(self.lifespan.shutdown(), self.config.force_exit_timeout)
+            logger.warning("worker %d: its supervisor is gone; exiting without serving",
+                           os.getpid())
+            await self._shut_down_app()
             return EXIT_STARTUP_FAILED
         loop.add_signal_handler(signal.SIGTERM, self._on_stop_signal)
         if control is None:
@@ -255,6 +251,13 @@ class Worker:
                     metrics=self.metric_counters(),
                 )
                 await control.writer.drain()
+        status = await self._shut_down_app()
+        if status == EXIT_OK and report.forced:
+            return EXIT_FORCED_STOP
+        return status
+
+    async def _shut_down_app(self) -> int:
+        """Lifespan shutdown, bounded by the force-exit timeout; the exit status."""
         try:
             await asyncio.wait_for(self.lifespan.shutdown(), self.config.force_exit_timeout)
         except LifespanFailure as exc:
@@ -263,7 +266,7 @@ class Worker:
         except TimeoutError:
             logger.error("lifespan shutdown did not finish within the force-exit timeout")
             return EXIT_FORCED_STOP
-        return EXIT_FORCED_STOP if report.forced else EXIT_OK
+        return EXIT_OK
 
     def _on_stop_signal(self) -> None:
         if self.stop_requested.is_set():
@@ -392,9 +395,6 @@ def worker_main() -> None:
     """Entry point of a worker process started by the supervisor (see control.py)."""
     config = ServerConfig.from_json(os.environ[control_mod.ENV_CONFIG])
     configure_logging(config.log_level, access_log=config.access_log)
-    if control_mod.supervisor_gone():  # checked again once the app has started
-        _log_supervisor_gone()
-        sys.exit(EXIT_STARTUP_FAILED)
     fds = os.environ[control_mod.ENV_LISTEN_FDS].split(",")
     socks = [socket.socket(fileno=int(fd)) for fd in fds]
     control_sock = socket.socket(fileno=int(os.environ[control_mod.ENV_CONTROL_FD]))
