@@ -31,6 +31,8 @@ import tether
 from tether.asgi import Receive, Scope, Send
 from tether.db.asyncpg import Pool
 
+from ._lifespan import lifespan
+
 _state: dict[str, Any] = {}
 
 
@@ -62,22 +64,6 @@ async def _respond(send: Send, status: int, body: bytes) -> None:
     await send({"type": "http.response.start", "status": status,
                 "headers": [(b"content-type", b"text/plain")]})
     await send({"type": "http.response.body", "body": body})
-
-
-async def _lifespan(receive: Receive, send: Send, startup: Any, shutdown: Any) -> None:
-    while True:
-        message = await receive()
-        if message["type"] == "lifespan.startup":
-            try:
-                await startup()
-            except Exception as exc:
-                await send({"type": "lifespan.startup.failed", "message": repr(exc)})
-                return
-            await send({"type": "lifespan.startup.complete"})
-        elif message["type"] == "lifespan.shutdown":
-            await shutdown()
-            await send({"type": "lifespan.shutdown.complete"})
-            return
 
 
 # -- back: the service that talks to PostgreSQL ------------------------------------------
@@ -118,7 +104,7 @@ _optout_query = tether.no_cancel_on_disconnect(_query)
 
 async def back(scope: Scope, receive: Receive, send: Send) -> None:
     if scope["type"] == "lifespan":
-        await _lifespan(receive, send, _back_startup, _back_shutdown)
+        await lifespan(receive, send, _back_startup, _back_shutdown)
     elif scope["path"] == "/query":
         await _query(scope, receive, send)
     elif scope["path"] == "/optout/query":
@@ -142,7 +128,7 @@ async def _front_shutdown() -> None:
 
 async def front(scope: Scope, receive: Receive, send: Send) -> None:
     if scope["type"] == "lifespan":
-        await _lifespan(receive, send, _front_startup, _front_shutdown)
+        await lifespan(receive, send, _front_startup, _front_shutdown)
         return
     if scope["path"] != "/":
         await _respond(send, 404, b"not found")

@@ -7,15 +7,7 @@ import json
 
 from tether.asgi import ASGIApp, Receive, Scope, Send
 
-
-async def _lifespan(receive: Receive, send: Send) -> None:
-    while True:
-        message = await receive()
-        if message["type"] == "lifespan.startup":
-            await send({"type": "lifespan.startup.complete"})
-        elif message["type"] == "lifespan.shutdown":
-            await send({"type": "lifespan.shutdown.complete"})
-            return
+from ._lifespan import lifespan
 
 
 async def _read_body(receive: Receive) -> bytes:
@@ -41,7 +33,7 @@ async def _json(send: Send, status: int, data: object) -> None:
 async def scope_app(scope: Scope, receive: Receive, send: Send) -> None:
     """Answers every request with what the server told it (and how long the body was)."""
     if scope["type"] == "lifespan":
-        await _lifespan(receive, send)
+        await lifespan(receive, send)
         return
     body = await _read_body(receive)
     await _json(send, 200, {
@@ -61,7 +53,7 @@ def create_app() -> ASGIApp:
 
     async def app(scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] == "lifespan":
-            await _lifespan(receive, send)
+            await lifespan(receive, send)
             return
         await _json(send, 200, {"made_by": "factory"})
 

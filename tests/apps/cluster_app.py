@@ -22,6 +22,8 @@ from urllib.parse import parse_qs
 
 from tether.asgi import Receive, Scope, Send
 
+from ._lifespan import lifespan
+
 FAIL_FILE_ENV = "CLUSTER_FAIL_FILE"
 SERVED_BY = b"x-served-by"
 
@@ -54,13 +56,8 @@ async def _respond(send: Send, status: int, body: bytes, served_by: bytes) -> No
 
 async def app(scope: Scope, receive: Receive, send: Send) -> None:
     if scope["type"] == "lifespan":
-        while True:
-            message = await receive()
-            if message["type"] == "lifespan.startup":
-                await send({"type": "lifespan.startup.complete"})
-            elif message["type"] == "lifespan.shutdown":
-                await send({"type": "lifespan.shutdown.complete"})
-                return
+        await lifespan(receive, send)
+        return
     assert scope["type"] == "http"
     host, port = scope["server"] or ("?", 0)
     served_by = f"{host}:{port}".encode()

@@ -31,6 +31,8 @@ from urllib.parse import parse_qs
 
 from tether.asgi import Receive, Scope, Send
 
+from ._lifespan import lifespan
+
 CHUNK = 64 * 1024
 #: the longest a handler that "waits forever" actually waits (so nothing leaks forever)
 HANG_LIMIT = 60.0
@@ -54,16 +56,6 @@ def _write_mark(name: str, text: str) -> None:
     tmp.rename(marks / name)  # atomic: the test never reads a half-written mark
 
 
-async def _lifespan(receive: Receive, send: Send) -> None:
-    while True:
-        message = await receive()
-        if message["type"] == "lifespan.startup":
-            await send({"type": "lifespan.startup.complete"})
-        elif message["type"] == "lifespan.shutdown":
-            await send({"type": "lifespan.shutdown.complete"})
-            return
-
-
 async def _drain(receive: Receive) -> None:
     while True:
         message = await receive()
@@ -81,7 +73,7 @@ async def _json(send: Send, payload: Any) -> None:
 
 async def app(scope: Scope, receive: Receive, send: Send) -> None:
     if scope["type"] == "lifespan":
-        await _lifespan(receive, send)
+        await lifespan(receive, send)
         return
     if scope["type"] != "http":
         return
