@@ -37,6 +37,7 @@ from typing import Any, TypeVar
 
 import aetcd
 
+from tether.backoff import Backoff
 from tether.registry.base import (
     DEFAULT_TTL,
     Provider,
@@ -54,9 +55,8 @@ T = TypeVar("T")
 
 #: seconds one etcd call may take before its endpoint counts as unreachable
 CALL_TIMEOUT = 3.0
-#: a watcher that lost its stream re-lists after this, doubling up to WATCH_RETRY_MAX
-WATCH_RETRY_MIN = 0.1
-WATCH_RETRY_MAX = 5.0
+#: a watcher that lost its stream re-lists after 0.1 s, doubling up to 5 s
+WATCH_RETRY = Backoff(initial=0.1, maximum=5.0)
 #: seconds etcd may take to confirm a new watch (watches on one connection are created
 #: one at a time, so this is generous); past it the watch connection is replaced
 WATCH_CREATE_TIMEOUT = 15.0
@@ -318,7 +318,7 @@ class EtcdRegistry:
         prefix = self._service_prefix(service)
         last: frozenset[Provider] | None = None
         lost = False
-        delay = WATCH_RETRY_MIN
+        failures = 0  # consecutive lost streams: the retry delay follows WATCH_RETRY
         while not self._closed:
             established = time.monotonic()
             error: BaseException | str | None = None
@@ -361,15 +361,15 @@ class EtcdRegistry:
                     continue
                 if not isinstance(error, str) or self._closed:
                     return  # the stream ended because the registry was closed
-                if time.monotonic() - established > WATCH_RETRY_MAX:
-                    delay = WATCH_RETRY_MIN  # it had been working: retry promptly
+                if time.monotonic() - established > WATCH_RETRY.maximum:
+                    failures = 0  # it had been working: retry promptly
             if self._closed:
                 return
             if not lost:
                 lost = True
                 yield Unreachable(service, str(error))
-            await asyncio.sleep(delay)
-            delay = min(delay * 2, WATCH_RETRY_MAX)
+            failures += 1
+            await asyncio.sleep(WATCH_RETRY.delay(failures))
 
     async def _follow(
         self, service: str, prefix: str, stream: Any, entries: dict[bytes, Provider],

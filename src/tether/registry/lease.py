@@ -12,12 +12,13 @@ import logging
 import random
 from collections.abc import Awaitable, Callable
 
+from tether.backoff import Backoff
 from tether.registry.base import Provider
 from tether.tasks import cancel_and_wait
 
 logger = logging.getLogger("tether.registry")
 
-#: backoff while the registry is unreachable: 0.2 s doubling to ttl/3
+#: first retry while the registry is unreachable; retries double up to ttl/3 and stay there
 MIN_RETRY = 0.2
 
 
@@ -53,7 +54,8 @@ class KeptRegistration:
         # Registrations made together would otherwise refresh in lockstep forever
         # (bursts at the registry): spread the first refresh over a tenth of a period.
         delay = period * random.uniform(0.9, 1.0)
-        failing = False
+        retry = Backoff(initial=min(MIN_RETRY, period), maximum=period)
+        failures = 0  # refreshes failed in a row
         label = f"{self.provider.service} at {self.provider.address}"
         while True:
             await asyncio.sleep(delay)
@@ -62,12 +64,12 @@ class KeptRegistration:
                     await self._recreate()
                     logger.warning("registration of %s had expired: registered again", label)
             except Exception as exc:  # unreachable: keep trying, say so once
-                if not failing:
+                if not failures:
                     logger.warning("cannot refresh registration of %s: %s (retrying)", label, exc)
-                failing = True
-                delay = min(period, max(MIN_RETRY, delay * 2 if delay < period else MIN_RETRY))
+                failures += 1
+                delay = retry.delay(failures)
                 continue
-            if failing:
+            if failures:
                 logger.info("registration of %s refreshed again", label)
-            failing = False
+            failures = 0
             delay = period
