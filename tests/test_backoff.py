@@ -81,7 +81,7 @@ async def test_registration_retries_climb_to_ttl_over_3_and_stay(
     async def recreate() -> None:
         raise AssertionError("never reached: refresh raises")
 
-    monkeypatch.setattr(lease.asyncio, "sleep", recorded_sleep)
+    monkeypatch.setattr(asyncio, "sleep", recorded_sleep)
     kept = lease.KeptRegistration(Provider("svc", "127.0.0.1:1"), 3.0, unreachable, recreate)
     kept.start()
     try:
