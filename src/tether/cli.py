@@ -61,6 +61,9 @@ def _env(name: str) -> str:
 @click.option("--header-timeout", default=10.0, show_default=True, type=float,
               envvar=_env("HEADER_TIMEOUT"),
               help="Seconds allowed to receive a full request head (slowloris protection).")
+@click.option("--body-timeout", default=60.0, show_default=True, type=float,
+              envvar=_env("BODY_TIMEOUT"),
+              help="Seconds allowed between two reads of a request body (408 and close).")
 @click.option("--limit-request-line", default=8190, show_default=True, type=int,
               envvar=_env("LIMIT_REQUEST_LINE"), help="Longest request target, bytes (414).")
 @click.option("--limit-request-fields", default=100, show_default=True, type=int,
@@ -360,6 +363,7 @@ def build_config(opts: dict[str, Any]) -> ServerConfig:
             request_field_size=opts.pop("limit_request_field_size"),
             request_body=opts.pop("limit_request_body"),
             header_timeout=opts.pop("header_timeout"),
+            body_timeout=opts.pop("body_timeout"),
             keep_alive_timeout=opts.pop("keep_alive_timeout"),
         )
         return ServerConfig(limits=limits, **opts)

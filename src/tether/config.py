@@ -33,6 +33,9 @@ class RequestLimits:
     #: seconds allowed from a request's first byte (or the connection's start)
     #: to the end of its head; a slower client is closed (slowloris protection)
     header_timeout: float = 10.0
+    #: seconds allowed between two reads of a request body (nginx's client_body_timeout);
+    #: a client that trickles its body is answered 408 and closed
+    body_timeout: float = 60.0
     #: seconds an idle keep-alive connection is kept open waiting for its next request
     keep_alive_timeout: float = 5.0
 
@@ -131,6 +134,7 @@ class ServerConfig:
             )
         _positive("--keep-alive-timeout", self.limits.keep_alive_timeout)
         _positive("--header-timeout", self.limits.header_timeout)
+        _positive("--body-timeout", self.limits.body_timeout)
         _positive("--graceful-timeout", self.graceful_timeout, allow_zero=True)
         _positive("--force-exit-timeout", self.force_exit_timeout, allow_zero=True)
         if self.request_timeout is not None:
