@@ -20,8 +20,8 @@ from tether.client.errors import (
     WriteError,
     WriteTimeout,
 )
+from tether.client.identity import PoolKey, TLSIdentity
 from tether.client.models import Headers, Response, Timeout
-from tether.client.pool import PoolKey, TLSIdentity
 from tether.client.service import Cluster, NoProviderAvailable
 
 __all__ = [

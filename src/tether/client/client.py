@@ -27,6 +27,7 @@ from tether.client.errors import (
     LocalProtocolError,
     TLSError,
 )
+from tether.client.identity import PoolKey, TLSIdentity
 from tether.client.models import (
     Content,
     Headers,
@@ -37,7 +38,7 @@ from tether.client.models import (
     encode_body,
     parse_url,
 )
-from tether.client.pool import ConnectionPool, PoolKey, TLSIdentity
+from tether.client.pool import ConnectionPool
 from tether.client.service import Cluster
 from tether.deadline import HEADER as DEADLINE_HEADER
 from tether.deadline import DeadlineExceeded, current_deadline, deadline_at

@@ -27,7 +27,7 @@ from tether.client.errors import (
 )
 
 if TYPE_CHECKING:
-    from tether.client.pool import PoolKey
+    from tether.client.identity import PoolKey
 
 #: bytes of unread response body after which reading from the socket pauses
 HIGH_WATER: Final = 256 * 1024

@@ -1,9 +1,8 @@
 """The connection pool: idle connections by full identity, limits, a fair wait queue.
 
-Field report 4 (Apache Traffic Server) is why :class:`PoolKey` holds everything that
-makes a connection distinct (scheme, host, port, SNI name, TLS identity): two
-requests that differ in any of these never share a connection, two that agree
-always may. httpcore keys on (scheme, host, port) only; that is the bug to avoid.
+Connections are kept and counted per :class:`~tether.client.identity.PoolKey`, the
+whole identity of a connection (field report 4), and opened by the injected opener
+only, so the pool itself never touches a socket.
 
 Must never hand out a connection the server already closed, never hand one to two
 requests, and never leak a slot, whatever is cancelled when.
@@ -21,37 +20,7 @@ from typing import Any
 from tether import metrics
 from tether.client.connection import HTTPConnection
 from tether.client.errors import PoolTimeout
-from tether.client.models import Origin
-
-
-@dataclass(frozen=True, slots=True)
-class TLSIdentity:
-    """What makes two TLS connections to the same address different."""
-
-    verify: bool
-    #: CA file or directory, "default" for the system store, or "context:<id>" for a
-    #: caller-supplied ssl.SSLContext (which may hold anything, so it is its own identity)
-    ca: str
-    #: client certificate (certfile, keyfile), if any
-    cert: tuple[str, ...] | None = None
-    minimum_version: str = "TLSv1_2"
-    alpn: tuple[str, ...] = ("http/1.1",)
-
-
-@dataclass(frozen=True, slots=True)
-class PoolKey:
-    """The full identity of a connection. Every field is part of the key."""
-
-    scheme: str
-    host: str
-    port: int
-    sni: str | None = None
-    tls: TLSIdentity | None = None
-
-    @property
-    def origin(self) -> Origin:
-        return Origin(self.scheme, self.host, self.port)
-
+from tether.client.identity import PoolKey
 
 Opener = Callable[[PoolKey, float | None], Awaitable[HTTPConnection]]
 
