@@ -10,6 +10,7 @@ import pytest
 
 from tests.support import raw_exchange, serve, wait_for, with_limits
 from tether.asgi import Receive, Scope, Send
+from tether.server.http1 import HttpProtocol
 
 
 async def ok_app(scope: Scope, receive: Receive, send: Send) -> None:
@@ -39,7 +40,7 @@ async def still_serves(port: int) -> None:
     [
         (b"GARBAGE\r\n\r\n", 400),
         (b"GET / HTTP/1.1\r\nHost x\r\n\r\n", 400),
-        (b"GET / HTTP/9.9\r\n\r\n", 400),
+        (b"GET / HTTP/9.9\r\n\r\n", 505),  # well-formed, not spoken (RFC 9110 15.6.6)
         (b"GET /\x00 HTTP/1.1\r\n\r\n", 400),
         (b"POST / HTTP/1.1\r\nContent-Length: abc\r\n\r\n", 400),
         (b"POST / HTTP/1.1\r\nContent-Length: 1\r\nTransfer-Encoding: chunked\r\n\r\n", 400),
@@ -230,6 +231,7 @@ async def test_flow_control_pauses_reading_for_unread_body() -> None:
         writer.write(b"POST / HTTP/1.1\r\nContent-Length: %d\r\n\r\n" % size)
         writer.write(b"z" * size)
         conn = next(iter(server.worker.state.connections))
+        assert isinstance(conn, HttpProtocol)
         await wait_for(lambda: conn.read_paused, what="server to pause reading")
         cycle = conn.cycle
         assert cycle is not None
@@ -258,6 +260,7 @@ async def test_flow_control_waits_for_slow_reader() -> None:
         writer.write(b"GET / HTTP/1.1\r\nHost: x\r\n\r\n")
         await reader.readuntil(b"\r\n\r\n")
         conn = next(iter(server.worker.state.connections))
+        assert isinstance(conn, HttpProtocol)
         await wait_for(lambda: conn.write_paused, what="transport to pause writing")
         paused_at = len(sent_chunks)
         assert paused_at < 200  # the app is held back while the client does not read

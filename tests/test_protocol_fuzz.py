@@ -55,8 +55,9 @@ from hypothesis import strategies as st
 from tether.asgi import Receive, Scope, Send
 from tether.config import RequestLimits
 from tether.errors import ClientDisconnected
-from tether.server import protocol as protocol_module
-from tether.server.protocol import HttpProtocol, ServerState
+from tether.server import http1 as protocol_module
+from tether.server.http1 import HttpProtocol
+from tether.server.state import ServerState
 
 # ---------------------------------------------------------------------------------
 # Harness: fake transport, echo application, driver
@@ -522,7 +523,7 @@ def parse_responses(data: bytes) -> list[Response]:
     return responses
 
 
-REJECTIONS = frozenset({400, 405, 408, 413, 414, 426, 431, 501})
+REJECTIONS = frozenset({400, 405, 408, 413, 414, 426, 431, 501, 505})
 
 
 def check_outcome(outcome: Outcome) -> list[Response]:

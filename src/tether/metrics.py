@@ -91,7 +91,7 @@ FAMILIES: Final[dict[str, tuple[str, str]]] = {
 #: the largest report instead.
 MAX_GAUGES: Final = frozenset({"tether_cluster_providers"})
 
-#: The plain counters of :class:`~tether.server.protocol.ServerState` and
+#: The plain counters of :class:`~tether.server.state.ServerState` and
 #: :mod:`tether.db` (also shown by name in ``/status``) and the series they export as.
 COUNTER_SERIES: Final[dict[str, str]] = {
     "cancelled_disconnect": 'tether_requests_cancelled_total{reason="disconnect"}',

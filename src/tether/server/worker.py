@@ -32,8 +32,9 @@ from tether.server import control as control_mod
 from tether.server import sockets as sockets_mod
 from tether.server import wire
 from tether.server.control import ControlChannel
+from tether.server.http1 import HttpProtocol
 from tether.server.lifespan import Lifespan
-from tether.server.protocol import HttpProtocol, ServerState
+from tether.server.state import ServerState
 from tether.tls import server_context
 
 logger = logging.getLogger("tether.server")

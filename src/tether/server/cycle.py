@@ -1,0 +1,549 @@
+"""The one ASGI request cycle: scope, ``receive``/``send``, deadline, cancellation,
+admission and the mapping of every ending to a status. Every protocol drives it.
+
+Rules of this file:
+
+* There is one request cycle in tether. A transport protocol (HTTP/1.1 in
+  ``http1.py``; HTTP/2 streams and WebSocket sessions next) parses its wire into
+  a scope and body pieces, and puts bytes back on the wire through the small
+  :class:`Channel` interface below. No protocol keeps a copy of the ASGI state
+  machine, the deadline and cancellation logic or the status mapping (uvicorn
+  writes its cycle once per parser: that is what this file exists to avoid).
+* The cycle never touches a socket and never frames a body: it validates what the
+  application sends (message order, headers, Content-Length) and hands it on.
+* Nothing an application does escapes as an exception: every ending goes through
+  the table in ``outcomes.py`` and is logged at most once.
+* A handler is cancelled for exactly two reasons (:class:`CancelReason`): its
+  client left (``--cancel-on-disconnect``) or its deadline passed. Field report 1
+  (docs/incidents.md): the cancellation then reaches its outbound calls and
+  database queries, because they run in the handler's task.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from time import perf_counter
+from typing import Any, Final, Protocol
+
+from tether.admission import Outcome
+from tether.asgi import ASGI_VERSION, ASGIApp, Message
+from tether.deadline import NO_DEADLINE, Deadline, set_deadline
+from tether.errors import ClientDisconnected
+from tether.server import wire
+from tether.server.framing import NO_BODY_STATUS
+from tether.server.outcomes import (
+    CANCELLATIONS,
+    NOTHING,
+    REFUSALS,
+    AlreadyReported,
+    CancelReason,
+    Ending,
+    detail_of,
+    ending_for,
+)
+from tether.server.request_head import RequestRejected
+from tether.server.state import ServerState
+
+error_log = logging.getLogger("tether.error")
+
+_DISCONNECT: Final = {"type": "http.disconnect"}
+
+
+class Channel(Protocol):
+    """What a transport protocol does for the request cycles it drives.
+
+    HTTP/1.1 implements it on its connection (``http1.HttpProtocol``); an HTTP/2
+    stream or a WebSocket session implements it on the stream/session.
+    """
+
+    state: ServerState
+    loop: asyncio.AbstractEventLoop
+    client_label: str
+    #: the transport's write buffer is full: ``send()`` waits on ``drain()``
+    write_paused: bool
+
+    def send_head(self, cycle: RequestCycle, body: bytes, more: bool) -> None:
+        """Write the response head (``cycle.head``) with the first body piece; the
+        body's framing is chosen now, with that piece known."""
+
+    def send_body(self, cycle: RequestCycle, body: bytes, more: bool) -> None:
+        """Write a further body piece (``more`` False: the last)."""
+
+    def send_error(self, cycle: RequestCycle, status: int, detail: str, retry_after: bool) -> None:
+        """Answer a request the application did not answer, with a complete
+        ``text/plain`` response after which this exchange is over."""
+
+    def send_continue(self, cycle: RequestCycle) -> None:
+        """The application asks for a body the client holds back: ``100 Continue``."""
+
+    def cut(self, cycle: RequestCycle) -> None:
+        """The head is out and the body cannot be completed: end the exchange so the
+        client sees a truncated response, never a complete-looking one."""
+
+    def reject(self, rejection: RequestRejected) -> None:
+        """Answer bad input with ``rejection`` (logged once) and end the exchange."""
+
+    def body_consumed(self, cycle: RequestCycle) -> None:
+        """The application took buffered body: reading may resume."""
+
+    async def drain(self) -> None:
+        """Wait until the transport can take more bytes (or is closed)."""
+
+    def response_complete(self, cycle: RequestCycle) -> None:
+        """The last response byte of ``cycle`` has been written."""
+
+
+def build_scope(
+    state: ServerState,
+    http_version: str,
+    method: str,
+    scheme: str,
+    path: str,
+    raw_path: bytes,
+    query_string: bytes,
+    headers: list[tuple[bytes, bytes]],
+    client: tuple[str, int] | None,
+    server: tuple[str, int | None] | None,
+    transport_extensions: dict[str, Any] | None,
+    deadline: Deadline,
+) -> dict[str, Any]:
+    """The ASGI ``http`` scope (ASGI 3, spec 2.4), the same for every protocol.
+    (Positional arguments: keyword passing costs measurably once per request.)
+
+    ``extensions["tether"]`` carries the request's :class:`Deadline` and whether
+    a disconnect cancels the handler (a route may opt out by setting it False).
+    """
+    tether_ext = {"deadline": deadline, "cancel_on_disconnect": state.cancel_on_disconnect}
+    if transport_extensions is None:
+        extensions: dict[str, Any] = {"tether": tether_ext}
+    else:
+        extensions = {**transport_extensions, "tether": tether_ext}
+    return {
+        "type": "http",
+        "asgi": ASGI_VERSION,
+        "http_version": http_version,
+        "server": server,
+        "client": client,
+        "scheme": scheme,
+        "method": method,
+        "root_path": state.root_path,
+        "path": state.root_path + path,
+        "raw_path": state.root_path_bytes + raw_path,
+        "query_string": query_string,
+        "headers": headers,
+        "state": state.app_state.copy(),
+        "extensions": extensions,
+    }
+
+
+class RequestCycle:
+    """One request: the ASGI ``receive`` and ``send`` callables, its deadline and
+    cancellation, and how it ended. Its channel puts its bytes on the wire."""
+
+    __slots__ = (
+        "body_chunks",
+        "body_received",
+        "buffered",
+        "bytes_sent",
+        "cancel_reason",
+        "channel",
+        "chunked",
+        "deadline",
+        "deadline_handle",
+        "disconnected",
+        "expect_100",
+        "expected_length",
+        "final_delivered",
+        "flush_handle",
+        "head",
+        "head_request",
+        "head_written",
+        "http_version",
+        "keep_alive",
+        "logged",
+        "more_body",
+        "no_body",
+        "response_complete",
+        "scope",
+        "sent_length",
+        "started_at",
+        "status",
+        "task",
+        "waiter",
+    )
+
+    def __init__(
+        self,
+        channel: Channel,
+        scope: dict[str, Any],
+        keep_alive: bool,
+        expect_100: bool,
+        http_version: str,
+        deadline: Deadline = NO_DEADLINE,
+    ) -> None:
+        self.channel = channel
+        self.scope = scope
+        #: the connection may carry another request after this one (HTTP/1.x)
+        self.keep_alive = keep_alive
+        self.expect_100 = expect_100
+        self.http_version = http_version
+        self.head_request = scope["method"] == "HEAD"
+        # request body, fed by the channel
+        self.body_chunks: list[bytes] = []
+        self.buffered = 0
+        self.body_received = 0
+        self.more_body = True
+        self.final_delivered = False
+        self.waiter: asyncio.Future[None] | None = None
+        self.disconnected = False
+        # response
+        self.status = 0
+        self.head: list[bytes] = []
+        self.head_written = False
+        self.flush_handle: asyncio.Handle | None = None
+        #: the application declared Transfer-Encoding: chunked, or HTTP/1.1 chose it
+        self.chunked = False
+        self.no_body = False
+        self.expected_length: int | None = None
+        self.sent_length = 0
+        self.bytes_sent = 0
+        self.response_complete = False
+        self.logged = False
+        self.started_at = perf_counter()  # uvloop's loop.time() ticks in milliseconds
+        self.deadline = deadline
+        self.deadline_handle: asyncio.TimerHandle | None = None
+        self.task: asyncio.Task[None] | None = None
+        #: why tether cancelled the handler (None: not cancelled, or a stop)
+        self.cancel_reason: CancelReason | None = None
+
+    # -- events from the channel ----------------------------------------------------
+
+    def start(self) -> None:
+        """Run the application for this request, under its deadline."""
+        channel = self.channel
+        state = channel.state
+        task = self.task = channel.loop.create_task(self.run_asgi(state.app))
+        state.tasks.add(task)  # run_asgi removes it when it ends
+        deadline_at = self.deadline.loop_time(channel.loop)
+        if deadline_at is not None:
+            self.deadline_handle = channel.loop.call_at(deadline_at, self.on_deadline)
+
+    def feed_body(self, body: bytes) -> None:
+        """A piece of the request body arrived (the channel bounds its buffering)."""
+        if self.response_complete:
+            return  # answered already: the rest of the body is read and dropped
+        self.body_chunks.append(body)
+        self.buffered += len(body)
+        self.wake()
+
+    def end_body(self) -> None:
+        """The request body is complete."""
+        self.more_body = False
+        self.wake()
+
+    def wake(self) -> None:
+        waiter = self.waiter
+        if waiter is not None and not waiter.done():
+            waiter.set_result(None)
+
+    def on_disconnect(self) -> None:
+        self.disconnected = True
+        self._cancel_flush()
+        self.wake()
+        # Field report 1: a handler whose client has gone is cancelled at once (and
+        # with it the calls and queries it awaits), unless the server or the route
+        # opted out; a response already complete leaves background work alone.
+        if not self.response_complete and self.scope["extensions"]["tether"].get(
+            "cancel_on_disconnect", True
+        ):
+            self._cancel(CancelReason.DISCONNECT)
+
+    def on_deadline(self) -> None:
+        self.deadline_handle = None
+        if not self.response_complete:
+            self._cancel(CancelReason.DEADLINE)
+
+    def abort(self, rejection: RequestRejected) -> None:
+        """The request's own bytes turned out bad (body too large, malformed chunk,
+        too slow) while the application runs: answer it if nothing was sent yet,
+        then close. The application sees ``http.disconnect`` and its sends raise."""
+        if not self.head_written and not self.response_complete:
+            self._cancel_flush()
+            self._response_done()
+            self.status = rejection.status
+            self.channel.reject(rejection)
+            self.logged = True
+        else:
+            error_log.warning(
+                "%d %s (client %s)", rejection.status, rejection.detail,
+                self.channel.client_label,
+            )
+            self.channel.cut(self)
+        self.on_disconnect()
+
+    def _cancel(self, reason: CancelReason) -> None:
+        task = self.task
+        if task is not None and not task.done() and self.cancel_reason is None:
+            self.cancel_reason = reason
+            task.cancel()
+
+    def _response_done(self) -> None:
+        """The response is complete: the deadline no longer applies to this request."""
+        self.response_complete = True
+        if self.deadline_handle is not None:
+            self.deadline_handle.cancel()
+            self.deadline_handle = None
+
+    # -- ASGI ----------------------------------------------------------------------
+
+    async def receive(self) -> Message:
+        channel = self.channel
+        while not (self.disconnected or self.response_complete):
+            if self.body_chunks or (not self.more_body and not self.final_delivered):
+                chunks = self.body_chunks
+                body = chunks[0] if len(chunks) == 1 else b"".join(chunks)
+                chunks.clear()
+                self.buffered = 0
+                more = self.more_body
+                self.final_delivered = not more
+                channel.body_consumed(self)
+                return {"type": "http.request", "body": body, "more_body": more}
+            if self.expect_100 and self.more_body:
+                # RFC 9110 section 10.1.1: send 100 only once the application asks for
+                # the body, so a request refused without reading never uploads it.
+                self.expect_100 = False
+                if not self.head_written:
+                    channel.send_continue(self)
+            channel.body_consumed(self)
+            self.waiter = channel.loop.create_future()
+            try:
+                await self.waiter
+            finally:
+                self.waiter = None
+        return _DISCONNECT
+
+    async def send(self, message: Message) -> None:
+        if self.disconnected:
+            raise ClientDisconnected(f"client {self.channel.client_label} disconnected")
+        mtype = message["type"]
+        if not self.status:
+            if mtype != "http.response.start":
+                raise RuntimeError(f"expected ASGI message 'http.response.start', got {mtype!r}")
+            self._start_response(message)
+            return
+        if self.response_complete:
+            raise RuntimeError(f"unexpected ASGI message {mtype!r} after the response completed")
+        if mtype != "http.response.body":
+            raise RuntimeError(f"expected ASGI message 'http.response.body', got {mtype!r}")
+        body: bytes = message.get("body", b"")
+        more: bool = message.get("more_body", False)
+        channel = self.channel
+        if self.head_written:
+            if self.expected_length is not None:
+                self._count_body(body)
+            channel.send_body(self, body, more)
+        else:
+            if self.flush_handle is not None:
+                self._cancel_flush()
+            expected = self.expected_length
+            if expected is not None and len(body) > expected and not self.no_body:
+                # Nothing is on the wire yet, so this can still become a clean 500.
+                raise RuntimeError(
+                    f"ASGI application sent {len(body)} body bytes with Content-Length {expected}"
+                )
+            self.head_written = True
+            channel.send_head(self, body, more)
+            if self.expected_length is not None and not (self.no_body or self.chunked):
+                self.sent_length += len(body)  # within the length: checked just above
+        if not more:
+            self._finish()
+        elif channel.write_paused:
+            await channel.drain()
+            if self.disconnected:
+                raise ClientDisconnected(f"client {channel.client_label} disconnected")
+
+    def _count_body(self, body: bytes) -> None:
+        """Hold the application to the Content-Length it declared (or tether chose)."""
+        expected = self.expected_length
+        if expected is None or self.no_body or self.chunked:
+            return
+        self.sent_length += len(body)
+        if self.sent_length > expected:
+            self._fail_mid_response(f"response body longer than its Content-Length ({expected})")
+            raise AlreadyReported(
+                f"ASGI application sent more than Content-Length ({expected}) bytes"
+            )
+
+    def _start_response(self, message: Message) -> None:
+        status = int(message["status"])
+        if not 100 <= status <= 999:
+            raise RuntimeError(f"invalid HTTP status {status}")
+        head = [wire.status_line(status)]
+        has_date = False
+        render = wire.render_header
+        for name, value in message.get("headers", ()):
+            try:
+                kind, line, argument = render(name, value)
+            except ValueError as exc:
+                raise RuntimeError(f"ASGI application sent {exc}") from None
+            if kind == wire.HEADER_PLAIN:
+                pass
+            elif kind == wire.HEADER_CONTENT_LENGTH:
+                self.expected_length = argument
+            elif kind == wire.HEADER_TRANSFER_ENCODING:
+                self.chunked = bool(argument)
+            elif kind == wire.HEADER_CONNECTION:
+                if argument:
+                    self.keep_alive = False
+                continue  # the protocol writes its connection management itself
+            else:
+                has_date = True
+            head.append(line)
+        channel = self.channel
+        if not has_date:
+            head.append(channel.state.date_header)
+        self.status = status
+        self.head = head
+        self.no_body = status < 200 or status in NO_BODY_STATUS or self.head_request
+        # Defer the head by one loop turn: the body usually follows at once and goes
+        # out in the same write (one syscall); a slow body still gets an early head.
+        self.flush_handle = channel.loop.call_soon(self._flush_head)
+
+    def _cancel_flush(self) -> None:
+        if self.flush_handle is not None:
+            self.flush_handle.cancel()
+            self.flush_handle = None
+
+    def _flush_head(self) -> None:
+        self.flush_handle = None
+        if not self.head_written and not self.disconnected and not self.response_complete:
+            self.head_written = True
+            self.channel.send_head(self, b"", True)
+
+    def _finish(self) -> None:
+        expected = self.expected_length
+        if (
+            expected is not None
+            and not self.no_body
+            and not self.chunked
+            and self.sent_length != expected
+        ):
+            self._fail_mid_response(
+                f"response body shorter than its Content-Length "
+                f"({self.sent_length} < {expected})"
+            )
+            return
+        self._response_done()
+        self._log()
+        self.channel.response_complete(self)
+
+    def _fail_mid_response(self, reason: str, *, quiet: bool = False) -> None:
+        """The head is on the wire and the body cannot be completed: cut it."""
+        if not quiet:
+            error_log.error("%s; closing connection (client %s)", reason,
+                            self.channel.client_label)
+        self._response_done()
+        self.keep_alive = False
+        self._log()
+        self.channel.cut(self)
+
+    # -- running the application ----------------------------------------------------
+
+    async def run_asgi(self, app: ASGIApp) -> None:
+        state = self.channel.state
+        gate = state.admission
+        admitted = False
+        try:
+            if self.deadline.at is not None:
+                set_deadline(self.deadline)  # this task's context: the app inherits it
+            if gate is not None:
+                outcome = await gate.enter(self.deadline.at)
+                if outcome is not Outcome.ADMITTED:
+                    self._end(REFUSALS[outcome])  # the handler never runs
+                    return
+                admitted = True
+            elif self.deadline.expired:
+                self._end(REFUSALS[Outcome.EXPIRED])
+                return
+            await app(self.scope, self.receive, self.send)
+        except asyncio.CancelledError:
+            reason = self.cancel_reason
+            if reason is CancelReason.DEADLINE and gate is not None and not admitted:
+                self._end(REFUSALS[Outcome.EXPIRED])  # it expired while queued: never ran
+            else:
+                self._end(CANCELLATIONS[reason])
+                if reason is None:
+                    raise  # the worker is stopping: not ours to swallow
+        except Exception as exc:
+            ending = ending_for(exc)
+            if ending.app_error:
+                if self.disconnected and isinstance(exc, OSError):
+                    ending = NOTHING  # a write to a client already gone
+                else:
+                    error_log.error(
+                        "Exception in ASGI application (client %s, %s %s)",
+                        self.channel.client_label, self.scope["method"], self.scope["path"],
+                        exc_info=exc,
+                    )
+            self._end(ending, exc)
+        else:
+            if not self.response_complete and not self.disconnected:
+                what = "completing" if self.status else "starting"
+                error_log.error(
+                    "ASGI application returned without %s a response (client %s, %s %s)",
+                    what, self.channel.client_label, self.scope["method"], self.scope["path"],
+                )
+                self._fail_unanswered(500, "Internal Server Error")
+        finally:
+            if admitted:
+                assert gate is not None
+                gate.leave()
+            if not self.logged:
+                self._log()
+            if self.task is not None:
+                state.tasks.discard(self.task)
+
+    def _end(self, ending: Ending, exc: BaseException | None = None) -> None:
+        """Carry out an ending from the table in ``outcomes.py``."""
+        if ending.counter is not None:
+            self.channel.state.counters[ending.counter] += 1
+        if ending.status is None:
+            return
+        detail = ending.detail if exc is None else detail_of(ending, exc)
+        if ending.aborts_started and self.head_written:
+            if not (self.response_complete or self.disconnected):
+                self._fail_mid_response(detail, quiet=True)
+            return
+        self._fail_unanswered(ending.status, detail, ending.retry_after)
+
+    def _fail_unanswered(self, status: int, detail: str, retry_after: bool = False) -> None:
+        if self.response_complete or self.disconnected:
+            return
+        if self.head_written:
+            self._fail_mid_response(f"ASGI application failed mid-response ({detail})")
+            return
+        self._cancel_flush()
+        self.status = status
+        self._response_done()
+        self.keep_alive = False
+        self.channel.send_error(self, status, detail, retry_after)
+        self._log()
+        self.channel.response_complete(self)
+
+    def _log(self) -> None:
+        if self.logged:
+            return
+        self.logged = True
+        state = self.channel.state
+        status = self.status if self.response_complete else 499
+        seconds = perf_counter() - self.started_at
+        state.http.observe(status, seconds)
+        if not state.access_log:
+            return
+        scope = self.scope
+        target = scope["raw_path"].decode("latin-1")
+        if scope["query_string"]:
+            target += "?" + scope["query_string"].decode("latin-1")
+        state.log_access(self.channel.client_label, scope["method"], target, status,
+                         self.bytes_sent, seconds)

@@ -1,0 +1,510 @@
+"""HTTP/1.1 on ``asyncio.Protocol`` + httptools: a thin adapter that turns bytes
+into request cycles (``cycle.py``) and their responses back into bytes.
+
+Rules of this file:
+
+* Bytes in go through ``httptools`` (llhttp, C); the head rules live in
+  ``request_head.py`` and every limit (request line, header count and size, head
+  size, body size, head and body timeouts) is enforced before the application
+  sees anything.
+* Responses are written in request order (pipelining); a bad pipelined request
+  is answered only after the ones before it.
+* Nothing a client does escapes this module as an exception: it becomes a
+  status code, a close, and one log line with the client address.
+* Flow control both ways: the application waits while the transport's write
+  buffer is full, and reading pauses while a request body sits unconsumed.
+
+Theory of operation: one :class:`HttpProtocol` per connection owns the parser and
+the connection's single timer (swept by the worker, no handle per request);
+``protocol.cycle`` is the request being answered; ``protocol.parsing`` is the
+request whose bytes are being parsed (the same one, or a later pipelined one
+waiting in ``protocol.pipeline``). As the cycle's :class:`~tether.server.cycle.Channel`
+it frames response bodies (``framing.py``) and decides keep-alive.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import re
+from collections import deque
+from typing import Any, Final, cast
+
+import httptools
+
+from tether.deadline import GRPC_HEADER_BYTES, HEADER_BYTES, NO_DEADLINE
+from tether.server import framing, request_head, wire
+from tether.server.cycle import RequestCycle, build_scope
+from tether.server.framing import Framing
+from tether.server.request_head import RequestRejected
+from tether.server.state import ServerState, TimerKind
+from tether.tls import tls_extension
+
+error_log = logging.getLogger("tether.error")
+
+#: bytes of unconsumed request body after which reading pauses (per connection)
+HIGH_WATER: Final = 64 * 1024
+
+_RETRY_AFTER: Final = b"retry-after: 1\r\n"
+_WELL_FORMED_VERSION: Final = re.compile(rb" HTTP/[0-9]\.[0-9]\r?\n")
+_OWS: Final = b" \t"
+
+# The request fields the server itself reads, by lower-case name.
+_HOST, _CONTENT_LENGTH, _TRANSFER_ENCODING, _EXPECT, _UPGRADE, _DEADLINE = range(6)
+_SPECIAL_FIELDS: Final = {
+    b"host": _HOST,
+    b"content-length": _CONTENT_LENGTH,
+    b"transfer-encoding": _TRANSFER_ENCODING,
+    b"expect": _EXPECT,
+    b"upgrade": _UPGRADE,
+    HEADER_BYTES: _DEADLINE,
+    GRPC_HEADER_BYTES: _DEADLINE,
+}
+
+# Enum members bound once: attribute access on an Enum class costs ~90 ns on 3.11,
+# and these are read several times per request.
+TIMER_NONE: Final = TimerKind.NONE
+TIMER_HEAD: Final = TimerKind.HEAD
+TIMER_BODY: Final = TimerKind.BODY
+TIMER_KEEPALIVE: Final = TimerKind.KEEPALIVE
+_LENGTH: Final = Framing.LENGTH
+_CHUNKED: Final = Framing.CHUNKED
+
+
+def _addr(value: Any) -> tuple[str, int] | None:
+    if isinstance(value, tuple) and len(value) >= 2:
+        return (str(value[0]), int(value[1]))
+    return None
+
+
+class HttpProtocol(asyncio.Protocol):
+    """One HTTP/1.1 connection: parser callbacks, pipelining, timers, flow control."""
+
+    def __init__(self, state: ServerState, loop: asyncio.AbstractEventLoop) -> None:
+        self.state = state
+        self.loop = loop
+        self.limits = state.limits
+        self.parser = httptools.HttpRequestParser(self)
+        self.transport: asyncio.Transport = None  # type: ignore[assignment]
+        self.client: tuple[str, int] | None = None
+        self.server: tuple[str, int | None] | None = None
+        self.scheme = "http"
+        self.extensions: dict[str, Any] | None = None
+        self.client_label = "-"
+        self.cycle: RequestCycle | None = None
+        self.parsing: RequestCycle | None = None
+        self.pipeline: deque[RequestCycle | RequestRejected] = deque()
+        self.closed = False
+        self.read_paused = False
+        self.write_paused = False
+        self._drain_waiter: asyncio.Future[None] | None = None
+        self.timer_kind = TIMER_NONE
+        self.timer_at = 0.0
+        # head being parsed
+        self._url = b""
+        self._headers: list[tuple[bytes, bytes]] = []
+        self._in_head = False
+        self._head_bytes = 0
+        self._content_length: int | None = None
+        self._expect_100 = False
+        self._upgrade: bytes | None = None
+        self._chunked_request = False
+        self._hosts = 0
+        self._deadline_headers: list[tuple[bytes, bytes]] = []
+        self._head_number = 0
+
+    # -- asyncio.Protocol ---------------------------------------------------------
+
+    def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        # uvloop's transports do not subclass asyncio.Transport, but behave as one.
+        self.transport = cast(asyncio.Transport, transport)
+        self.state.connections.add(self)
+        peer = transport.get_extra_info("peername")
+        sock = transport.get_extra_info("sockname")
+        self.client = _addr(peer)
+        self.server = _addr(sock) or ((sock, None) if isinstance(sock, str) and sock else None)
+        self.client_label = f"{self.client[0]}:{self.client[1]}" if self.client else "unix"
+        sslobj = transport.get_extra_info("ssl_object")
+        if sslobj is not None:
+            self.scheme = "https"
+            self.extensions = {"tls": tls_extension(sslobj)}
+        # A new connection must deliver its first request head within header_timeout;
+        # a draining worker waits this long for it too instead of closing early.
+        self._set_timer(TIMER_HEAD, self.limits.header_timeout)
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        self.closed = True
+        self.state.connections.discard(self)
+        if self.cycle is not None:
+            self.cycle.on_disconnect()
+        for queued in self.pipeline:
+            if isinstance(queued, RequestCycle):
+                queued.on_disconnect()
+        self.pipeline.clear()
+        self._wake_writer()
+
+    def eof_received(self) -> bool:
+        # EOF from the client means it went away (as nginx and uvicorn treat it): a
+        # half-closed socket cannot be told apart from a closed one until a write
+        # fails, and a request must be cancellable the moment its client leaves.
+        return False
+
+    def data_received(self, data: bytes) -> None:
+        head_before = self._head_number if self._in_head else -1
+        try:
+            self.parser.feed_data(data)
+        except httptools.HttpParserCallbackError as exc:
+            cause = exc.__context__
+            if isinstance(cause, RequestRejected):
+                self._reject(cause)
+            else:  # a bug in this module: answer, log it, keep the worker alive
+                error_log.error("internal error parsing request from %s", self.client_label,
+                                exc_info=cause)
+                self._reject(RequestRejected(500, "Internal server error"))
+        except httptools.HttpParserUpgrade:
+            # The request carrying the Upgrade header is complete and being served;
+            # tether does not switch protocols, so nothing after it is read.
+            self._pause_reading()
+        except httptools.HttpParserError as exc:
+            detail = exc.args[0] if exc.args else "malformed request"
+            if detail == "Invalid HTTP version" and _WELL_FORMED_VERSION.search(data):
+                # llhttp refuses versions it does not know (HTTP/3.0) as malformed;
+                # a well-formed version we do not speak is 505 (RFC 9110 15.6.6).
+                self._reject(RequestRejected(505, "HTTP version not supported"))
+            else:
+                self._reject(RequestRejected(400, f"Invalid HTTP request: {detail}"))
+        else:
+            # httptools buffers an unfinished header line itself, so bound the head by
+            # the bytes received: a read that began and ended inside one head was all
+            # head. (The read in which a head begins is bounded by the read size.)
+            # Comparing head numbers keeps a read that finished one pipelined head
+            # and began the next from counting against the next.
+            if self._in_head and self._head_number == head_before:
+                self._head_bytes += len(data)
+                if self._head_bytes > self.limits.max_head_bytes:
+                    self._reject(RequestRejected(431, "Request header fields too large"))
+
+    def pause_writing(self) -> None:
+        self.write_paused = True
+
+    def resume_writing(self) -> None:
+        self.write_paused = False
+        self._wake_writer()
+
+    # -- httptools callbacks ------------------------------------------------------
+
+    def on_message_begin(self) -> None:
+        self._head_number += 1
+        self._url = b""
+        self._headers = []
+        self._in_head = True
+        self._head_bytes = 0
+        self._content_length = None
+        self._expect_100 = False
+        self._upgrade = None
+        self._chunked_request = False
+        self._hosts = 0
+        if self._deadline_headers:
+            self._deadline_headers = []
+        if self.timer_kind is not TIMER_HEAD:
+            self.timer_kind = TIMER_HEAD
+            self.timer_at = self.loop.time() + self.limits.header_timeout
+
+    def on_url(self, url: bytes) -> None:
+        self._url += url
+        if len(self._url) > self.limits.request_line:
+            raise RequestRejected(414, "Request-URI too long")
+
+    def on_header(self, name: bytes, value: bytes) -> None:
+        if not self._in_head:
+            # A chunked body's trailer fields: never merged into the request headers
+            # the application already holds (that would let a trailer smuggle a header
+            # past whatever checked the head). tether does not expose trailers.
+            return
+        if len(self._headers) >= self.limits.request_fields:
+            raise RequestRejected(431, "Too many request header fields")
+        if len(name) + len(value) > self.limits.request_field_size:
+            raise RequestRejected(431, "Request header field too large")
+        name = name.lower()
+        if value and value[-1] in _OWS:  # llhttp has already dropped leading OWS
+            value = request_head.field_value(value)
+        special = _SPECIAL_FIELDS.get(name)
+        if special is None:
+            pass  # most fields: one dict lookup instead of a chain of comparisons
+        elif special == _HOST:
+            self._hosts += 1
+        elif special == _CONTENT_LENGTH:
+            self._content_length = request_head.content_length(value, self.limits.request_body)
+        elif special == _TRANSFER_ENCODING:
+            self._chunked_request = True
+            request_head.transfer_coding(value)
+        elif special == _EXPECT:
+            self._expect_100 = value.lower() == b"100-continue"
+        elif special == _UPGRADE:
+            self._upgrade = value.lower()
+        else:
+            self._deadline_headers.append((name, value))
+        self._headers.append((name, value))
+
+    def on_headers_complete(self) -> None:
+        self._in_head = False
+        parser = self.parser
+        http_version: str = parser.get_http_version()
+        if http_version != "1.1" or self._hosts > 1:
+            request_head.check_head(http_version, self._chunked_request, self._hosts)
+        if self._upgrade is not None and b"websocket" in self._upgrade and parser.should_upgrade():
+            raise RequestRejected(426, "WebSocket is not supported by this server")
+        method_bytes: bytes = parser.get_method()
+        if method_bytes == b"CONNECT":
+            # A 2xx to CONNECT would make the connection a tunnel, which an ASGI
+            # server cannot be; refuse it rather than drop the bytes that follow.
+            raise RequestRejected(501, "CONNECT is not supported by this server")
+        path, raw_path, query = request_head.split_target(self._url)
+        state = self.state
+        if self._deadline_headers or state.request_timeout is not None:
+            deadline = request_head.request_deadline(self._deadline_headers,
+                                                     state.request_timeout)
+        else:
+            deadline = NO_DEADLINE
+        scope = build_scope(
+            state, http_version, method_bytes.decode("ascii"), self.scheme, path, raw_path,
+            query, self._headers, self.client, self.server, self.extensions, deadline,
+        )
+        keep_alive: bool = parser.should_keep_alive() and self._upgrade is None
+        # RFC 9110 section 10.1.1: a server ignores Expect from an HTTP/1.0 client.
+        expect_100 = self._expect_100 and http_version == "1.1"
+        cycle = RequestCycle(self, scope, keep_alive, expect_100, http_version, deadline)
+        self.parsing = cycle
+        if self._content_length == 0 or (
+            self._content_length is None and not self._chunked_request
+        ):
+            cycle.more_body = False  # no body follows: receive() need not wait for one
+            self._clear_timer()
+        else:
+            # A body follows: each piece must come within body_timeout of the last
+            # (nginx's client_body_timeout), or a trickling client holds its handler.
+            self._set_timer(TIMER_BODY, self.limits.body_timeout)
+        if self.cycle is None:
+            self.cycle = cycle
+            cycle.start()
+        else:
+            self.pipeline.append(cycle)
+            self._pause_reading()
+
+    def on_body(self, body: bytes) -> None:
+        cycle = self.parsing
+        assert cycle is not None
+        cycle.body_received += len(body)
+        limit = self.limits.request_body
+        if limit is not None and cycle.body_received > limit:
+            raise RequestRejected(413, f"Request body larger than {limit} bytes")
+        if self.timer_kind is TIMER_BODY:
+            self.timer_at = self.loop.time() + self.limits.body_timeout
+        cycle.feed_body(body)
+        if cycle.buffered > HIGH_WATER:
+            self._pause_reading()
+
+    def on_message_complete(self) -> None:
+        cycle = self.parsing
+        assert cycle is not None
+        cycle.end_body()
+        self.parsing = None
+        if self.timer_kind is TIMER_BODY:
+            if self.cycle is None and not self.pipeline and cycle.response_complete:
+                # answered before its body ended: the connection is idle from now on
+                self._set_timer(TIMER_KEEPALIVE, self.limits.keep_alive_timeout)
+            else:
+                self._clear_timer()
+        if cycle.keep_alive and not self.parser.should_keep_alive():
+            # "Connection: close" arrived in the trailers: httptools will refuse
+            # anything after this message, so this connection ends with it.
+            cycle.keep_alive = False
+            if cycle.response_complete:
+                self.close()
+
+    # -- request scheduling -------------------------------------------------------
+
+    def response_complete(self, cycle: RequestCycle) -> None:
+        """Called once per request when its last response byte has been written."""
+        # Body the application never read is dropped now (and the rest as it
+        # arrives): holding it would keep reading paused and stall the connection.
+        cycle.body_chunks.clear()
+        cycle.buffered = 0
+        state = self.state
+        state.total_requests += 1
+        if state.on_request_done is not None:
+            state.on_request_done()
+        if cycle is not self.cycle:
+            return
+        self.cycle = None
+        if not cycle.keep_alive or self.closed:
+            self.close()
+            return
+        if self.pipeline:
+            nxt = self.pipeline.popleft()
+            if isinstance(nxt, RequestRejected):
+                self.reject(nxt)
+                return
+            self.cycle = nxt
+            nxt.start()
+        elif not self._in_head and self.parsing is None:
+            self._set_timer(TIMER_KEEPALIVE, self.limits.keep_alive_timeout)
+        self._update_reading()
+
+    def _reject(self, rejection: RequestRejected) -> None:
+        """Answer bad input: now, after the requests ahead of it, or by ending the
+        request it belongs to if the application is already running it."""
+        self._in_head = False
+        parsing = self.parsing
+        if parsing is not None and parsing is self.cycle:
+            parsing.abort(rejection)
+        elif self.cycle is not None:
+            if parsing is not None:  # a queued pipelined request can no longer complete
+                with contextlib.suppress(ValueError):
+                    self.pipeline.remove(parsing)
+            self.pipeline.append(rejection)
+            self._pause_reading()
+        else:
+            self.reject(rejection)
+        self.parsing = None
+
+    # -- the cycle's channel: putting responses on the wire --------------------------
+
+    def send_head(self, cycle: RequestCycle, body: bytes, more: bool) -> None:
+        head = cycle.head
+        status = cycle.status
+        chosen = framing.choose_framing(
+            status, cycle.expected_length is not None or cycle.chunked, cycle.head_request,
+            cycle.http_version, body, more,
+        )
+        if chosen is _LENGTH:
+            cycle.expected_length = len(body)
+            head.append(b"content-length: %d\r\n" % len(body))
+        elif chosen is _CHUNKED:
+            cycle.chunked = True
+            head.append(b"transfer-encoding: chunked\r\n")
+        keep_alive = cycle.keep_alive = framing.keeps_alive(
+            cycle.keep_alive,
+            chosen,
+            cycle.more_body and not cycle.final_delivered and cycle.expect_100,
+            self.state.draining,
+        )
+        if not keep_alive:
+            head.append(b"connection: close\r\n")
+        elif cycle.http_version == "1.0":
+            head.append(b"connection: keep-alive\r\n")
+        head.append(b"\r\n")
+        if not cycle.no_body:
+            head.append(framing.chunk(body, more) if cycle.chunked else body)
+        out = b"".join(head)
+        self.transport.write(out)
+        cycle.bytes_sent += len(out)
+
+    def send_body(self, cycle: RequestCycle, body: bytes, more: bool) -> None:
+        if cycle.no_body:
+            return
+        out = framing.chunk(body, more) if cycle.chunked else body
+        if out:
+            self.transport.write(out)
+            cycle.bytes_sent += len(out)
+
+    def send_error(self, cycle: RequestCycle, status: int, detail: str, retry_after: bool) -> None:
+        out = wire.error_response(status, detail, self.state.date_header,
+                                  _RETRY_AFTER if retry_after else b"")
+        self.transport.write(out)
+        cycle.bytes_sent += len(out)
+
+    def send_continue(self, cycle: RequestCycle) -> None:
+        self.transport.write(wire.CONTINUE_100)
+
+    def cut(self, cycle: RequestCycle) -> None:
+        self.close()
+
+    def reject(self, rejection: RequestRejected) -> None:
+        error_log.warning(
+            "%d %s (client %s)", rejection.status, rejection.detail, self.client_label
+        )
+        if not self.closed:
+            extra = b"upgrade: websocket\r\n" if rejection.status == 426 else b""
+            self.transport.write(
+                wire.error_response(
+                    rejection.status, rejection.detail, self.state.date_header, extra
+                )
+            )
+        self.state.http.observe(rejection.status, 0.0)
+        self.state.log_access(self.client_label, "-", "-", rejection.status, 0, 0.0)
+        self.close()
+
+    def body_consumed(self, cycle: RequestCycle) -> None:
+        self._update_reading()
+
+    # -- reading and writing --------------------------------------------------------
+
+    def _pause_reading(self) -> None:
+        if not self.read_paused and not self.closed:
+            self.read_paused = True
+            self.transport.pause_reading()
+
+    def _update_reading(self) -> None:
+        """Resume reading once nothing queued or buffered holds it back."""
+        if not self.read_paused or self.closed or self.pipeline:
+            return
+        parsing = self.parsing
+        if parsing is not None and parsing.buffered > HIGH_WATER:
+            return
+        self.read_paused = False
+        self.transport.resume_reading()
+
+    async def drain(self) -> None:
+        """Wait until the transport's write buffer is below its high-water mark."""
+        if self.write_paused and not self.closed:
+            waiter = self._drain_waiter = self.loop.create_future()
+            try:
+                await waiter
+            finally:
+                self._drain_waiter = None
+
+    def _wake_writer(self) -> None:
+        waiter = self._drain_waiter
+        if waiter is not None and not waiter.done():
+            waiter.set_result(None)
+
+    def close(self) -> None:
+        if not self.closed and not self.transport.is_closing():
+            self.transport.close()
+
+    # -- timers (swept by the worker, no per-request timer handles) ----------------
+
+    def _set_timer(self, kind: TimerKind, seconds: float) -> None:
+        self.timer_kind = kind
+        self.timer_at = self.loop.time() + seconds
+
+    def _clear_timer(self) -> None:
+        self.timer_kind = TIMER_NONE
+
+    def check_timer(self, now: float) -> None:
+        kind = self.timer_kind
+        if kind is TIMER_NONE or now < self.timer_at or self.closed:
+            return
+        if kind is TIMER_HEAD and self.cycle is not None:
+            return  # a pipelined head: the requests ahead of it are answered first
+        parsing = self.parsing
+        if kind is TIMER_BODY and (
+            self.read_paused or parsing is None or (parsing.expect_100 and parsing.more_body)
+        ):
+            # Reading is paused by us (the application has not taken what it has, or
+            # pipelining), or the client waits for a 100 Continue the application has
+            # not asked for: the client is not slow. Count from when we read again.
+            self.timer_at = now + self.limits.body_timeout
+            return
+        self.timer_kind = TIMER_NONE
+        if kind is TIMER_KEEPALIVE:
+            self.close()
+        elif kind is TIMER_BODY:
+            self._reject(RequestRejected(408, "Request body not received in time"))
+        elif self._in_head:
+            # A slow client (slowloris): answer 408 so it knows why, then close.
+            self.reject(RequestRejected(408, "Request head not received in time"))
+        else:
+            self.close()

@@ -1,0 +1,94 @@
+"""What every connection of one worker shares: the application, the limits, the
+counters, the open connections and running handlers, and the access log.
+
+The worker owns it: it sweeps ``connections`` for timeouts (one sweep per worker,
+no timer handle per request), refreshes ``date_header`` once a second, and flips
+``draining`` when a stop begins. Must never hold per-request state.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import enum
+import logging
+from collections import Counter
+from collections.abc import Callable
+from typing import TYPE_CHECKING, Any, Protocol
+
+from tether.admission import AdmissionGate
+from tether.asgi import ASGIApp
+from tether.config import RequestLimits
+from tether.metrics import HttpMetrics
+from tether.server import wire
+
+if TYPE_CHECKING:
+    from tether.server.cycle import RequestCycle
+
+access_log = logging.getLogger("tether.access")
+
+
+class TimerKind(enum.Enum):
+    """What a connection's single timer is waiting for (checked by the worker's sweep)."""
+
+    NONE = "none"
+    HEAD = "head"  # a request head must complete (slowloris protection) -> 408
+    BODY = "body"  # the next piece of a request body must arrive -> 408
+    KEEPALIVE = "keep-alive"  # an idle keep-alive connection may wait this long
+
+
+class Connection(Protocol):
+    """What the worker needs of an open connection, whatever its protocol."""
+
+    cycle: RequestCycle | None  # the request being answered, if any
+    transport: asyncio.Transport
+
+    def check_timer(self, now: float) -> None: ...
+
+    def close(self) -> None: ...
+
+
+class ServerState:
+    """The state one worker's connections share (see the module docstring)."""
+
+    def __init__(
+        self,
+        app: ASGIApp,
+        limits: RequestLimits,
+        *,
+        root_path: str = "",
+        access_log: bool = True,
+        app_state: dict[str, Any] | None = None,
+        request_timeout: float | None = None,
+        cancel_on_disconnect: bool = True,
+        admission: AdmissionGate | None = None,
+    ) -> None:
+        self.app = app
+        self.limits = limits
+        self.root_path = root_path
+        self.root_path_bytes = root_path.encode("ascii")
+        self.access_log = access_log
+        self.app_state: dict[str, Any] = app_state if app_state is not None else {}
+        self.request_timeout = request_timeout
+        self.cancel_on_disconnect = cancel_on_disconnect
+        self.admission = admission
+        #: what cancellation and admission did (the supervisor shows them in /status)
+        self.counters: Counter[str] = Counter()
+        #: responses by status class and duration (Prometheus, via the supervisor)
+        self.http = HttpMetrics()
+        self.connections: set[Connection] = set()
+        self.tasks: set[asyncio.Task[None]] = set()
+        self.total_requests = 0
+        self.draining = False
+        self.date_header = wire.date_header()
+        #: called with each completed response (worker counts, recycling)
+        self.on_request_done: Callable[[], None] | None = None
+
+    def log_access(
+        self, client: str, method: str, target: str, status: int, size: int, seconds: float
+    ) -> None:
+        """One access-log line per request, nginx-style (499: the client left first)."""
+        if self.access_log and access_log.isEnabledFor(logging.INFO):
+            access_log.info(
+                '%s "%s %s" %d %d %.1fms', client, method, target, status, size,
+                seconds * 1000.0,
+            )
