@@ -2,7 +2,8 @@
 
 Connections are kept and counted per :class:`~tether.client.identity.PoolKey`, the
 whole identity of a connection (field report 4), and opened by the injected opener
-only, so the pool itself never touches a socket.
+only: the pool never touches a socket, and sees a connection only through
+:class:`PooledConnection` (tests drive it with fakes).
 
 Must never hand out a connection the server already closed, never hand one to two
 requests, and never leak a slot, whatever is cancelled when.
@@ -15,14 +16,36 @@ import contextlib
 from collections import deque
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, Generic, Protocol, TypeVar
 
 from tether import metrics
-from tether.client.connection import HTTPConnection
 from tether.client.errors import PoolTimeout
 from tether.client.identity import PoolKey
 
-Opener = Callable[[PoolKey, float | None], Awaitable[HTTPConnection]]
+
+class PooledConnection(Protocol):
+    """What the pool needs of a connection (``HTTPConnection`` is the real one)."""
+
+    key: PoolKey  # the identity it was opened with, and is pooled under
+    idle_since: float  # set by the pool when the connection goes idle
+    slot_released: bool  # set by the pool once the connection's slot was given back
+
+    @property
+    def reusable(self) -> bool:
+        """The last exchange ended cleanly and both sides keep the connection alive."""
+        ...
+
+    def is_idle_usable(self) -> bool:
+        """While idle: the peer has not closed it."""
+        ...
+
+    def close(self) -> None: ...
+
+
+C = TypeVar("C", bound=PooledConnection)
+
+#: opens a connection for a key within a timeout (seconds, None: no limit)
+Opener = Callable[[PoolKey, float | None], Awaitable[C]]
 
 
 @dataclass
@@ -34,12 +57,12 @@ class PoolStats:
 
 
 @dataclass(eq=False)
-class _Waiter:
+class _Waiter(Generic[C]):
     key: PoolKey
-    future: asyncio.Future[HTTPConnection | None] = field(repr=False)
+    future: asyncio.Future[C | None] = field(repr=False)
 
 
-class ConnectionPool:
+class ConnectionPool(Generic[C]):
     """Keeps idle connections per :class:`PoolKey` and enforces the limits.
 
     A slot is counted from the moment a connection is decided on (before it is
@@ -48,7 +71,7 @@ class ConnectionPool:
 
     def __init__(
         self,
-        opener: Opener,
+        opener: Opener[C],
         *,
         max_connections: int = 100,
         max_connections_per_origin: int = 20,
@@ -60,10 +83,10 @@ class ConnectionPool:
         self.max_connections = max_connections
         self.max_per_origin = max_connections_per_origin
         self.keepalive_expiry = keepalive_expiry
-        self._idle: dict[PoolKey, list[HTTPConnection]] = {}
+        self._idle: dict[PoolKey, list[C]] = {}
         self._slots: dict[PoolKey, int] = {}
         self._total = 0
-        self._waiters: deque[_Waiter] = deque()
+        self._waiters: deque[_Waiter[C]] = deque()
         self.stats = PoolStats()
         self.closed = False
         #: (host, port) of providers that left their cluster: no connection to them
@@ -79,7 +102,7 @@ class ConnectionPool:
     async def acquire(
         self, key: PoolKey, timeout: float | None, connect_timeout: float | None = None,
         *, fresh: bool = False,
-    ) -> HTTPConnection:
+    ) -> C:
         """A connection for ``key``: the most recently used idle one, or a new one.
 
         ``timeout`` bounds the wait for a slot, ``connect_timeout`` the opening of a
@@ -112,9 +135,9 @@ class ConnectionPool:
         )
         return names
 
-    async def _wait(self, key: PoolKey, timeout: float | None) -> HTTPConnection | None:
+    async def _wait(self, key: PoolKey, timeout: float | None) -> C | None:
         loop = asyncio.get_running_loop()
-        waiter = _Waiter(key, loop.create_future())
+        waiter: _Waiter[C] = _Waiter(key, loop.create_future())
         self._waiters.append(waiter)
         started = loop.time()
         try:
@@ -136,7 +159,7 @@ class ConnectionPool:
         finally:
             self.stats.pool_wait_seconds += loop.time() - started
 
-    def _abandon(self, waiter: _Waiter) -> None:
+    def _abandon(self, waiter: _Waiter[C]) -> None:
         """The waiter gave up (timeout, cancel): return whatever it was handed."""
         fut = waiter.future
         if not fut.done():
@@ -152,7 +175,7 @@ class ConnectionPool:
         else:
             self.release(conn)
 
-    def _pop_idle(self, key: PoolKey) -> HTTPConnection | None:
+    def _pop_idle(self, key: PoolKey) -> C | None:
         stack = self._idle.get(key)
         if not stack:
             return None
@@ -176,7 +199,7 @@ class ConnectionPool:
 
     def _evict_idle(self, other_than: PoolKey) -> bool:
         """Close the longest-idle connection of another origin to make room."""
-        oldest: HTTPConnection | None = None
+        oldest: C | None = None
         for key, stack in self._idle.items():
             if key != other_than and stack and (
                 oldest is None or stack[0].idle_since < oldest.idle_since
@@ -205,11 +228,27 @@ class ConnectionPool:
     def unretire(self, host: str, port: int) -> None:
         self._retired.discard((host, port))
 
+    def prune(self, host: str, port: int) -> None:
+        """Close the idle connections to one address that the server closed or that
+        expired. Otherwise they are found only when a request next takes one, and a
+        provider that died takes no more requests: its dead connections would hold
+        their slots (and show in the gauges) for good."""
+        now = asyncio.get_running_loop().time()
+        expiry = self.keepalive_expiry
+        for key, stack in list(self._idle.items()):
+            if (key.host, key.port) == (host, port):
+                # the test of _pop_idle, which stays inline there (the request path)
+                dead = [c for c in stack if not c.is_idle_usable()
+                        or (expiry is not None and now - c.idle_since >= expiry)]
+                for conn in dead:
+                    stack.remove(conn)
+                    self._discard(conn)
+
     def open_to(self, host: str, port: int) -> int:
         """Connections open (idle or busy) to one address, whatever their key."""
         return sum(n for key, n in self._slots.items() if (key.host, key.port) == (host, port))
 
-    def release(self, conn: HTTPConnection) -> None:
+    def release(self, conn: C) -> None:
         """Return a connection: kept idle if reusable, closed otherwise."""
         key = conn.key
         if self.closed or not conn.reusable or (key.host, key.port) in self._retired:
@@ -227,11 +266,11 @@ class ConnectionPool:
             # connection can be closed to make room for them (_reserve evicts it).
             self._dispatch()
 
-    def discard(self, conn: HTTPConnection) -> None:
+    def discard(self, conn: C) -> None:
         """Close a connection that must not be reused (error, cancel, half-read)."""
         self._discard(conn)
 
-    def _discard(self, conn: HTTPConnection) -> None:
+    def _discard(self, conn: C) -> None:
         conn.close()
         if conn.slot_released:
             return
