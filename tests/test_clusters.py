@@ -12,7 +12,7 @@ What is observed, and how:
   backoff allows" are measured, not assumed;
 * failed requests: every request of the load (8 concurrent loops of idempotent GETs
   through ``client.service``) is recorded with its outcome;
-* connections, on both ends: ``client._pool.open_to(host, port)``, the sockets this
+* connections, on both ends: the client's pools (:func:`open_to`), the sockets this
   process holds to the provider's port and the sockets the provider's processes hold
   (``/proc/<pid>/fd`` against ``/proc/net/tcp``);
 * log lines: ``caplog`` on the ``tether`` logger.
@@ -278,7 +278,8 @@ def server_sockets(provider: ProviderProcess) -> Counter[str]:
 
 
 def open_to(client: tether.Client, port: int) -> int:
-    return client._pool.open_to(HOST, port)
+    """Connections the client holds to ``port``: the requests' pool and the probes'."""
+    return client._pool.open_to(HOST, port) + client._probes.open_to(HOST, port)
 
 
 # -- observing a cluster ---------------------------------------------------------------------
@@ -890,3 +891,57 @@ async def test_retries_stop_at_the_deadline(client_timeout: float) -> None:
     assert 0.29 <= elapsed < 0.6, elapsed
     if client_timeout < 0.3:
         assert stats.get("retries", 0) >= 2, stats  # it did retry, within the deadline
+
+
+# -- 8. the client's own congestion is never the provider's fault (issue 12, bug 1) ----------
+
+
+@pytest.mark.parametrize("judged_by", ["requests", "heartbeats"])
+async def test_a_full_local_pool_never_ejects_a_healthy_provider(
+    judged_by: str, fleet: Fleet,
+) -> None:
+    """The issue's reproduction: one healthy provider answering in 700 ms, a pool of 2
+    connections to it with a 50 ms wait for a slot, four waves of 20 concurrent
+    requests. Two of each wave are sent; the others find the pool full and fail with
+    PoolTimeout: the client's own congestion, which says nothing about the provider.
+
+    ``requests``: 3 failed requests in a row would eject it (100 % may be ejected):
+    pool timeouts must not count. ``heartbeats``: heartbeats every 0.2 s run while the
+    pool is full for 700 ms at a time (a probe may take 0.5 s): a probe must not wait
+    behind the pool. Either way the provider stays alive throughout, and no request
+    fails with NoProviderAvailable."""
+    [provider] = await fleet.start(1)
+    if judged_by == "requests":
+        config = ClusterConfig(ejection_failures=3, max_ejection_percent=100)
+    else:
+        config = ClusterConfig(heartbeat_interval=0.2, ejection_failures=1_000_000)
+    timeout = tether.Timeout(connect=5.0, read=5.0, write=5.0, pool=0.05)
+    async with tether.Client(timeout=timeout, max_connections_per_origin=2) as client:
+        cluster = client.service("static", providers=[provider.address], config=config,
+                                 probe_timeout=PROBE_TIMEOUT)
+        await wait_for(all_states(cluster, {provider.address: "alive"}), 5, "the provider alive")
+        probes_before = cluster.metrics["probes"]
+        errors: Counter[str] = Counter()
+        served = 0
+        async with Sampler(cluster) as sampler:
+            for _ in range(4):
+                wave = await asyncio.gather(
+                    *(cluster.get("/slow?seconds=0.7") for _ in range(20)),
+                    return_exceptions=True)
+                for result in wave:
+                    if isinstance(result, BaseException):
+                        errors[type(result).__name__] += 1
+                    elif result.status_code == 200:
+                        served += 1
+                    else:
+                        errors[f"status {result.status_code}"] += 1
+        probes = cluster.metrics["probes"] - probes_before
+        stats = cluster.stats()
+
+    history = [(round(t, 3), s) for t, s in sampler.history[provider.address]]
+    assert sampler.states_since(provider.address, 0.0) == ["alive"], (history, errors)
+    assert stats["ejections"] == 0 and stats["evictions"] == 0, stats
+    assert set(errors) == {"PoolTimeout"}, errors  # the congestion was real, and only that
+    assert served >= 2 * 4, (served, errors)  # two per wave at least were sent and answered
+    if judged_by == "heartbeats":
+        assert probes >= 8, probes  # heartbeats ran through the congestion, and passed

@@ -6,8 +6,7 @@ README and ``docs/`` for the subsystems.
 
 from __future__ import annotations
 
-__version__ = "0.1.0"
-
+from tether._version import __version__
 from tether.client import Client, Response, Timeout
 from tether.config import RequestLimits, ServerConfig
 from tether.deadline import (

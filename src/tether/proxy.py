@@ -39,9 +39,9 @@ from typing import Any, Final
 
 from tether.asgi import Receive, Scope, Send
 from tether.client import Client
+from tether.client.cluster import Cluster, NoProviderAvailable
 from tether.client.errors import TimeoutException, TLSError, TransportError
 from tether.client.models import Timeout
-from tether.client.service import Cluster, NoProviderAvailable
 from tether.deadline import HEADER as DEADLINE_HEADER
 from tether.deadline import DeadlineExceeded, deadline_after
 from tether.errors import ClientDisconnected, ResponseAborted

@@ -1,7 +1,7 @@
 """tether's HTTP client: ``Client``, its models and its typed errors."""
 
 from tether.client.client import Client
-from tether.client.cluster import ClusterConfig, ProviderState
+from tether.client.cluster import Cluster, NoProviderAvailable
 from tether.client.errors import (
     ConnectError,
     ConnectTimeout,
@@ -22,7 +22,7 @@ from tether.client.errors import (
 )
 from tether.client.identity import PoolKey, TLSIdentity
 from tether.client.models import Headers, Response, Timeout
-from tether.client.service import Cluster, NoProviderAvailable
+from tether.client.providers import ClusterConfig, ProviderState
 
 __all__ = [
     "Client",

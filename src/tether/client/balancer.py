@@ -35,31 +35,3 @@ class Balancer:
         a, b = self.rng.sample(candidates, 2)
         return a if outstanding.get(a, 0) <= outstanding.get(b, 0) else b
 
-
-class RetryBudget:
-    """Finagle's retry budget: retries may add at most ``percent`` of the requests,
-    plus ``floor_per_second`` so that a quiet client can still retry."""
-
-    def __init__(self, percent: float = 20.0, floor_per_second: float = 10.0,
-                 cap: float = 100.0) -> None:
-        self.ratio = percent / 100.0
-        self.floor = floor_per_second
-        self.cap = cap
-        self.tokens = floor_per_second
-        self._last = 0.0
-
-    def on_request(self, now: float) -> None:
-        self._refill(now)
-        self.tokens = min(self.cap, self.tokens + self.ratio)
-
-    def try_retry(self, now: float) -> bool:
-        self._refill(now)
-        if self.tokens >= 1.0:
-            self.tokens -= 1.0
-            return True
-        return False
-
-    def _refill(self, now: float) -> None:
-        if self._last:
-            self.tokens = min(self.cap, self.tokens + self.floor * max(0.0, now - self._last))
-        self._last = now

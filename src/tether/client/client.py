@@ -4,7 +4,9 @@ The request cycle lives here once: build the head, take a connection, send, read
 give the connection back (or close it), retry once on a stale keep-alive
 connection when that is safe. Every connection is opened by :meth:`Client._open`,
 the single code path that turns a :class:`PoolKey` into a socket, so the identity
-a connection is pooled under is the one it was opened with (field report 4).
+a connection is pooled under is the one it was opened with (field report 4). Its
+clusters reach it only through the :class:`~tether.client.cluster.ClientLink` it
+hands them.
 
 Must never return a half-read connection to the pool, and never leak a slot when
 the caller is cancelled: cancellation closes the in-flight connection.
@@ -16,10 +18,13 @@ import asyncio
 import contextlib
 import re
 import ssl
+import sys
 from collections.abc import AsyncIterator, Mapping
 from typing import Any, Final
 
-from tether import __version__, metrics
+from tether import metrics
+from tether._version import __version__
+from tether.client.cluster import ClientLink, Cluster
 from tether.client.connection import Body, HTTPConnection, StaleConnection
 from tether.client.errors import (
     ConnectError,
@@ -39,14 +44,13 @@ from tether.client.models import (
     parse_url,
 )
 from tether.client.pool import ConnectionPool
-from tether.client.service import Cluster
+from tether.client.retries import IDEMPOTENT
 from tether.deadline import HEADER as DEADLINE_HEADER
 from tether.deadline import DeadlineExceeded, current_deadline, deadline_at
 from tether.registry.base import Registry
 from tether.registry.urls import open_registry
 from tether.tls import client_context
 
-IDEMPOTENT: Final = frozenset({"GET", "HEAD", "OPTIONS", "PUT", "DELETE", "TRACE"})
 #: characters that would let a header name or value end the line (header injection)
 _BAD_NAME: Final = re.compile(r"[\r\n:]")
 _BAD_VALUE: Final = re.compile(r"[\r\n\0]")
@@ -101,11 +105,25 @@ class Client:
         self.minimum_tls_version = minimum_tls_version
         self.propagate_deadline = propagate_deadline
         self.deadline_margin = deadline_margin
-        self._pool = ConnectionPool(
+        self._pool: ConnectionPool[HTTPConnection] = ConnectionPool(
             self._open,
             max_connections=max_connections,
             max_connections_per_origin=max_connections_per_origin,
             keepalive_expiry=keepalive_expiry,
+        )
+        # Cluster probes (heartbeats, reconnects) have connections of their own: a probe
+        # that waited behind a pool full of slow requests would fail for this client's
+        # own congestion and take a healthy provider out (issue 12). No limits: a cluster
+        # runs one probe per provider at a time, which is the bound.
+        self._probes: ConnectionPool[HTTPConnection] = ConnectionPool(
+            self._open,
+            max_connections=sys.maxsize,
+            max_connections_per_origin=sys.maxsize,
+            keepalive_expiry=keepalive_expiry,
+        )
+        self._link = ClientLink(
+            send=self._request, deadline_scope=self._deadline_scope, probe=self._probe,
+            retire=self._retire, probing=self._probing,
         )
         self._contexts: dict[TLSIdentity, ssl.SSLContext] = {}
         self._registry_arg = registry
@@ -130,6 +148,7 @@ class Client:
             if self._registry is not None and isinstance(self._registry_arg, str):
                 await self._registry.close()  # we opened it, we close it
             await self._pool.aclose()
+            await self._probes.aclose()
 
     def service(self, name: str, **options: Any) -> Cluster:
         """The cluster of ``name``'s providers (created once per name).
@@ -146,7 +165,8 @@ class Client:
             registry = None
             if "providers" not in options:
                 registry = self._open_registry()
-            cluster = self._services[name] = Cluster(self, name, registry=registry, **options)
+            cluster = self._services[name] = Cluster(
+                self._link, name, registry=registry, **options)
         return cluster
 
     def _open_registry(self) -> Registry:
@@ -253,14 +273,15 @@ class Client:
         method: str,
         url: str,
         *,
-        params: Mapping[str, str] | None,
-        headers: HeaderTypes,
-        content: Content,
-        data: Mapping[str, Any] | None,
-        json: Any,
-        timeout: float | Timeout | _Unset | None,
-        sni_hostname: str | None,
+        params: Mapping[str, str] | None = None,
+        headers: HeaderTypes = None,
+        content: Content = None,
+        data: Mapping[str, Any] | None = None,
+        json: Any = None,
+        timeout: float | Timeout | _Unset | None = UNSET,
+        sni_hostname: str | None = None,
     ) -> Response:
+        """One request, up to its response head: the body is left to the caller."""
         timeouts = self.timeout if isinstance(timeout, _Unset) else Timeout.of(timeout)
         method = method.upper()
         origin, target = parse_url(self._absolute(url), params)
@@ -277,39 +298,69 @@ class Client:
                     headers[DEADLINE_HEADER] = ms.decode()
         head, declared = self._head(method, origin, target, headers, body, content_type)
         key = self._key(origin, sni_hostname or self.sni_hostname)
-        return await self._send(method, key, head, body, timeouts, url, declared)
+        return await self._send(method, key, head, body, timeouts, url, declared, self._pool)
+
+    async def _probe(self, url: str, timeout: float) -> int:
+        """``GET url`` on the probes' own pool (every phase bounded by ``timeout``);
+        the status code. For clusters: see :class:`ClientLink`."""
+        origin, target = parse_url(url, None)
+        head, _ = self._head("GET", origin, target, None, None, None)
+        key = self._key(origin, self.sni_hostname)
+        response = await self._send("GET", key, head, None, Timeout.of(timeout), url, None,
+                                    self._probes)
+        await response.aread()
+        return response.status_code
+
+    def _retire(self, host: str, port: int) -> None:
+        for pool in (self._pool, self._probes):
+            pool.retire(host, port)
+
+    def _probing(self, host: str, port: int) -> None:
+        for pool in (self._pool, self._probes):
+            pool.unretire(host, port)
+            pool.prune(host, port)
 
     def stats(self) -> dict[str, Any]:
-        """Requests sent, connections opened and reused, the reuse ratio, pool state."""
-        s = self._pool.stats
-        counts = self._pool.counts()
+        """Requests sent, connections opened and reused, the reuse ratio, pool state
+        (cluster probes included)."""
+        pools = (self._pool, self._probes)
+        sent = sum(p.stats.outgoing_requests for p in pools)
+        reused = sum(p.stats.connections_reused for p in pools)
+        counts = [p.counts() for p in pools]
         return {
-            "outgoing_requests": s.outgoing_requests,
-            "connections_opened": s.connections_opened,
-            "connections_reused": s.connections_reused,
-            "reuse_ratio": s.connections_reused / s.outgoing_requests
-            if s.outgoing_requests else 0.0,
-            "idle": counts["idle"],
-            "active": counts["active"],
-            "waiting": counts["waiting"],
-            "pool_wait_seconds": s.pool_wait_seconds,
+            "outgoing_requests": sent,
+            "connections_opened": sum(p.stats.connections_opened for p in pools),
+            "connections_reused": reused,
+            "reuse_ratio": reused / sent if sent else 0.0,
+            "idle": sum(c["idle"] for c in counts),
+            "active": sum(c["active"] for c in counts),
+            "waiting": sum(c["waiting"] for c in counts),
+            "pool_wait_seconds": sum(p.stats.pool_wait_seconds for p in pools),
         }
+
+    def _by_origin(self) -> dict[str, dict[str, int]]:
+        """Connections held per origin, cluster probes' included."""
+        out = self._pool.by_origin()
+        for origin, held in self._probes.by_origin().items():
+            entry = out.setdefault(origin, {"idle": 0, "active": 0})
+            for state, n in held.items():
+                entry[state] = entry.get(state, 0) + n
+        return out
 
     def _status_part(self) -> dict[str, list[dict[str, Any]]]:
         """This client's clusters and pools, for the worker's ``/status``."""
         return {
-            "clusters": [c.status() for c in self._services.values() if c._started],
+            "clusters": [c.status() for c in self._services.values() if c.started],
             "pools": [{"origin": origin, **held}
-                      for origin, held in sorted(self._pool.by_origin().items())],
+                      for origin, held in sorted(self._by_origin().items())],
         }
 
     # -- the request cycle ------------------------------------------------------------------
 
     async def _send(
         self, method: str, key: PoolKey, head: bytes, body: Body, timeouts: Timeout, url: str,
-        declared_length: int | None,
+        declared_length: int | None, pool: ConnectionPool[HTTPConnection],
     ) -> Response:
-        pool = self._pool
         retryable = method in IDEMPOTENT
         for attempt in (0, 1):
             conn = await pool.acquire(key, timeouts.pool, timeouts.connect, fresh=attempt > 0)
@@ -332,15 +383,10 @@ class Client:
             return Response(
                 status, Headers.from_raw(raw_headers), url=url, method=method,
                 reader=lambda conn=conn, t=timeouts.read: conn.read_body(t),  # type: ignore[misc]
-                on_close=lambda conn=conn: self._finish(conn),  # type: ignore[misc]
+                # release() keeps it only if reusable (read to its end, keep-alive)
+                on_close=lambda conn=conn: pool.release(conn),  # type: ignore[misc]
             )
         raise AssertionError("unreachable")  # pragma: no cover
-
-    def _finish(self, conn: HTTPConnection) -> None:
-        if conn.reusable:
-            self._pool.release(conn)
-        else:
-            self._pool.discard(conn)
 
     def _absolute(self, url: str) -> str:
         if self.base_url and not url.startswith(("http://", "https://")):

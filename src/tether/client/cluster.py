@@ -1,290 +1,485 @@
-"""The provider state machine of a cluster: pure, events in, actions out, clock injected.
+"""``client.service(name)``: a Cluster, the I/O side of the provider state machine.
 
-Field report 5 (SOFARPC) is why this file exists: a provider that restarted under a
-new address was retried forever (the registry never said it was gone), and with a
-single provider a restart emptied the list but cleanup compared against an aliased
-copy and sat behind ``if logger.isWarnEnabled()``. Here:
+It feeds :class:`~tether.client.providers.ProviderStateMachine` with registry
+snapshots and the typed outcome of every probe and request, carries out its actions
+(probe, close, log), balances requests over alive providers and resends safely on a
+*different* one. It reaches its client only through a :class:`ClientLink`.
 
-Rules
-* Every provider is in exactly one :class:`ProviderState`; every change goes through
-  :data:`TRANSITIONS` and is reported by exactly one ``Log`` action.
-* Registry snapshots are immutable; the core diffs the new set against its own
-  records and never keeps a reference to the caller's collections.
-* A provider absent from the latest snapshot gets a ``Close`` action, always: no
-  branch here depends on logging.
-* Reconnects follow gRPC's backoff (1 s, x1.6, +/-20 % jitter, at most 120 s); after
-  ``max_reconnect_attempts`` or ``max_retry_duration`` the provider is EVICTED even
-  if the registry still lists it, and then probed only every ``evicted_probe_interval``.
-* Passive outlier detection: ``ejection_failures`` consecutive failed requests eject a
-  provider for ``base_ejection`` x times ejected (capped), never more than
-  ``max_ejection_percent`` of providers at once.
-
-This file does no I/O and reads no clock: ``health.py`` feeds it events and carries
-out its actions.
-
-    CONNECTING --probe ok--> ALIVE --probe/heartbeat failed--> RETRYING --probe ok--> ALIVE
-    RETRYING --attempts or duration exhausted--> EVICTED --rare probe ok / re-listed--> ...
-    ALIVE --consecutive request failures--> EJECTED --timer or heartbeat ok--> ALIVE
+Must never judge a provider itself (the state machine does, from what was seen),
+never hang when no provider is alive (:class:`NoProviderAvailable` at once), never
+retry past the request's deadline or the retry budget, and never let a provider that
+left the registry keep a pooled connection.
 """
 
 from __future__ import annotations
 
-import enum
-import random
-from collections.abc import Iterable
-from dataclasses import dataclass, replace
+import asyncio
+import contextlib
+import contextvars
+import logging
+import time
+from collections import Counter
+from collections.abc import AsyncIterator, Awaitable, Callable, Coroutine, Sequence
+from contextlib import AbstractAsyncContextManager
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Any
 
-from tether.registry.base import Provider
+from tether import metrics
+from tether.client.balancer import Balancer
+from tether.client.errors import HTTPError, TransportError
+from tether.client.models import Response
+from tether.client.providers import (
+    Action,
+    Answered,
+    Close,
+    ClusterConfig,
+    ConnectFailed,
+    Log,
+    Probe,
+    Probed,
+    ProviderState,
+    ProviderStateMachine,
+    outcome_of,
+)
+from tether.client.retries import RETRYABLE_STATUS, RetryBudget, may_resend
+from tether.deadline import current_deadline
+from tether.errors import ServiceUnavailable
+from tether.registry.base import Provider, Snapshot, Unreachable
+from tether.tasks import cancel_and_wait
 
+if TYPE_CHECKING:
+    from tether.registry.base import Registry
 
-class ProviderState(enum.Enum):
-    CONNECTING = "connecting"  # just listed: first probe in progress
-    ALIVE = "alive"  # takes traffic
-    RETRYING = "retrying"  # unreachable: reconnect at next_retry_at (backoff)
-    EJECTED = "ejected"  # reachable but failing requests: benched until ejected_until
-    EVICTED = "evicted"  # gave up: probed only rarely, or when re-listed
+__all__ = ["ClientLink", "Cluster", "ClusterConfig", "NoProviderAvailable", "ProviderState"]
 
-
-class Event(enum.Enum):
-    PROBE_OK = "probe ok"
-    PROBE_FAILED = "probe failed"
-    GAVE_UP = "gave up"
-    REQUESTS_FAILING = "requests failing"
-    EJECTION_OVER = "ejection over"
-
-
-TRANSITIONS: dict[tuple[ProviderState, Event], ProviderState] = {
-    (ProviderState.CONNECTING, Event.PROBE_OK): ProviderState.ALIVE,
-    (ProviderState.CONNECTING, Event.PROBE_FAILED): ProviderState.RETRYING,
-    (ProviderState.CONNECTING, Event.GAVE_UP): ProviderState.EVICTED,
-    (ProviderState.ALIVE, Event.PROBE_FAILED): ProviderState.RETRYING,
-    (ProviderState.ALIVE, Event.REQUESTS_FAILING): ProviderState.EJECTED,
-    (ProviderState.ALIVE, Event.GAVE_UP): ProviderState.EVICTED,
-    (ProviderState.RETRYING, Event.PROBE_OK): ProviderState.ALIVE,
-    (ProviderState.RETRYING, Event.PROBE_FAILED): ProviderState.RETRYING,
-    (ProviderState.RETRYING, Event.GAVE_UP): ProviderState.EVICTED,
-    (ProviderState.EJECTED, Event.PROBE_OK): ProviderState.ALIVE,
-    (ProviderState.EJECTED, Event.EJECTION_OVER): ProviderState.ALIVE,
-    (ProviderState.EJECTED, Event.PROBE_FAILED): ProviderState.RETRYING,
-    (ProviderState.EJECTED, Event.GAVE_UP): ProviderState.EVICTED,
-    (ProviderState.EVICTED, Event.PROBE_OK): ProviderState.ALIVE,
-}
-
-
-@dataclass(frozen=True, slots=True)
-class ClusterConfig:
-    """Every knob of a cluster, defaulted as gRPC and Envoy do."""
-
-    heartbeat_interval: float = 5.0
-    #: gRPC connection backoff
-    backoff_initial: float = 1.0
-    backoff_multiplier: float = 1.6
-    backoff_jitter: float = 0.2
-    backoff_max: float = 120.0
-    max_reconnect_attempts: int = 10
-    max_retry_duration: float = 600.0
-    evicted_probe_interval: float = 300.0
-    #: passive outlier detection (Envoy's defaults)
-    ejection_failures: int = 5
-    base_ejection: float = 30.0
-    max_ejection: float = 300.0
-    max_ejection_percent: float = 50.0
-    #: what an empty snapshot means: keep the last providers (still health-checked,
-    #: so dead ones get evicted) or clear them
-    empty: str = "keep"
-
-    def __post_init__(self) -> None:
-        if self.empty not in ("keep", "clear"):
-            raise ValueError(f"empty must be 'keep' or 'clear', not {self.empty!r}")
+logger = logging.getLogger("tether.cluster")
 
 
 @dataclass(frozen=True, slots=True)
-class ProviderRecord:
-    """What the cluster knows about one provider. Replaced, never mutated."""
+class ClientLink:
+    """Everything a cluster may ask of its client; the client builds it (bound methods,
+    so a request pays no extra call), a test may build one of fakes."""
 
-    provider: Provider
-    state: ProviderState = ProviderState.CONNECTING
-    attempts: int = 0  # failed reconnects in a row
-    first_failure_at: float | None = None
-    next_probe_at: float = 0.0
-    consecutive_failures: int = 0  # failed requests in a row
-    times_ejected: int = 0
-    ejected_until: float = 0.0
+    #: one attempt: send, and return once the response head is in. Keyword options
+    #: are ``Client.request``'s: params, headers, content, data, json, timeout,
+    #: sni_hostname.
+    send: Callable[..., Awaitable[Response]]
+    #: bound the block by the current deadline; cancelling it closes the connection
+    #: in flight
+    deadline_scope: Callable[[], AbstractAsyncContextManager[None]]
+    #: ``GET url`` (timeout in seconds) on a connection reserved for probes, never
+    #: waiting behind the requests' pool; returns the status code
+    probe: Callable[[str, float], Awaitable[int]]
+    #: a provider left: close its idle connections now, its busy ones once released
+    retire: Callable[[str, int], None]
+    #: a provider is about to be probed: its connections may be pooled again, and its
+    #: idle ones that died meanwhile (a killed provider's) are closed now
+    probing: Callable[[str, int], None]
+
+
+class NoProviderAvailable(ServiceUnavailable):
+    """No provider of the service is alive; the message lists what each one is doing."""
+
+    def __init__(
+        self, service: str, states: Sequence[tuple[str, str]],
+        errors: Sequence[BaseException] = (),
+    ) -> None:
+        self.service = service
+        self.states = list(states)
+        #: the last probe or request error of each provider that has one
+        self.errors = list(errors)
+        listing = ", ".join(f"{a} {s}" for a, s in states) or "none listed"
+        super().__init__(f"no provider of {service!r} is available ({listing})")
+
+
+class Cluster:
+    """Every provider of one service, tracked alive / retrying / ejected / evicted."""
+
+    def __init__(
+        self,
+        link: ClientLink,
+        name: str,
+        *,
+        registry: Registry | None = None,
+        providers: Sequence[str] | None = None,
+        balancer: str = "p2c",
+        health_path: str | None = "/healthz",
+        probe_timeout: float = 1.0,
+        scheme: str = "http",
+        retry_budget_percent: float = 20.0,
+        max_attempts: int = 3,
+        config: ClusterConfig | None = None,
+    ) -> None:
+        if registry is None and providers is None:
+            raise ValueError(f"service {name!r}: give providers=[...] or a client registry")
+        self.link = link
+        self.name = name
+        self.registry = registry
+        self.static = list(providers) if providers is not None else None
+        self.health_path = health_path
+        self.probe_timeout = probe_timeout
+        self.scheme = scheme
+        self.max_attempts = max_attempts
+        self.machine = ProviderStateMachine(name, config)
+        self.balancer = Balancer(balancer)
+        self.budget = RetryBudget(retry_budget_percent)
+        self.outstanding: Counter[str] = Counter()
+        self.metrics: Counter[str] = Counter()
+        self.registry_reachable = True
+        self._started = False
+        self._tasks: set[asyncio.Task[Any]] = set()
+        self._wake = asyncio.Event()
+        self._changed = asyncio.Event()  # set whenever the state machine acted
+        self._probing: set[str] = set()
+        #: each provider's last probe or connect failure (None once it answers again)
+        self.last_error: dict[str, BaseException | None] = {}
+        self._ready = asyncio.Event()
+        # Prometheus: the series this cluster counts under, and the machine's counts
+        # already exported (the machine keeps plain totals; we export the deltas).
+        self._series = {
+            what: metrics.series(f"tether_cluster_{what}_total", cluster=name)
+            for what in ("requests", "ejections", "evictions", "retries", "no_provider")
+        }
+        self._exported = {"ejections": 0, "evictions": 0}
+        metrics.PROCESS.add_gauges(self, Cluster.gauges)
+
+    # -- lifecycle ---------------------------------------------------------------------
+
+    def start(self) -> None:
+        """Start following the registry and checking providers now (by default the
+        first request does); needs a running event loop."""
+        self._start()
+
+    def _start(self) -> None:
+        if self._started:
+            return
+        self._started = True
+        if self.static is not None:
+            providers = [Provider(self.name, a, (), "static") for a in self.static]
+            self._apply(self.machine.on_snapshot(providers, time.monotonic()))
+            self._ready.set()
+        else:
+            self._spawn(self._follow_registry())
+        self._spawn(self._timers())
 
     @property
-    def address(self) -> str:
-        return self.provider.address
+    def started(self) -> bool:
+        """Whether the cluster has started following its providers."""
+        return self._started
 
+    def _spawn(self, coro: Coroutine[Any, Any, None]) -> None:
+        # A fresh context: the cluster's own work (watch, timers, probes) must not
+        # inherit the deadline of whichever request happened to start it, or every
+        # probe would fail once that request's deadline passed.
+        task = asyncio.get_running_loop().create_task(coro, context=contextvars.Context())
+        self._tasks.add(task)
+        task.add_done_callback(self._tasks.discard)
 
-# -- actions --------------------------------------------------------------------------
+    async def aclose(self) -> None:
+        for error in await cancel_and_wait(self._tasks):
+            logger.warning("%s: background task failed: %r", self.name, error)
 
-
-@dataclass(frozen=True, slots=True)
-class Probe:
-    """Check the provider now (heartbeat or reconnect); report with on_probe()."""
-
-    address: str
-
-
-@dataclass(frozen=True, slots=True)
-class Close:
-    """The provider left: drain its in-flight requests, close its connections."""
-
-    address: str
-
-
-@dataclass(frozen=True, slots=True)
-class Log:
-    level: str  # "info" | "warning"
-    message: str
-
-
-Action = Probe | Close | Log
-
-
-class ClusterCore:
-    """The decision core for one service's providers."""
-
-    def __init__(self, service: str, config: ClusterConfig | None = None,
-                 rng: random.Random | None = None) -> None:
-        self.service = service
-        self.config = config or ClusterConfig()
-        self.rng = rng or random.Random()
-        self.records: dict[str, ProviderRecord] = {}
-        self.evictions = 0
-        self.ejections = 0
-
-    # -- inputs -------------------------------------------------------------------------
-
-    def on_snapshot(self, providers: Iterable[Provider], now: float) -> list[Action]:
-        """A full registry snapshot. Unlisted providers are closed, unconditionally."""
-        listed = {p.address: p for p in providers}  # our own dict: nothing aliases
-        actions: list[Action] = []
-        if not listed and self.config.empty == "keep" and self.records:
-            actions.append(Log("warning", f"{self.service}: the registry lists no providers; "
-                                          f"keeping the last {len(self.records)} (empty=keep)"))
-            return actions
-        for address, gone in list(self.records.items()):
-            if address not in listed:
-                del self.records[address]
-                actions.append(Close(address))
-                actions.append(Log("info", f"{self.service}: provider {address} left the "
-                                           f"registry ({gone.state.value}): closing"))
-        for address, provider in listed.items():
-            known = self.records.get(address)
-            if known is None or known.provider.registration != provider.registration:
-                # New, or the same address registered again (a restart): start over,
-                # promptly, whatever state the old registration had reached.
-                if known is not None:
-                    actions.append(Close(address))
-                self.records[address] = ProviderRecord(provider, next_probe_at=now)
-                actions.append(Probe(address))
-                actions.append(Log("info", f"{self.service}: provider {address} listed"))
-            elif known.provider != provider:
-                self.records[address] = replace(known, provider=provider)
-        return actions
-
-    def on_probe(self, address: str, ok: bool, now: float) -> list[Action]:
-        """The result of a probe (connect or heartbeat)."""
-        record = self.records.get(address)
-        if record is None:
-            return []  # it left meanwhile
-        if ok:
-            return self._move(record, Event.PROBE_OK, now, attempts=0, first_failure_at=None,
-                              consecutive_failures=0,
-                              next_probe_at=now + self.config.heartbeat_interval)
-        if record.state is ProviderState.EVICTED:
-            return self._set(record, next_probe_at=now + self.config.evicted_probe_interval)
-        attempts = record.attempts + 1
-        first = record.first_failure_at if record.first_failure_at is not None else now
-        config = self.config
-        if attempts >= config.max_reconnect_attempts or now - first >= config.max_retry_duration:
-            # Give up even though the registry may still list it (the SOFARPC bug was
-            # retrying such a provider forever); probe it only rarely from now on.
-            self.evictions += 1
-            return self._move(record, Event.GAVE_UP, now, attempts=attempts,
-                              first_failure_at=first,
-                              next_probe_at=now + config.evicted_probe_interval,
-                              detail=f" after {attempts} failed attempts")
-        return self._move(record, Event.PROBE_FAILED, now, attempts=attempts,
-                          first_failure_at=first,
-                          next_probe_at=now + self.backoff(attempts))
-
-    def on_request(self, address: str, ok: bool, now: float) -> list[Action]:
-        """The outcome of a request (ok=False: connect error, timeout or 5xx)."""
-        record = self.records.get(address)
-        if record is None:
-            return []
-        if ok:
-            if record.consecutive_failures:
-                self.records[address] = replace(record, consecutive_failures=0)
-            return []
-        failures = record.consecutive_failures + 1
-        config = self.config
-        if (record.state is ProviderState.ALIVE and failures >= config.ejection_failures
-                and self._may_eject()):
-            times = record.times_ejected + 1
-            duration = min(config.max_ejection, config.base_ejection * times)
-            self.ejections += 1
-            return self._move(record, Event.REQUESTS_FAILING, now, consecutive_failures=0,
-                              times_ejected=times, ejected_until=now + duration,
-                              next_probe_at=now + config.heartbeat_interval,
-                              detail=f" after {failures} failed requests, for {duration:.0f}s")
-        self.records[address] = replace(record, consecutive_failures=failures)
-        return []
-
-    def due(self, now: float) -> list[Action]:
-        """Timers: probes that are due, ejections that are over."""
-        actions: list[Action] = []
-        for record in list(self.records.values()):
-            if record.state is ProviderState.EJECTED and now >= record.ejected_until:
-                actions += self._move(record, Event.EJECTION_OVER, now,
-                                      next_probe_at=now + self.config.heartbeat_interval)
+    async def _follow_registry(self) -> None:
+        assert self.registry is not None
+        async for event in self.registry.watch(self.name):
+            now = time.monotonic()
+            if isinstance(event, Unreachable):
+                # Keep the last snapshot; keep health-checking what we know.
+                self.registry_reachable = False
+                self.metrics["registry_unreachable"] += 1
+                metrics.PROCESS.inc(
+                    metrics.series("tether_registry_watch_errors_total", service=self.name))
+                logger.warning("%s: registry unreachable (%s); keeping %d known providers",
+                               self.name, event.error, len(self.machine.records))
                 continue
-            if now >= record.next_probe_at and record.state is not ProviderState.CONNECTING:
-                # the next probe is scheduled when this one reports back
-                self.records[record.address] = replace(record, next_probe_at=float("inf"))
-                actions.append(Probe(record.address))
-        return actions
+            assert isinstance(event, Snapshot)
+            self.registry_reachable = True
+            self._apply(self.machine.on_snapshot(event.providers, now))
+            self._ready.set()
 
-    # -- queries ------------------------------------------------------------------------
+    async def _timers(self) -> None:
+        while True:
+            wakeup = self.machine.next_wakeup()
+            delay = 1.0 if wakeup is None else max(0.0, min(1.0, wakeup - time.monotonic()))
+            # asyncio.timeout, not wait_for: on 3.11 wait_for can swallow a cancel
+            # that races with the event, and this task must always be stoppable.
+            with contextlib.suppress(TimeoutError):
+                async with asyncio.timeout(delay):
+                    await self._wake.wait()
+            self._wake.clear()
+            self._apply(self.machine.due(time.monotonic()), from_timer=True)
 
-    def alive(self) -> list[str]:
-        return [a for a, r in self.records.items() if r.state is ProviderState.ALIVE]
+    # -- carrying out the state machine's actions -------------------------------------------
 
-    def next_wakeup(self) -> float | None:
-        """When :meth:`due` next has something to do (a CONNECTING provider's first
-        probe is in flight: it reports back by itself)."""
-        times = [r.ejected_until if r.state is ProviderState.EJECTED else r.next_probe_at
-                 for r in self.records.values() if r.state is not ProviderState.CONNECTING]
-        finite = [t for t in times if t != float("inf")]
-        return min(finite) if finite else None
+    def _apply(self, actions: Sequence[Action], *, from_timer: bool = False) -> None:
+        for action in actions:
+            if isinstance(action, Probe):
+                self._spawn(self._probe(action.address))
+            elif isinstance(action, Close):
+                # Cleanup is unconditional (never behind a log-level check): the
+                # pool closes idle connections now and in-flight ones on release.
+                self.link.retire(*_split(action.address))
+            elif isinstance(action, Log):
+                logger.log(logging.INFO if action.level == "info" else logging.WARNING,
+                           "%s", action.message)
+        self._export_counts()
+        if not from_timer:
+            self._wake.set()  # timers may have moved; the timer loop itself never wakes itself
+        self._changed.set()
 
-    def backoff(self, attempts: int) -> float:
-        """gRPC's schedule: initial x multiplier^(n-1), capped, +/- jitter."""
-        config = self.config
-        base = min(config.backoff_max,
-                   config.backoff_initial * config.backoff_multiplier ** (attempts - 1))
-        return float(base * (1 + self.rng.uniform(-config.backoff_jitter, config.backoff_jitter)))
+    async def _probe(self, address: str) -> None:
+        if address in self._probing:
+            return  # one probe per provider at a time: each failure is one attempt
+        self._probing.add(address)
+        try:
+            await self._probe_once(address)
+        finally:
+            self._probing.discard(address)
 
-    def _may_eject(self) -> bool:
-        total = len(self.records)
-        ejected = sum(r.state is ProviderState.EJECTED for r in self.records.values())
-        return total > 0 and (ejected + 1) * 100 <= self.config.max_ejection_percent * total
+    async def _probe_once(self, address: str) -> None:
+        host, port = _split(address)
+        self.link.probing(host, port)
+        ok = False
+        try:
+            if self.health_path is None:
+                async with asyncio.timeout(self.probe_timeout):
+                    _, writer = await asyncio.open_connection(host, port)
+                    writer.close()
+                ok = True
+            else:
+                # On the probes' own connection: a probe that queued behind this
+                # client's busy pool would fail for the client's congestion (issue 12).
+                status = await self.link.probe(
+                    f"{self.scheme}://{address}{self.health_path}", self.probe_timeout)
+                ok = status < 500
+            error: BaseException | None = None
+        except (HTTPError, OSError, TimeoutError) as exc:
+            ok, error = False, exc
+        self._note_error(address, error)
+        self.metrics["probes"] += 1
+        # Always applied, even when no state changes: the next probe is due anew.
+        self._apply(self.machine.on_outcome(Probed(address, ok), time.monotonic()))
 
-    # -- transitions --------------------------------------------------------------------
+    def _note_error(self, address: str, error: BaseException | None) -> None:
+        """Keep a provider's last failure, and log it when it changes (a provider that
+        keeps failing the same way is logged once, not at every backoff step)."""
+        previous = self.last_error.get(address)
+        self.last_error[address] = error
+        if error is not None and (previous is None or type(previous) is not type(error)):
+            logger.warning("%s: provider %s failed: %s", self.name, address, error)
 
-    def _move(self, record: ProviderRecord, event: Event, now: float, *, detail: str = "",
-              **changes: object) -> list[Action]:
-        state = TRANSITIONS.get((record.state, event), record.state)
-        updated = replace(record, state=state, **changes)  # type: ignore[arg-type]
-        self.records[record.address] = updated
-        if state is record.state:
-            return []  # no change of state: nothing to log (never once per retry)
-        level = "info" if state is ProviderState.ALIVE else "warning"
-        return [Log(level, f"{self.service}: provider {record.address} "
-                           f"{record.state.value} -> {state.value}{detail}")]
+    def _export_counts(self) -> None:
+        machine = self.machine
+        for what, now in (("ejections", machine.ejections), ("evictions", machine.evictions)):
+            if now != self._exported[what]:
+                metrics.PROCESS.inc(self._series[what], now - self._exported[what])
+                self._exported[what] = now
 
-    def _set(self, record: ProviderRecord, **changes: object) -> list[Action]:
-        self.records[record.address] = replace(record, **changes)  # type: ignore[arg-type]
-        return []
+    def gauges(self) -> metrics.Values:
+        """``tether_cluster_providers`` by state (every state, zeros included)."""
+        by_state = Counter(r.state.value for r in self.machine.records.values())
+        return {
+            metrics.series("tether_cluster_providers", cluster=self.name, state=s.value):
+            by_state[s.value] for s in ProviderState
+        }
+
+    def status(self) -> dict[str, Any]:
+        """This cluster in ``/status``: every provider's state, and the counts."""
+        return {
+            "service": self.name,
+            "providers": [
+                {"address": address, "state": state, "outstanding": outstanding,
+                 "failures": failures}
+                for address, state, outstanding, failures, _ in self.providers()
+            ],
+            "ejections": self.machine.ejections,
+            "evictions": self.machine.evictions,
+            "retries": self.metrics["retries"],
+            "requests": self.metrics["requests"],
+        }
+
+    # -- requests ------------------------------------------------------------------------------
+
+    def providers(self) -> list[tuple[str, str, int, int, float | None]]:
+        """(address, state, outstanding, consecutive failures, next retry at) per provider."""
+        self._start()
+        return [
+            (a, r.state.value, self.outstanding[a], r.consecutive_failures or r.attempts,
+             None if r.next_probe_at == float("inf") else r.next_probe_at)
+            for a, r in sorted(self.machine.records.items())
+        ]
+
+    def stats(self) -> dict[str, Any]:
+        by_state = Counter(r.state.value for r in self.machine.records.values())
+        return {
+            "service": self.name,
+            "providers": dict(by_state),
+            "ejections": self.machine.ejections,
+            "evictions": self.machine.evictions,
+            **self.metrics,
+        }
+
+    async def wait_ready(self, timeout: float = 5.0) -> None:
+        """Wait until the first snapshot arrived and a provider is alive (or timeout)."""
+        self._start()
+        async with asyncio.timeout(timeout):
+            await self._ready.wait()
+            while not self.machine.alive():
+                self._changed.clear()
+                await self._changed.wait()
+
+    async def request(self, method: str, path: str, **kwargs: Any) -> Response:
+        """Send to a chosen provider and read the response; retry on a different
+        provider when it is safe."""
+        async with self.link.deadline_scope():
+            response, _ = await self._exchange(method, path, kwargs, read=True)
+            return response
+
+    @contextlib.asynccontextmanager
+    async def stream(self, method: str, path: str, **kwargs: Any) -> AsyncIterator[Response]:
+        """Like :meth:`request`, but yield the response before its body is read (as
+        :meth:`Client.stream`). Retries happen only before the response is yielded,
+        and a streamed request body (an iterator) is sent once: only a failed connect
+        is retried with it."""
+        async with self.link.deadline_scope():
+            response, address = await self._exchange(method, path, kwargs, read=False)
+            try:
+                yield response
+            finally:
+                # Outstanding until the body is done: p2c must see long streams.
+                self.outstanding[address] -= 1
+                await response.aclose()
+
+    async def _exchange(
+        self, method: str, path: str, kwargs: dict[str, Any], *, read: bool
+    ) -> tuple[Response, str]:
+        """The one request cycle of a cluster: choose, send, report, maybe retry.
+
+        Returns the response and its provider. With ``read=False`` the provider's
+        outstanding count stays raised for the caller to lower when the body is done.
+        """
+        self._start()
+        if not self._ready.is_set():
+            with contextlib.suppress(TimeoutError):
+                async with asyncio.timeout(self.probe_timeout):
+                    await self._ready.wait()
+        method = method.upper()
+        avoid: set[str] = set()
+        now = time.monotonic()
+        self.budget.on_request(now)
+        self.metrics["requests"] += 1
+        metrics.PROCESS.inc(self._series["requests"])
+        replayable = _replayable(kwargs)
+        send, machine = self.link.send, self.machine
+        attempt = 0
+        while True:
+            attempt += 1
+            address = await self._choose(avoid)
+            self.outstanding[address] += 1
+            kept = False
+            try:
+                try:
+                    response = await send(method, f"{self.scheme}://{address}{path}", **kwargs)
+                    if read:
+                        await response.aread()
+                except TransportError as exc:
+                    failed = outcome_of(address, exc)
+                    if isinstance(failed, ConnectFailed):
+                        self._note_error(address, exc)  # what NoProviderAvailable shows
+                    self._report(machine.on_outcome(failed, time.monotonic()))
+                    if not (may_resend(failed, method, replayable) and self._may_retry(attempt)):
+                        raise
+                    avoid.add(address)
+                    continue
+                status = response.status_code
+                answered = Answered(address, status)
+                self._report(machine.on_outcome(answered, time.monotonic()))
+                if (status in RETRYABLE_STATUS and may_resend(answered, method, replayable)
+                        and self._may_retry(attempt)):
+                    await _discard(response)
+                    avoid.add(address)
+                    continue
+                kept = not read
+                return response, address
+            finally:
+                if not kept:
+                    self.outstanding[address] -= 1
+
+    def _report(self, actions: Sequence[Action]) -> None:
+        """Carry out what the state machine made of a request's outcome. Most outcomes
+        change nothing (no actions): then nothing is woken, as no state or timer moved."""
+        if actions:
+            self._apply(actions)
+
+    async def _choose(self, avoid: set[str]) -> str:
+        machine = self.machine
+        alive = machine.alive()
+        if not alive and machine.connecting():
+            # Providers just listed are being probed: wait for the first verdict
+            # (bounded by the probe timeout and the deadline) rather than fail.
+            with contextlib.suppress(TimeoutError):
+                async with asyncio.timeout(self.probe_timeout):
+                    while not machine.alive() and machine.connecting():
+                        self._changed.clear()
+                        await self._changed.wait()
+            alive = machine.alive()
+        address = self.balancer.pick(alive, self.outstanding, avoid)
+        if address is None:
+            self.metrics["no_provider"] += 1
+            metrics.PROCESS.inc(self._series["no_provider"])
+            raise NoProviderAvailable(
+                self.name, [(a, r.state.value) for a, r in sorted(machine.records.items())],
+                [e for a in sorted(machine.records)
+                 if (e := self.last_error.get(a)) is not None])
+        return address
+
+    def _may_retry(self, attempt: int) -> bool:
+        if attempt >= self.max_attempts or current_deadline().expired:
+            return False
+        if not self.budget.try_retry(time.monotonic()):
+            self.metrics["retry_budget_exhausted"] += 1
+            return False
+        self.metrics["retries"] += 1
+        metrics.PROCESS.inc(self._series["retries"])
+        return True
+
+    async def get(self, path: str, **kwargs: Any) -> Response:
+        return await self.request("GET", path, **kwargs)
+
+    async def head(self, path: str, **kwargs: Any) -> Response:
+        return await self.request("HEAD", path, **kwargs)
+
+    async def post(self, path: str, **kwargs: Any) -> Response:
+        return await self.request("POST", path, **kwargs)
+
+    async def put(self, path: str, **kwargs: Any) -> Response:
+        return await self.request("PUT", path, **kwargs)
+
+    async def patch(self, path: str, **kwargs: Any) -> Response:
+        return await self.request("PATCH", path, **kwargs)
+
+    async def delete(self, path: str, **kwargs: Any) -> Response:
+        return await self.request("DELETE", path, **kwargs)
+
+
+async def _discard(response: Response) -> None:
+    """Let go of a response we will not use: read a small framed body so the
+    connection is kept (a 503 storm must not open a connection per retry), else close."""
+    length = response.headers.get("content-length")
+    if length is not None and length.isdigit() and int(length) <= 64 * 1024:
+        with contextlib.suppress(TransportError):
+            await response.aread()
+            return
+    await response.aclose()
+
+
+def _replayable(kwargs: dict[str, Any]) -> bool:
+    """A body in memory can be sent again; an iterator was consumed by the first try."""
+    content = kwargs.get("content")
+    return content is None or isinstance(content, bytes | str)
+
+
+def _split(address: str) -> tuple[str, int]:
+    host, _, port = address.rpartition(":")
+    return host.strip("[]"), int(port)
+
