@@ -174,7 +174,8 @@ class HttpMetrics:
         self.duration = Histogram("tether_http_request_duration_seconds")
 
     def observe(self, status: int, seconds: float) -> None:
-        self.by_class[min(max(status // 100, 0), 5)] += 1
+        cls = status // 100
+        self.by_class[cls if 0 <= cls <= 5 else (0 if cls < 0 else 5)] += 1
         self.duration.observe(seconds)
 
     def values(self) -> Values:

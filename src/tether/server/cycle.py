@@ -225,9 +225,10 @@ class RequestCycle:
         state = channel.state
         task = self.task = channel.loop.create_task(self.run_asgi(state.app))
         state.tasks.add(task)  # run_asgi removes it when it ends
-        deadline_at = self.deadline.loop_time(channel.loop)
-        if deadline_at is not None:
-            self.deadline_handle = channel.loop.call_at(deadline_at, self.on_deadline)
+        if self.deadline.at is not None:
+            deadline_at = self.deadline.loop_time(channel.loop)
+            if deadline_at is not None:
+                self.deadline_handle = channel.loop.call_at(deadline_at, self.on_deadline)
 
     def feed_body(self, body: bytes) -> None:
         """A piece of the request body arrived (the channel bounds its buffering)."""
