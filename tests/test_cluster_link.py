@@ -122,6 +122,7 @@ async def test_a_sent_request_that_failed_counts_is_probed_and_resent_only_if_sa
         assert {r.status_code for r in responses} == {200}
         await wait_for(lambda: fake.probed[A] > probes, 2, "a probe of the failing provider")
         assert cluster.stats()["ejections"] == 1  # 2 failures in a row, under the cap
+        assert cluster.machine.alive() == [B]
 
         fake.answers[B] = ReadTimeout("slow", target=B, phase="read")
         sent = fake.sent.copy()

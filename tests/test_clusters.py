@@ -945,3 +945,64 @@ async def test_a_full_local_pool_never_ejects_a_healthy_provider(
     assert served >= 2 * 4, (served, errors)  # two per wave at least were sent and answered
     if judged_by == "heartbeats":
         assert probes >= 8, probes  # heartbeats ran through the congestion, and passed
+
+
+@contextlib.asynccontextmanager
+async def plain_providers(hang: list[bool]) -> AsyncIterator[list[str]]:
+    """HTTP/1.1 providers on asyncio streams, one per entry of ``hang``. Each answers
+    ``/healthz`` with 200 at once; the others answer every other path with 200, and
+    those with ``hang`` true never answer it (a handler stuck, its health check fine)."""
+    held: list[asyncio.StreamWriter] = []
+
+    def serve(hangs: bool) -> Callable[[asyncio.StreamReader, asyncio.StreamWriter],
+                                       Any]:
+        async def handle(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+            held.append(writer)
+            with contextlib.suppress(ConnectionError, asyncio.IncompleteReadError):
+                while True:
+                    head = await reader.readuntil(b"\r\n\r\n")
+                    path = head.split(b" ", 2)[1]
+                    if hangs and path != b"/healthz":
+                        await reader.read()  # until the client gives up and closes
+                        return
+                    writer.write(b"HTTP/1.1 200 OK\r\ncontent-length: 2\r\n\r\nok")
+                    await writer.drain()
+        return handle
+
+    servers = [await asyncio.start_server(serve(h), HOST, 0) for h in hang]
+    try:
+        yield [f"{HOST}:{s.sockets[0].getsockname()[1]}" for s in servers]
+    finally:
+        for writer in held:
+            writer.close()
+        for server in servers:
+            server.close()
+            await server.wait_closed()
+
+
+async def test_an_ejection_for_timeouts_lasts_until_the_heartbeat() -> None:
+    """A provider whose requests time out while its /healthz is fine is ejected after 3
+    failures in a row, and stays ejected until the heartbeat scheduled at its ejection
+    (1 s here). The probe sent after each failed request (to tell a dead provider from
+    a failing one) succeeds, and used to end the ejection at once: the provider went
+    straight back into rotation, and every third request waited out a read timeout."""
+    config = replace(FAST, heartbeat_interval=1.0, ejection_failures=3,
+                     max_ejection_percent=50.0, base_ejection=30.0)
+    timeout = tether.Timeout(connect=1.0, read=0.1, write=1.0, pool=1.0)
+    async with plain_providers([True, False]) as (stuck, fine), \
+            tether.Client(timeout=timeout) as client:
+        cluster = client.service("plain", providers=[stuck, fine], config=config,
+                                 probe_timeout=PROBE_TIMEOUT, balancer="round_robin",
+                                 retry_budget_percent=100.0)
+        await wait_for(all_states(cluster, {stuck: "alive", fine: "alive"}), 5, "both alive")
+        async with Sampler(cluster) as sampler:
+            started = time.monotonic()
+            while time.monotonic() < started + 2.0:
+                assert (await cluster.get("/")).status_code == 200  # retried on `fine`
+                await asyncio.sleep(0.01)
+    ejected_at = sampler.first(stuck, "ejected")
+    assert ejected_at is not None, sampler.history
+    back_at = sampler.first_not(stuck, "ejected", ejected_at)
+    assert back_at is not None, sampler.history  # the heartbeat, 1 s later, succeeded
+    assert back_at - ejected_at >= config.heartbeat_interval - 0.05, sampler.history[stuck]
+    assert sampler.states_since(fine, 0.0) == ["alive"]

@@ -209,7 +209,14 @@ def test_ejection_respects_the_percentage_and_heals() -> None:
     states = sorted(r.state.value for r in core.records.values())
     assert states == ["alive", "ejected"]  # never more than 50 %
     ejected = next(a for a, r in core.records.items() if r.state is ProviderState.EJECTED)
-    core.on_outcome(Probed(ejected, True), 2.0)  # a successful heartbeat: back early
+    # A probe that was not the heartbeat due after the ejection (one sent after a failed
+    # request) does not end it: it shows the provider is up, not that it serves.
+    assert core.on_outcome(Probed(ejected, True), 2.0) == ()
+    assert core.records[ejected].state is ProviderState.EJECTED
+    heartbeat_at = core.records[ejected].next_probe_at
+    assert heartbeat_at == 1.0 + core.config.heartbeat_interval
+    assert Probe(ejected) in core.due(heartbeat_at)
+    core.on_outcome(Probed(ejected, True), heartbeat_at)  # that heartbeat: back early
     assert core.records[ejected].state is ProviderState.ALIVE
 
 
@@ -324,3 +331,30 @@ def test_impossible_backoff_knobs_are_refused_with_the_config() -> None:
     with pytest.raises(ValueError, match="jitter"):
         ClusterConfig(backoff_jitter=1.5)
     assert ClusterConfig().reconnect_backoff().base(1) == 1.0  # gRPC's defaults kept
+
+
+def test_a_probe_is_about_reachability_not_about_requests() -> None:
+    """The probe sent after each failed request succeeds when only requests fail (a
+    stuck handler, a fine /healthz): it must not reset the run of failures, or such a
+    provider is never ejected; a response below 500 does reset it."""
+    machine = alive_machine(ClusterConfig(ejection_failures=3, max_ejection_percent=100))
+    for _ in range(2):
+        assert machine.on_outcome(RequestFailed(ADDRESS), 1.0) == [Probe(ADDRESS)]
+        assert machine.on_outcome(Probed(ADDRESS, True), 1.0) == ()
+    assert machine.records[ADDRESS].consecutive_failures == 2
+    machine.on_outcome(RequestFailed(ADDRESS), 1.0)
+    assert machine.records[ADDRESS].state is ProviderState.EJECTED
+
+
+def test_an_ejected_providers_heartbeat_wakes_the_timer() -> None:
+    """next_wakeup() is the earlier of the ejection's end and the heartbeat, so the
+    heartbeat that may end an ejection early runs on time."""
+    config = ClusterConfig(ejection_failures=1, max_ejection_percent=100,
+                           heartbeat_interval=2.0, base_ejection=30.0)
+    machine = alive_machine(config)
+    machine.on_outcome(Answered(ADDRESS, 503), 10.0)
+    assert machine.records[ADDRESS].state is ProviderState.EJECTED
+    assert machine.next_wakeup() == 12.0
+    assert machine.due(12.0) == [Probe(ADDRESS)]
+    assert machine.on_outcome(Probed(ADDRESS, True), 12.1)  # logged: ejected -> alive
+    assert machine.alive() == [ADDRESS]

@@ -25,7 +25,10 @@ Rules
 * Passive outlier detection: ``ejection_failures`` failed requests in a row (a
   transport error after the request was sent, or any 5xx: Envoy's consecutive_5xx)
   eject an ALIVE provider for ``base_ejection`` x times ejected (capped), never more
-  than ``max_ejection_percent`` of providers at once.
+  than ``max_ejection_percent`` of providers at once. The ejection ends at its timer,
+  or early when the heartbeat scheduled ``heartbeat_interval`` after it succeeds. A
+  probe is about reachability: no other probe ends an ejection, and none resets a run
+  of failed requests (only a response below 500 does).
 
     CONNECTING --probe ok--> ALIVE --probe failed / connect failed--> RETRYING --probe ok--> ALIVE
     RETRYING --attempts or duration exhausted--> EVICTED --rare probe ok / re-listed--> ...
@@ -314,7 +317,9 @@ class ProviderStateMachine:
     def next_wakeup(self) -> float | None:
         """When :meth:`due` next has something to do (a CONNECTING provider's first
         probe is in flight: it reports back by itself)."""
-        times = [r.ejected_until if r.state is ProviderState.EJECTED else r.next_probe_at
+        # an ejected provider has two timers: its ejection's end and its heartbeat
+        times = [min(r.ejected_until, r.next_probe_at) if r.state is ProviderState.EJECTED
+                 else r.next_probe_at
                  for r in self.records.values() if r.state is not ProviderState.CONNECTING]
         finite = [t for t in times if t != float("inf")]
         return min(finite) if finite else None
@@ -324,8 +329,16 @@ class ProviderStateMachine:
     def _probed(self, record: ProviderRecord, ok: bool, now: float) -> Sequence[Action]:
         config = self.config
         if ok:
+            # A probe shows that the provider is up, not that its requests succeed: the
+            # probe sent after each failed request must neither end an ejection (only
+            # the heartbeat scheduled at the ejection does: its time is inf while it is
+            # in flight) nor reset a run of failed requests. It did both, and a provider
+            # timing out every request with a fine /healthz was never ejected for long.
+            if record.state is ProviderState.EJECTED and record.next_probe_at != float("inf"):
+                return NO_ACTIONS
+            failures = record.consecutive_failures if record.state is ProviderState.ALIVE else 0
             return self._move(record, Trigger.PROBE_OK, now, attempts=0, first_failure_at=None,
-                              consecutive_failures=0,
+                              consecutive_failures=failures,
                               next_probe_at=now + config.heartbeat_interval)
         if record.state is ProviderState.EVICTED:
             return self._set(record, next_probe_at=now + config.evicted_probe_interval)
