@@ -41,13 +41,14 @@ async def still_serves(port: int) -> None:
         (b"GARBAGE\r\n\r\n", 400),
         (b"GET / HTTP/1.1\r\nHost x\r\n\r\n", 400),
         (b"GET / HTTP/9.9\r\n\r\n", 505),  # well-formed, not spoken (RFC 9110 15.6.6)
-        (b"GET /\x00 HTTP/1.1\r\n\r\n", 400),
-        (b"POST / HTTP/1.1\r\nContent-Length: abc\r\n\r\n", 400),
-        (b"POST / HTTP/1.1\r\nContent-Length: 1\r\nTransfer-Encoding: chunked\r\n\r\n", 400),
-        (b"POST / HTTP/1.1\r\nTransfer-Encoding: chunked\r\n\r\nzz\r\n", 400),
-        (b"POST / HTTP/1.1\r\nTransfer-Encoding: gzip\r\n\r\n", 501),
-        (b"POST / HTTP/1.1\r\nTransfer-Encoding: gzip, chunked\r\n\r\n0\r\n\r\n", 501),
-        (b"GET / HTTP/1.1\r\nConnection: Upgrade\r\nUpgrade: websocket\r\n\r\n", 426),
+        (b"GET /\x00 HTTP/1.1\r\nHost: x\r\n\r\n", 400),
+        (b"POST / HTTP/1.1\r\nHost: x\r\nContent-Length: abc\r\n\r\n", 400),
+        (b"POST / HTTP/1.1\r\nHost: x\r\nContent-Length: 1\r\n"
+         b"Transfer-Encoding: chunked\r\n\r\n", 400),
+        (b"POST / HTTP/1.1\r\nHost: x\r\nTransfer-Encoding: chunked\r\n\r\nzz\r\n", 400),
+        (b"POST / HTTP/1.1\r\nHost: x\r\nTransfer-Encoding: gzip\r\n\r\n", 501),
+        (b"POST / HTTP/1.1\r\nHost: x\r\nTransfer-Encoding: gzip, chunked\r\n\r\n0\r\n\r\n", 501),
+        (b"GET / HTTP/1.1\r\nHost: x\r\nConnection: Upgrade\r\nUpgrade: websocket\r\n\r\n", 426),
     ],
 )
 async def test_malformed_requests(
@@ -68,17 +69,20 @@ async def test_limits() -> None:
     limits = with_limits(request_line=100, request_fields=5, request_field_size=50,
                          request_body=10)
     async with serve(ok_app, limits=limits) as server:
-        long_url = b"GET /" + b"a" * 200 + b" HTTP/1.1\r\n\r\n"
+        long_url = b"GET /" + b"a" * 200 + b" HTTP/1.1\r\nHost: x\r\n\r\n"
         assert status_of(await raw_exchange(server.port, long_url)) == 414
-        many = b"GET / HTTP/1.1\r\n" + b"".join(b"X-%d: 1\r\n" % i for i in range(6)) + b"\r\n"
+        many = (b"GET / HTTP/1.1\r\nHost: x\r\n"
+                + b"".join(b"X-%d: 1\r\n" % i for i in range(6)) + b"\r\n")
         assert status_of(await raw_exchange(server.port, many)) == 431
-        big = b"GET / HTTP/1.1\r\nX-Big: " + b"b" * 60 + b"\r\n\r\n"
+        big = b"GET / HTTP/1.1\r\nHost: x\r\nX-Big: " + b"b" * 60 + b"\r\n\r\n"
         assert status_of(await raw_exchange(server.port, big)) == 431
-        declared = b"POST / HTTP/1.1\r\nContent-Length: 11\r\n\r\n" + b"x" * 11
+        declared = b"POST / HTTP/1.1\r\nHost: x\r\nContent-Length: 11\r\n\r\n" + b"x" * 11
         assert status_of(await raw_exchange(server.port, declared)) == 413
-        chunked = b"POST / HTTP/1.1\r\nTransfer-Encoding: chunked\r\n\r\n" + b"6\r\nxxxxxx\r\n" * 2
+        chunked = (b"POST / HTTP/1.1\r\nHost: x\r\nTransfer-Encoding: chunked\r\n\r\n"
+                   + b"6\r\nxxxxxx\r\n" * 2)
         assert status_of(await raw_exchange(server.port, chunked + b"0\r\n\r\n")) == 413
-        within = b"POST / HTTP/1.1\r\nContent-Length: 10\r\nConnection: close\r\n\r\n" + b"y" * 10
+        within = (b"POST / HTTP/1.1\r\nHost: x\r\nContent-Length: 10\r\n"
+                  b"Connection: close\r\n\r\n" + b"y" * 10)
         raw = await raw_exchange(server.port, within)
         assert status_of(raw) == 200 and raw.endswith(b"got 10")
 
@@ -87,7 +91,7 @@ async def test_head_streamed_in_pieces_is_still_bounded() -> None:
     # A head that never ends (no CRLFCRLF) must not grow the server's buffer forever.
     limits = with_limits(request_fields=4, request_field_size=100, request_line=100)
     async with serve(ok_app, limits=limits) as server:
-        pieces = [b"GET / HTTP/1.1\r\nX-A: "] + [b"a" * 100] * 50
+        pieces = [b"GET / HTTP/1.1\r\nHost: x\r\nX-A: "] + [b"a" * 100] * 50
         raw = await raw_exchange(server.port, pieces)
         assert status_of(raw) == 431
 
@@ -96,7 +100,7 @@ async def test_slow_head_is_closed_at_header_timeout() -> None:
     limits = with_limits(header_timeout=0.3)
     async with serve(ok_app, limits=limits) as server:
         reader, writer = await asyncio.open_connection("127.0.0.1", server.port)
-        writer.write(b"GET / HTTP/1.1\r\n")
+        writer.write(b"GET / HTTP/1.1\r\nHost: x\r\n")
         # The client never finishes its head; the server must answer 408 and close.
         raw = await asyncio.wait_for(reader.read(), 5)
         writer.close()
@@ -203,7 +207,7 @@ async def test_bad_pipelined_request_answered_after_good_one() -> None:
         await send({"type": "http.response.body", "body": b"first"})
 
     async with serve(app) as server:
-        raw = await raw_exchange(server.port, b"GET / HTTP/1.1\r\n\r\nNONSENSE\r\n\r\n")
+        raw = await raw_exchange(server.port, b"GET / HTTP/1.1\r\nHost: x\r\n\r\nNONSENSE\r\n\r\n")
     first, _, second = raw.partition(b"first")
     assert status_of(first) == 200
     assert status_of(second) == 400
@@ -228,7 +232,7 @@ async def test_flow_control_pauses_reading_for_unread_body() -> None:
     size = 8 * 1024 * 1024
     async with serve(app) as server:
         reader, writer = await asyncio.open_connection("127.0.0.1", server.port)
-        writer.write(b"POST / HTTP/1.1\r\nContent-Length: %d\r\n\r\n" % size)
+        writer.write(b"POST / HTTP/1.1\r\nHost: x\r\nContent-Length: %d\r\n\r\n" % size)
         writer.write(b"z" * size)
         conn = next(iter(server.worker.state.connections))
         assert isinstance(conn, HttpProtocol)

@@ -113,7 +113,7 @@ async def test_grpc_timeout_and_server_cap() -> None:
 async def test_malformed_deadline_header_is_400() -> None:
     async with serve(recording_app([])) as server:
         raw = await raw_exchange(
-            server.port, b"GET / HTTP/1.1\r\nx-request-timeout-ms: soon\r\n\r\n"
+            server.port, b"GET / HTTP/1.1\r\nHost: x\r\nx-request-timeout-ms: soon\r\n\r\n"
         )
     assert raw.startswith(b"HTTP/1.1 400") and b"x-request-timeout-ms" in raw
 
@@ -122,7 +122,7 @@ async def test_expired_on_arrival_never_runs() -> None:
     log: list[str] = []
     async with serve(recording_app(log)) as server:
         raw = await raw_exchange(
-            server.port, b"GET / HTTP/1.1\r\nx-request-timeout-ms: 0\r\n\r\n"
+            server.port, b"GET / HTTP/1.1\r\nHost: x\r\nx-request-timeout-ms: 0\r\n\r\n"
         )
     assert raw.startswith(b"HTTP/1.1 504")
     assert log == []

@@ -167,3 +167,50 @@ async def test_a_steady_body_and_a_handler_that_reads_late_are_not_cut() -> None
                 await writer.wait_closed()
     assert b"HTTP/1.1 200" in rest
     assert b'"body": "hello"' in rest
+
+
+async def test_host_must_be_present_once_and_valid() -> None:
+    """RFC 9112 section 3.2: 400 for an HTTP/1.1 request with no Host, or with a Host
+    that is not host[:port]. nginx answers 400 to each. HTTP/1.0 may omit it."""
+    async with serve(echo_scope) as server:
+        for head in (
+            b"GET / HTTP/1.1\r\n\r\n",
+            b"GET / HTTP/1.1\r\nHost: user@example.test\r\n\r\n",
+            b"GET / HTTP/1.1\r\nHost: example.test/evil\r\n\r\n",
+            b"GET / HTTP/1.1\r\nHost: a:1:2\r\n\r\n",
+        ):
+            raw = await raw_exchange(server.port, head)
+            assert status_of(raw) == 400, head
+        raw = await raw_exchange(server.port, b"GET / HTTP/1.0\r\n\r\n")
+        assert status_of(raw) == 200
+        raw = await raw_exchange(
+            server.port, b"GET / HTTP/1.1\r\nHost: [::1]:8080\r\nConnection: close\r\n\r\n"
+        )
+        assert status_of(raw) == 200
+
+
+async def test_only_the_three_request_target_forms_reach_the_app() -> None:
+    """Origin-form, absolute-form (routed by its path: the host it names is not
+    where anything connects) and ``OPTIONS *``. ``*@127.0.0.1:9/secret``, which a
+    proxy gluing strings would turn into userinfo, is 400 (nginx: 400)."""
+    async with serve(echo_scope) as server:
+        for target in (b"*@127.0.0.1:9/secret", b"http://u:p@127.0.0.1:9/x", b"x/y",
+                       b"example.test:443"):
+            raw = await raw_exchange(
+                server.port, b"GET " + target + b" HTTP/1.1\r\nHost: x\r\n\r\n"
+            )
+            assert status_of(raw) == 400, target
+            assert b"Invalid" in raw  # (llhttp refuses some itself: "Invalid HTTP request")
+        raw = await raw_exchange(server.port, b"GET * HTTP/1.1\r\nHost: x\r\n\r\n")
+        assert status_of(raw) == 400
+        raw = await raw_exchange(
+            server.port,
+            b"GET http://127.0.0.1:9/p?q=1 HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n",
+        )
+        seen = json_body(raw)
+        assert (seen["path"], seen["query_string"]) == ("/p", "q=1")
+        raw = await raw_exchange(
+            server.port, b"OPTIONS * HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n"
+        )
+        assert status_of(raw) == 200
+        assert json_body(raw)["raw_path"] == "*"

@@ -68,8 +68,9 @@ STABLE_TURNS = 8
 #: loop turns after which a connection that still changes state counts as spinning
 MAX_TURNS = 2000
 
-#: fits any limits: the shortest target, no header fields
-PROBE = b"GET / HTTP/1.1\r\n\r\n"
+#: fits any limits: the shortest target, no header fields (so HTTP/1.0, which may
+#: omit Host)
+PROBE = b"GET / HTTP/1.0\r\n\r\n"
 
 
 class FakeTransport(asyncio.Transport):
@@ -750,7 +751,7 @@ _TOKENS = [
     b"Transfer-Encoding: chunked\r\n", b"Transfer-Encoding: gzip\r\n",
     b"Connection: close\r\n", b"Connection: keep-alive\r\n", b"Expect: 100-continue\r\n",
     b"Upgrade: websocket\r\nConnection: Upgrade\r\n", b"Upgrade: h2c\r\nConnection: Upgrade\r\n",
-    b"HTTP/1.0", b"HTTP/1.1", b"HTTP/2.0", b"GET / HTTP/1.1\r\n\r\n", b"HEAD ",
+    b"HTTP/1.0", b"HTTP/1.1", b"HTTP/2.0", b"GET / HTTP/1.1\r\nHost: x\r\n\r\n", b"HEAD ",
     b"OPTIONS * HTTP/1.1\r\nHost: x\r\n\r\n", b"CONNECT example.test:443 HTTP/1.1\r\n\r\n",
     b"X-Trailer: t\r\n",
 ]
@@ -835,12 +836,13 @@ SHRINK_TIMEOUT = pytest.mark.timeout(420)
          backpressure=False, high_water=None, cuts=[])
 @example(data=b"\r\n\r\n", limits=RequestLimits(), mode="read", yields=0,
          backpressure=False, high_water=None, cuts=[])
-@example(data=b"GET / HTTP/1.1\r\n\r\n" * 3, limits=RequestLimits(), mode="stream", yields=1,
+@example(data=b"GET / HTTP/1.1\r\nHost: x\r\n\r\n" * 3, limits=RequestLimits(), mode="stream",
+         yields=1,
          backpressure=True, high_water=2, cuts=[(5, 1)])
-@example(data=b"POST / HTTP/1.1\r\nTransfer-Encoding: chunked\r\n\r\n3\r\nabc\r\nzz\r\n",
+@example(data=b"POST / HTTP/1.1\r\nHost: x\r\nTransfer-Encoding: chunked\r\n\r\n3\r\nabc\r\nzz\r\n",
          limits=RequestLimits(), mode="stream", yields=2,
          backpressure=True, high_water=2, cuts=[(5, 1)])
-@example(data=b"POST / HTTP/1.1\r\nContent-Length: 5\r\nExpect: 100-continue\r\n\r\n",
+@example(data=b"POST / HTTP/1.1\r\nHost: x\r\nContent-Length: 5\r\nExpect: 100-continue\r\n\r\n",
          limits=RequestLimits(), mode="read", yields=0,
          backpressure=False, high_water=None, cuts=[])
 def test_arbitrary_input_never_breaks_the_connection(
@@ -1026,7 +1028,8 @@ def test_rejections(data: bytes, status: int, pieces: int) -> None:
 def test_rejection_after_pipelined_requests(data: bytes, status: int) -> None:
     """A bad request behind good ones is answered only after them, then closes."""
     limits = SMALL if status != 426 else RequestLimits()
-    good = b"GET /1 HTTP/1.1\r\nHost: x\r\n\r\nPOST /2 HTTP/1.1\r\nContent-Length: 2\r\n\r\nok"
+    good = (b"GET /1 HTTP/1.1\r\nHost: x\r\n\r\n"
+            b"POST /2 HTTP/1.1\r\nHost: x\r\nContent-Length: 2\r\n\r\nok")
     outcome = run([good + data], limits, yields=1)
     responses = check_outcome(outcome)
     assert [r.status for r in responses] == [200, 200, status]

@@ -44,13 +44,33 @@ def test_other_versions_are_505(version: str) -> None:
         (b"/", "/", b""),
         (b"http://example.test/p?q=1#f", "/p", b"q=1"),
         (b"http://example.test", "/", b""),
-        (b"*", "*", b""),
+        (b"https://127.0.0.1:9/secret", "/secret", b""),
     ],
 )
 def test_targets_split_and_fragments_dropped(target: bytes, path: str, query: bytes) -> None:
-    got_path, raw_path, got_query = request_head.split_target(target)
+    got_path, raw_path, got_query = request_head.split_target(target, b"GET")
     assert (got_path, got_query) == (path, query)
     assert b"#" not in raw_path and b"#" not in got_query
+
+
+def test_asterisk_form_is_for_options_only() -> None:
+    assert request_head.split_target(b"*", b"OPTIONS") == ("*", b"*", b"")
+    assert rejected(request_head.split_target, b"*", b"GET") == 400
+
+
+@pytest.mark.parametrize(
+    "target",
+    [
+        b"*@127.0.0.1:9/secret",  # glued after a provider's address, this is userinfo
+        b"http://user:pw@127.0.0.1:9/x",
+        b"ftp://example.test/x",
+        b"example.test:443",
+        b"http:///x",
+        b"x",
+    ],
+)
+def test_other_targets_are_400(target: bytes) -> None:
+    assert rejected(request_head.split_target, target, b"GET") == 400
 
 
 @pytest.mark.parametrize(
@@ -87,10 +107,28 @@ def test_transfer_encoding_in_http10_is_faulty_framing() -> None:
     assert rejected(request_head.check_framing, "1.0", True) == 400
 
 
-def test_more_than_one_host_is_400() -> None:
-    request_head.check_hosts(0)
-    request_head.check_hosts(1)
-    assert rejected(request_head.check_hosts, 2) == 400
+def test_host_count_rules() -> None:
+    request_head.check_hosts("1.1", 1)
+    request_head.check_hosts("1.0", 0)  # HTTP/1.0 may omit Host
+    assert rejected(request_head.check_hosts, "1.1", 2) == 400
+    assert rejected(request_head.check_hosts, "1.0", 2) == 400
+    assert rejected(request_head.check_hosts, "1.1", 0) == 400
+
+
+@pytest.mark.parametrize(
+    "host", [b"example.test", b"example.test:8080", b"127.0.0.1:1", b"[::1]:80", b"[::1]", b"",
+             b"xn--bcher-kva.example", b"a_b.example:"],
+)
+def test_valid_hosts(host: bytes) -> None:
+    request_head.check_host(host)
+
+
+@pytest.mark.parametrize(
+    "host", [b"user@example.test", b"example.test/path", b"a b", b"example.test:80:80",
+             b"[::1", b"::1", b"example.test:port", b"exa\\mple"],
+)
+def test_invalid_hosts_are_400(host: bytes) -> None:
+    assert rejected(request_head.check_host, host) == 400
 
 
 def test_deadline_from_headers_narrowed_by_the_server() -> None:

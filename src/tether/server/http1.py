@@ -50,6 +50,11 @@ _RETRY_AFTER: Final = b"retry-after: 1\r\n"
 _WELL_FORMED_VERSION: Final = re.compile(rb" HTTP/[0-9]\.[0-9]\r?\n")
 _OWS: Final = b" \t"
 
+# Host values already checked (clients send the same few again and again): most
+# requests skip the regex. Bounded: a client sending random hosts only clears it.
+_valid_hosts: set[bytes] = set()
+_VALID_HOSTS_MAX: Final = 1024
+
 # The request fields the server itself reads, by lower-case name.
 _HOST, _CONTENT_LENGTH, _TRANSFER_ENCODING, _EXPECT, _UPGRADE, _DEADLINE = range(6)
 _SPECIAL_FIELDS: Final = {
@@ -234,6 +239,11 @@ class HttpProtocol(asyncio.Protocol):
             pass  # most fields: one dict lookup instead of a chain of comparisons
         elif special == _HOST:
             self._hosts += 1
+            if value not in _valid_hosts:
+                request_head.check_host(value)
+                if len(_valid_hosts) >= _VALID_HOSTS_MAX:
+                    _valid_hosts.clear()
+                _valid_hosts.add(value)
         elif special == _CONTENT_LENGTH:
             self._content_length = request_head.content_length(value, self.limits.request_body)
         elif special == _TRANSFER_ENCODING:
@@ -251,7 +261,7 @@ class HttpProtocol(asyncio.Protocol):
         self._in_head = False
         parser = self.parser
         http_version: str = parser.get_http_version()
-        if http_version != "1.1" or self._hosts > 1:
+        if http_version != "1.1" or self._hosts != 1:
             request_head.check_head(http_version, self._chunked_request, self._hosts)
         if self._upgrade is not None and b"websocket" in self._upgrade and parser.should_upgrade():
             raise RequestRejected(426, "WebSocket is not supported by this server")
@@ -260,7 +270,7 @@ class HttpProtocol(asyncio.Protocol):
             # A 2xx to CONNECT would make the connection a tunnel, which an ASGI
             # server cannot be; refuse it rather than drop the bytes that follow.
             raise RequestRejected(501, "CONNECT is not supported by this server")
-        path, raw_path, query = request_head.split_target(self._url)
+        path, raw_path, query = request_head.split_target(self._url, method_bytes)
         state = self.state
         if self._deadline_headers or state.request_timeout is not None:
             deadline = request_head.request_deadline(self._deadline_headers,

@@ -11,14 +11,17 @@ Rules of this file (h11's habit: the rules first, then the code):
 * Nothing here allocates on the common path that it can avoid: an origin-form
   target without ``%`` or ``#`` is split with two ``partition`` calls.
 
-    request line   -> check_version (505), split_target (400, fragment dropped)
+    request line   -> check_version (505), split_target (400 unless origin-,
+                      absolute- or asterisk-form; fragment dropped)
     header fields  -> field_value (OWS trimmed), content_length (400/413),
-                      transfer_coding (400 on HTTP/1.0, 501 unknown), hosts (400)
+                      transfer_coding (501 unknown), check_framing (400 on HTTP/1.0),
+                      check_hosts (400: none on 1.1, or two), check_host (400)
     deadline       -> request_deadline (400 on a bad value, narrowed by the server)
 """
 
 from __future__ import annotations
 
+import re
 from typing import Final
 from urllib.parse import unquote
 
@@ -29,6 +32,11 @@ from tether.deadline import NO_DEADLINE, Deadline, deadline_from_headers
 #: HTTP versions an HTTP/1.x connection speaks (RFC 9112 section 2.3)
 HTTP1_VERSIONS: Final = frozenset({"1.0", "1.1"})
 _OWS: Final = b" \t"
+_SCHEMES: Final = frozenset({b"http", b"https", b"HTTP", b"HTTPS"})
+#: uri-host [ ":" port ]: IP-literal, or reg-name / IPv4 (RFC 3986 section 3.2.2)
+_HOST: Final = re.compile(
+    rb"(?:\[[0-9A-Fa-f:.]+\]|[A-Za-z0-9\-._~!$&'()*+,;=%]*)(?::[0-9]*)?"
+)
 
 
 class RequestRejected(Exception):
@@ -84,29 +92,43 @@ def check_framing(http_version: str, chunked: bool) -> None:
         raise RequestRejected(400, "Transfer-Encoding in an HTTP/1.0 request")
 
 
-def check_hosts(host_count: int) -> None:
-    """RFC 9112 section 3.2: a request with more than one Host field is answered 400
-    (two hosts let a proxy and an origin disagree on where a request goes)."""
+def check_hosts(http_version: str, host_count: int) -> None:
+    """RFC 9112 section 3.2: an HTTP/1.1 request without Host, or any request with
+    more than one, is answered 400 (two hosts let a proxy and an origin disagree on
+    where a request goes)."""
     if host_count > 1:
         raise RequestRejected(400, "More than one Host header")
+    if host_count == 0 and http_version == "1.1":
+        raise RequestRejected(400, "Missing Host header")
+
+
+def check_host(value: bytes) -> None:
+    """RFC 9112 section 3.2 and RFC 3986 section 3.2.2: Host is ``host[:port]`` (a
+    name, an IPv4 address or a bracketed IPv6 address; empty is allowed); anything
+    else (userinfo, a path, spaces, a second colon) is 400."""
+    if _HOST.fullmatch(value) is None:
+        raise RequestRejected(400, "Invalid Host header")
 
 
 def check_head(http_version: str, chunked: bool, host_count: int) -> None:
     """The request-line and framing rules above, in one call (the caller skips it
-    for the common HTTP/1.1 request with at most one Host)."""
+    for the common HTTP/1.1 request with exactly one Host)."""
     check_version(http_version)
     check_framing(http_version, chunked)
-    check_hosts(host_count)
+    check_hosts(http_version, host_count)
 
 
-def split_target(target: bytes) -> tuple[str, bytes, bytes]:
-    """(path, raw_path, query_string) of a request target.
+def split_target(target: bytes, method: bytes) -> tuple[str, bytes, bytes]:
+    """(path, raw_path, query_string) of a request target (RFC 9112 section 3.2).
 
     Origin-form (``/a?b``) is by far the common case: the parser has checked its
-    characters already. Absolute-form (``http://h/a``, RFC 9112 section 3.2.2) is
-    routed by its path. A ``#fragment`` is never part of a target (RFC 9112 section
-    3.2: clients must not send it, servers drop it), so it reaches neither the path
-    nor the query. Anything else (``*`` aside, which has no path) is 400.
+    characters already. Absolute-form (``http://h/a``, section 3.2.2) is accepted,
+    as a server must, and yields only its path: the host it names is never used to
+    decide where anything connects, and one with userinfo (``http://u@h/``) is
+    refused. Asterisk-form (``*``) is for OPTIONS only. Anything else, such as
+    ``*@127.0.0.1:9/secret`` (which a proxy gluing strings would have turned into
+    userinfo), is 400, as nginx answers. A ``#fragment`` is never part of a target
+    (clients must not send it, servers drop it): it reaches neither path nor query.
     """
     if target[:1] == b"/":
         # (find, not ``b"#" in target``: bytes containment first tries the needle as
@@ -116,12 +138,16 @@ def split_target(target: bytes) -> tuple[str, bytes, bytes]:
             target = target[:fragment]
         raw_path, _, query = target.partition(b"?")
     elif target == b"*":
+        if method != b"OPTIONS":
+            raise RequestRejected(400, "Invalid request target: '*' is for OPTIONS only")
         raw_path, query = b"*", b""
     else:
         try:
             url = httptools.parse_url(target)
         except httptools.HttpParserInvalidURLError:
             raise RequestRejected(400, "Invalid request target") from None
+        if url.schema not in _SCHEMES or not url.host or url.userinfo:
+            raise RequestRejected(400, "Invalid request target")
         raw_path = url.path or b"/"
         query = url.query or b""
     try:
