@@ -28,6 +28,11 @@ HEADER: Final = "x-request-timeout-ms"
 HEADER_BYTES: Final = b"x-request-timeout-ms"
 GRPC_HEADER_BYTES: Final = b"grpc-timeout"
 
+#: the longest deadline accepted from the wire (longer ones are narrowed to it) and
+#: written to it: an hour, 3,600,000 ms, 7 digits, which every tether reads. Without
+#: a cap ``grpc-timeout: 99999999H`` became a 15-digit header the next hop refused.
+MAX_WIRE_SECONDS: Final = 3600.0
+
 _GRPC_UNITS: Final = {
     ord("H"): 3600.0, ord("M"): 60.0, ord("S"): 1.0,
     ord("m"): 1e-3, ord("u"): 1e-6, ord("n"): 1e-9,
@@ -71,11 +76,13 @@ class Deadline:
         return None if remaining is None else loop.time() + remaining
 
     def header_value(self, margin: float = 0.0) -> bytes | None:
-        """Milliseconds remaining for the next hop, minus ``margin`` seconds (at least 1)."""
+        """Milliseconds remaining for the next hop, minus ``margin`` seconds: at least
+        1, at most :data:`MAX_WIRE_SECONDS` (a value the next hop accepts)."""
         remaining = self.remaining()
         if remaining is None:
             return None
-        return b"%d" % max(1, int((remaining - margin) * 1000))
+        seconds = min(remaining - margin, MAX_WIRE_SECONDS)
+        return b"%d" % max(1, int(seconds * 1000))
 
 
 NO_DEADLINE: Final = Deadline()
@@ -172,8 +179,11 @@ def parse_grpc_timeout(value: bytes) -> float:
     return int(digits) * _GRPC_UNITS[unit[0]]
 
 
-def deadline_from_headers(headers: Iterable[tuple[bytes, bytes]]) -> float | None:
-    """Seconds allowed by the request's deadline headers (the smaller if both), or None.
+def deadline_from_headers(
+    headers: Iterable[tuple[bytes, bytes]], maximum: float = MAX_WIRE_SECONDS
+) -> float | None:
+    """Seconds allowed by the request's deadline headers (the smaller if both, and at
+    most ``maximum``), or None.
 
     Header names must be lowercase (as in an ASGI scope). Raises ValueError.
     """
@@ -186,4 +196,4 @@ def deadline_from_headers(headers: Iterable[tuple[bytes, bytes]]) -> float | Non
         else:
             continue
         seconds = found if seconds is None else min(seconds, found)
-    return seconds
+    return seconds if seconds is None or seconds <= maximum else maximum
