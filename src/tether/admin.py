@@ -4,13 +4,20 @@ status, Prometheus metrics.
 Routes are a table from path to handler, so later subsystems (``/metrics``) add a
 row rather than a branch. Must never touch a worker directly: it only reads what
 the supervisor hands it.
+
+Two guards come before any route. The Host must be a loopback name or address (or
+one of the names the operator allowed): a web page that rebinds its own DNS name to
+127.0.0.1 (DNS rebinding) reaches the port, but its requests carry its own name and
+are refused with 403. With a token configured (required when the port is bound
+beyond loopback), every request must carry ``Authorization: Bearer <token>``.
 """
 
 from __future__ import annotations
 
+import hmac
 import json
-from collections.abc import Awaitable, Callable
-from typing import Any
+from collections.abc import Awaitable, Callable, Iterable
+from typing import Any, Final
 
 from tether.asgi import ASGIApp, Receive, Scope, Send
 
@@ -20,6 +27,24 @@ MetricsFn = Callable[[], bytes]
 #: the Prometheus text exposition format
 PROMETHEUS_TEXT = b"text/plain; version=0.0.4; charset=utf-8"
 Handler = Callable[[], Awaitable[tuple[int, bytes, bytes]]]
+#: Host names the admin port answers to without configuration
+LOOPBACK_HOSTS: Final = frozenset({"localhost", "127.0.0.1", "::1", "[::1]"})
+
+
+def host_name(host: str) -> str:
+    """``name`` of a Host header value ``name[:port]`` (IPv6 keeps its brackets),
+    lower-case."""
+    host = host.strip().lower()
+    if host.startswith("["):
+        return host[: host.find("]") + 1] if "]" in host else host
+    return host.rsplit(":", 1)[0] if ":" in host else host
+
+
+def _header(scope: Scope, name: bytes) -> str | None:
+    for key, value in scope["headers"]:
+        if key == name:
+            return str(value.decode("latin-1"))
+    return None
 
 
 async def _send(send: Send, status: int, body: bytes, ctype: bytes) -> None:
@@ -30,10 +55,21 @@ async def _send(send: Send, status: int, body: bytes, ctype: bytes) -> None:
     await send({"type": "http.response.body", "body": body})
 
 
-def admin_app(status: StatusFn, ready: ReadyFn, metrics: MetricsFn | None = None) -> ASGIApp:
+def admin_app(
+    status: StatusFn,
+    ready: ReadyFn,
+    metrics: MetricsFn | None = None,
+    *,
+    allowed_hosts: Iterable[str] = (),
+    token: str | None = None,
+) -> ASGIApp:
     """Build the admin app over the supervisor's ``status``, ``ready`` and ``metrics``
-    callables."""
+    callables. ``allowed_hosts``: names answered besides loopback ones (``*`` for
+    any); ``token``: required as ``Authorization: Bearer <token>`` when set."""
     text = b"text/plain; charset=utf-8"
+    hosts = LOOPBACK_HOSTS | {host_name(h) for h in allowed_hosts}
+    any_host = "*" in hosts
+    expected = None if token is None else f"Bearer {token}".encode()
 
     async def healthz() -> tuple[int, bytes, bytes]:
         return 200, b"ok\n", text  # the supervisor is alive and answering
@@ -61,6 +97,16 @@ def admin_app(status: StatusFn, ready: ReadyFn, metrics: MetricsFn | None = None
     async def app(scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] != "http":
             return
+        host = _header(scope, b"host")
+        if not any_host and (host is None or host_name(host) not in hosts):
+            await _send(send, 403, b"forbidden: this admin port answers only to "
+                        b"loopback host names (see --admin-allow-host)\n", text)
+            return
+        if expected is not None:
+            given = _header(scope, b"authorization")
+            if given is None or not hmac.compare_digest(given.encode("latin-1"), expected):
+                await _send(send, 401, b"unauthorized: admin token required\n", text)
+                return
         handler = routes.get(scope["path"])
         if handler is None:
             await _send(send, 404, b"not found\n", text)

@@ -1,0 +1,62 @@
+"""The admin app's guards, on a real socket: loopback Host names only (against DNS
+rebinding), and a bearer token when one is configured."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from tests.support import raw_exchange, serve
+from tether.admin import admin_app, host_name
+
+
+def status() -> dict[str, Any]:
+    return {"workers": []}
+
+
+def status_of(raw: bytes) -> int:
+    return int(raw.split(b" ", 2)[1])
+
+
+def get(path: str, host: str, *extra: str) -> bytes:
+    lines = [f"GET {path} HTTP/1.1", f"Host: {host}", "Connection: close", *extra, "", ""]
+    return "\r\n".join(lines).encode()
+
+
+def test_host_names() -> None:
+    assert host_name("127.0.0.1:9100") == "127.0.0.1"
+    assert host_name("[::1]:9100") == "[::1]"
+    assert host_name("LocalHost") == "localhost"
+    assert host_name("evil.example:80") == "evil.example"
+
+
+async def test_loopback_names_only_by_default() -> None:
+    """A rebound DNS name (evil.example resolving to 127.0.0.1) reaches the port, but
+    its requests say ``Host: evil.example`` and are refused before any route."""
+    app = admin_app(status, lambda: True)
+    async with serve(app) as server:
+        for host in ("127.0.0.1:1", "localhost", "[::1]:9100"):
+            raw = await raw_exchange(server.port, get("/status", host))
+            assert status_of(raw) == 200, host
+        for host in ("evil.example", "evil.example:9100", "127.0.0.2"):
+            raw = await raw_exchange(server.port, get("/status", host))
+            assert status_of(raw) == 403, host
+            assert b"workers" not in raw
+
+
+async def test_allowed_names_and_token() -> None:
+    app = admin_app(status, lambda: True, allowed_hosts=["ops.internal"], token="s3cret")
+    async with serve(app) as server:
+        raw = await raw_exchange(server.port, get("/healthz", "ops.internal:9100"))
+        assert status_of(raw) == 401
+        raw = await raw_exchange(
+            server.port, get("/healthz", "ops.internal", "Authorization: Bearer wrong")
+        )
+        assert status_of(raw) == 401
+        raw = await raw_exchange(
+            server.port, get("/status", "ops.internal", "Authorization: Bearer s3cret")
+        )
+        assert status_of(raw) == 200 and b"workers" in raw
+        raw = await raw_exchange(
+            server.port, get("/status", "evil.example", "Authorization: Bearer s3cret")
+        )
+        assert status_of(raw) == 403
