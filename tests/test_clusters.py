@@ -516,7 +516,8 @@ async def test_kill_9_one_of_three_loses_nothing_and_evicts_it(
     assert connections == (0, Counter()), connections  # nothing left to the dead one
     # It goes through retrying, and reaches the attempt limit on the backoff schedule,
     # not sooner: requests that were in flight when it died, failing together, are not
-    # reconnect attempts. (Last: these fail on the known issue, docs/cluster.md.)
+    # reconnect attempts (they used to be: docs/cluster.md, "Fixed after the first
+    # test run").
     after_kill = sampler.states_since(victim.address, killed_at)
     assert after_kill == ["alive", "retrying", "evicted"], (
         [(round(t - killed_at, 3), s) for t, s in sampler.history[victim.address]])
