@@ -126,11 +126,15 @@ class _Lease:
 class EtcdRegistry:
     def __init__(
         self, endpoints: list[tuple[str, int]], prefix: str, *, url: str,
-        timeout: float = CALL_TIMEOUT,
+        timeout: float = CALL_TIMEOUT, credentials: tuple[str, str] | None = None,
     ) -> None:
+        """``url`` is what may be shown (redacted); ``credentials`` (user, password)
+        authenticate to an etcd with auth enabled and are never logged."""
         if not endpoints:
             raise RegistryError("the etcd registry needs at least one endpoint")
         self.url = url
+        self._user: str | None = credentials[0] if credentials is not None else None
+        self._password: str | None = credentials[1] if credentials is not None else None
         self.endpoints = list(endpoints)
         self.prefix = "/" + prefix.strip("/") if prefix.strip("/") else ""
         self._timeout = timeout
@@ -162,7 +166,8 @@ class EtcdRegistry:
             host, port = self.endpoints[index]
             if ":" in host:
                 host = f"[{host}]"
-            client = aetcd.Client(host, port, timeout=self._timeout, options=CHANNEL_OPTIONS)
+            client = aetcd.Client(host, port, username=self._user, password=self._password,
+                                  timeout=self._timeout, options=CHANNEL_OPTIONS)
             self._clients[index] = client
         return client
 
@@ -180,7 +185,8 @@ class EtcdRegistry:
             host, port = self.endpoints[index]
             if ":" in host:
                 host = f"[{host}]"
-            client = aetcd.Client(host, port, timeout=None, options=CHANNEL_OPTIONS)
+            client = aetcd.Client(host, port, username=self._user, password=self._password,
+                                  timeout=None, options=CHANNEL_OPTIONS)
             self._watch_clients[index] = client
         return client
 

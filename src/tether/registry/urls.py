@@ -1,8 +1,12 @@
-"""Open a registry from its URL. The one place that knows every backend's scheme."""
+"""Open a registry from its URL. The one place that knows every backend's scheme.
+
+A URL may carry a secret (``etcd://user:password@host:2379/prefix``): only
+:func:`redact` of it is ever stored on a registry, logged or shown in ``/status``.
+"""
 
 from __future__ import annotations
 
-from urllib.parse import urlsplit
+from urllib.parse import unquote, urlsplit
 
 from tether.errors import ConfigError
 from tether.registry.base import Registry
@@ -20,19 +24,47 @@ def sqlite_path(url: str) -> str:
     return rest[1:]
 
 
+def redact(url: str) -> str:
+    """``url`` with its password (if any) replaced by ``***``: what may be shown."""
+    scheme, sep, rest = url.partition("://")
+    if not sep:
+        return url
+    netloc, slash, path = rest.partition("/")
+    userinfo, at, hosts = netloc.rpartition("@")
+    if not at or ":" not in userinfo:
+        return url
+    user = userinfo.split(":", 1)[0]
+    return f"{scheme}://{user}:***@{hosts}{slash}{path}"
+
+
+def etcd_credentials(url: str) -> tuple[str, str] | None:
+    """(user, password) from ``etcd://user:password@...`` (percent-decoded), or None."""
+    netloc = url.partition("://")[2].partition("/")[0]
+    userinfo, at, _ = netloc.rpartition("@")
+    if not at:
+        return None
+    user, sep, password = userinfo.partition(":")
+    if not user or not sep:
+        raise ConfigError(
+            f"registry URL {redact(url)!r}: credentials must be user:password@"
+        )
+    return unquote(user), unquote(password)
+
+
 def etcd_endpoints(url: str) -> tuple[list[tuple[str, int]], str]:
     """``etcd://h1:2379,h2:2379/prefix`` -> ([(h1, 2379), (h2, 2379)], "/prefix")."""
+    shown = redact(url)
     try:
         parts = urlsplit(url)
     except ValueError as exc:
-        raise ConfigError(f"registry URL {url!r}: {exc}") from exc
+        raise ConfigError(f"registry URL {shown!r}: {exc}") from exc
     if parts.query or parts.fragment:
-        raise ConfigError(f"registry URL {url!r}: no query or fragment expected")
+        raise ConfigError(f"registry URL {shown!r}: no query or fragment expected")
     endpoints = []
-    for item in parts.netloc.split(","):
+    for item in parts.netloc.rpartition("@")[2].split(","):
         host, sep, port = item.rpartition(":")
         if not sep or not port.isdigit() or not host.strip("[]") or not 0 < int(port) < 65536:
-            raise ConfigError(f"registry URL {url!r}: endpoint {item!r} is not host:port")
+            raise ConfigError(f"registry URL {shown!r}: endpoint {item!r} is not host:port")
         endpoints.append((host.strip("[]"), int(port)))
     prefix = parts.path.rstrip("/") or "/tether"
     return endpoints, prefix
@@ -47,19 +79,20 @@ def open_registry(url: str) -> Registry:
         return SQLiteRegistry(sqlite_path(url), url=url)
     if scheme == "etcd":
         endpoints, prefix = etcd_endpoints(url)  # validate before importing anything
+        credentials = etcd_credentials(url)
         try:
             from tether.registry.etcd import EtcdRegistry
         except ImportError as exc:
             raise ConfigError(
-                f"registry URL {url!r} needs the etcd client: pip install 'tether[etcd]' "
-                f"({exc})"
+                f"registry URL {redact(url)!r} needs the etcd client: "
+                f"pip install 'tether[etcd]' ({exc})"
             ) from exc
-        return EtcdRegistry(endpoints, prefix, url=url)
+        return EtcdRegistry(endpoints, prefix, url=redact(url), credentials=credentials)
     if scheme == "memory":
         from tether.registry.memory import MemoryRegistry
 
         return MemoryRegistry.shared(url)
     raise ConfigError(
-        f"unknown registry URL {url!r}: use sqlite:///path.db, etcd://host:port/prefix "
+        f"unknown registry URL {redact(url)!r}: use sqlite:///path.db, etcd://host:port/prefix "
         "or memory://"
     )
