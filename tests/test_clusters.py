@@ -37,7 +37,7 @@ import threading
 import time
 import uuid
 from collections import Counter
-from collections.abc import AsyncIterator, Callable, Iterator
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
 from dataclasses import dataclass, replace
 from pathlib import Path
 from types import TracebackType
@@ -849,18 +849,23 @@ async def test_first_request_of_a_new_cluster_waits_for_its_first_probe(
 # -- 7. retries within the deadline ------------------------------------------------------------
 
 
+Handler = Callable[[asyncio.StreamReader, asyncio.StreamWriter], Awaitable[None]]
+
+
 @contextlib.asynccontextmanager
-async def hung_servers(n: int) -> AsyncIterator[list[str]]:
-    """``n`` TCP servers that accept, read, and never answer."""
+async def stream_servers(handlers: list[Handler]) -> AsyncIterator[list[str]]:
+    """One asyncio TCP server on loopback per handler; yields their ``host:port``.
+    Every connection accepted is closed at the end, then the servers."""
     held: list[asyncio.StreamWriter] = []
 
-    async def hold(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
-        held.append(writer)
-        with contextlib.suppress(ConnectionError):
-            while await reader.read(65536):
-                pass
+    def keeping(handler: Handler) -> Handler:
+        async def handle(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+            held.append(writer)
+            with contextlib.suppress(ConnectionError, asyncio.IncompleteReadError):
+                await handler(reader, writer)
+        return handle
 
-    servers = [await asyncio.start_server(hold, HOST, 0) for _ in range(n)]
+    servers = [await asyncio.start_server(keeping(h), HOST, 0) for h in handlers]
     try:
         yield [f"{HOST}:{s.sockets[0].getsockname()[1]}" for s in servers]
     finally:
@@ -869,6 +874,17 @@ async def hung_servers(n: int) -> AsyncIterator[list[str]]:
         for server in servers:
             server.close()
             await server.wait_closed()
+
+
+async def _hold(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+    """Read until the client closes; answer nothing."""
+    while await reader.read(65536):
+        pass
+
+
+def hung_servers(n: int) -> contextlib.AbstractAsyncContextManager[list[str]]:
+    """``n`` TCP servers that accept, read, and never answer."""
+    return stream_servers([_hold] * n)
 
 
 @pytest.mark.parametrize("client_timeout", [5.0, 0.08])
@@ -948,37 +964,23 @@ async def test_a_full_local_pool_never_ejects_a_healthy_provider(
         assert probes >= 8, probes  # heartbeats ran through the congestion, and passed
 
 
-@contextlib.asynccontextmanager
-async def plain_providers(hang: list[bool]) -> AsyncIterator[list[str]]:
+def plain_providers(hang: list[bool]) -> contextlib.AbstractAsyncContextManager[list[str]]:
     """HTTP/1.1 providers on asyncio streams, one per entry of ``hang``. Each answers
     ``/healthz`` with 200 at once; the others answer every other path with 200, and
     those with ``hang`` true never answer it (a handler stuck, its health check fine)."""
-    held: list[asyncio.StreamWriter] = []
 
-    def serve(hangs: bool) -> Callable[[asyncio.StreamReader, asyncio.StreamWriter],
-                                       Any]:
+    def provider(hangs: bool) -> Handler:
         async def handle(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
-            held.append(writer)
-            with contextlib.suppress(ConnectionError, asyncio.IncompleteReadError):
-                while True:
-                    head = await reader.readuntil(b"\r\n\r\n")
-                    path = head.split(b" ", 2)[1]
-                    if hangs and path != b"/healthz":
-                        await reader.read()  # until the client gives up and closes
-                        return
-                    writer.write(b"HTTP/1.1 200 OK\r\ncontent-length: 2\r\n\r\nok")
-                    await writer.drain()
+            while True:
+                head = await reader.readuntil(b"\r\n\r\n")
+                if hangs and head.split(b" ", 2)[1] != b"/healthz":
+                    await _hold(reader, writer)  # until the client gives up and closes
+                    return
+                writer.write(b"HTTP/1.1 200 OK\r\ncontent-length: 2\r\n\r\nok")
+                await writer.drain()
         return handle
 
-    servers = [await asyncio.start_server(serve(h), HOST, 0) for h in hang]
-    try:
-        yield [f"{HOST}:{s.sockets[0].getsockname()[1]}" for s in servers]
-    finally:
-        for writer in held:
-            writer.close()
-        for server in servers:
-            server.close()
-            await server.wait_closed()
+    return stream_servers([provider(h) for h in hang])
 
 
 async def test_an_ejection_for_timeouts_lasts_until_the_heartbeat() -> None:
