@@ -11,12 +11,14 @@ from collections.abc import AsyncIterator
 from typing import Any
 
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 from tests.support import wait_for
 from tether.client import Cluster, ClusterConfig, NoProviderAvailable
 from tether.client.cluster import ClientLink
-from tether.client.errors import ConnectError, PoolTimeout, ReadTimeout
-from tether.client.models import Headers, Response
+from tether.client.errors import ConnectError, LocalProtocolError, PoolTimeout, ReadTimeout
+from tether.client.models import Headers, Origin, Response
 
 A, B = "10.0.0.1:80", "10.0.0.2:80"
 
@@ -31,13 +33,18 @@ class FakeClient:
         self.sent: Counter[str] = Counter()
         self.probed: Counter[str] = Counter()
         self.retired: list[tuple[str, int]] = []
+        self.targets: list[str] = []
 
     def link(self) -> ClientLink:
         return ClientLink(send=self.send, deadline_scope=self.deadline_scope,
                           probe=self.probe, retire=self.retire, probing=self.probing)
 
-    async def send(self, method: str, url: str, **options: Any) -> Response:
-        address = url.split("/")[2]
+    async def send(
+        self, method: str, origin: Origin, target: str, url: str, **options: Any
+    ) -> Response:
+        address = f"{origin.host}:{origin.port}"
+        assert url.split("/")[2] == address  # (the URL only names the request)
+        self.targets.append(target)
         self.sent[address] += 1
         answer = self.answers.get(address, 200)
         if isinstance(answer, Exception):
@@ -164,3 +171,39 @@ async def test_nobody_alive_fails_at_once() -> None:
         assert fake.sent[A] == 0
     finally:
         await cluster.aclose()
+
+
+_TARGET_PIECES = ["*", "@", ":", "/", "//", "?", "#", "%40", "127.0.0.1", "[::1]", "9",
+                  "http://", "evil.example", " ", "\t", "\r\n", "\x00", "..", "a", "~"]
+
+
+@given(path=st.one_of(
+    st.text(max_size=40),
+    st.lists(st.sampled_from(_TARGET_PIECES), max_size=8).map("".join),
+))
+@settings(max_examples=300, deadline=None)
+def test_no_path_makes_a_cluster_connect_anywhere_but_its_providers(path: str) -> None:
+    """Issue 13: whatever path a caller (the proxy, relaying a client's target) gives,
+    requests go only to the providers' own origins, the target on the wire is
+    origin-form (or ``*``), and a path that is not refused before any provider is
+    tried, so it counts against none."""
+
+    async def scenario() -> None:
+        fake = FakeClient()
+        cluster = await alive_cluster(fake, ["127.0.0.1:8001", "127.0.0.1:8002"])
+        try:
+            try:
+                await cluster.request("GET", path)
+            except LocalProtocolError:
+                assert not fake.sent  # refused before any provider was tried
+            else:
+                assert set(fake.sent) <= {"127.0.0.1:8001", "127.0.0.1:8002"}
+                (target,) = fake.targets
+                assert target == "*" or target.startswith("/")
+                assert not any(c in target for c in " \t\r\n\x00#")
+            for record in cluster.machine.records.values():
+                assert record.consecutive_failures == 0
+        finally:
+            await cluster.aclose()
+
+    asyncio.run(scenario())

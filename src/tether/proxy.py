@@ -9,7 +9,11 @@ and why connection reuse is measured per origin.
 Rules, in order:
 
 1. Route by the longest matching prefix (see :mod:`tether.proxy_config`); no
-   route: ``404``.
+   route: ``404``. The upstream request is built from parts: the provider's
+   address from the cluster, the origin-form path from the route and the
+   request's path (the server has already refused any other target form, and an
+   absolute-form target is routed by its path alone). Nothing a client writes
+   decides where the proxy connects. ``OPTIONS *`` is answered by the proxy.
 2. Request headers: drop the hop-by-hop ones (RFC 9110 section 7.6.1: Connection,
    the headers it names, Proxy-Connection, Keep-Alive, TE, Transfer-Encoding,
    Upgrade, Proxy-Authorization/-Authenticate); append the client to ``Forwarded``
@@ -40,7 +44,7 @@ from typing import Any, Final
 from tether.asgi import Receive, Scope, Send
 from tether.client import Client
 from tether.client.cluster import Cluster, NoProviderAvailable
-from tether.client.errors import TimeoutException, TLSError, TransportError
+from tether.client.errors import LocalProtocolError, TimeoutException, TLSError, TransportError
 from tether.client.models import Timeout
 from tether.deadline import HEADER as DEADLINE_HEADER
 from tether.deadline import DeadlineExceeded, deadline_after
@@ -57,6 +61,7 @@ ENV_CONFIG: Final = "TETHER_PROXY_INPUTS"
 #: they can be sent again to another provider; larger ones stream and are sent once
 BUFFER_LIMIT: Final = 64 * 1024
 VIA: Final = "1.1 tether"
+ALLOWED_METHODS: Final = b"GET, HEAD, POST, PUT, PATCH, DELETE, OPTIONS"
 _NO_SCOPE: Final = contextlib.nullcontext()
 
 HOP_BY_HOP: Final = frozenset({
@@ -242,6 +247,13 @@ class Proxy:
     async def forward(self, scope: Scope, receive: Receive, send: Send) -> None:
         """Forward one request (rules 1-5)."""
         path = scope["path"]
+        if scope["raw_path"] == b"*":
+            # ``OPTIONS *`` (the server lets only OPTIONS use this form) asks about the
+            # proxy itself, not about any upstream resource: the proxy answers it.
+            await send({"type": "http.response.start", "status": 200, "headers": [
+                (b"allow", ALLOWED_METHODS), (b"content-length", b"0")]})
+            await send({"type": "http.response.body", "body": b""})
+            return
         route = self.config.match(path)
         if route is None:
             await _answer(send, 404, f"no route for {path}\n")
@@ -294,6 +306,11 @@ class Proxy:
                 raise
             self._failed(method, path, route.upstream, exc, started)
             await _answer(send, 504, f"deadline exceeded waiting for {route.upstream}\n")
+        except LocalProtocolError as exc:
+            # What the client sent cannot be forwarded (a target or header the
+            # upstream request may not carry): the client's error, no provider's.
+            logger.warning("%s %s: not forwarded: %s", method, path, exc)
+            await _answer(send, 400, "bad request: cannot be forwarded\n")
 
     @staticmethod
     def _failed(method: str, path: str, upstream: str, exc: Exception, started: bool) -> None:

@@ -122,7 +122,7 @@ class Client:
             keepalive_expiry=keepalive_expiry,
         )
         self._link = ClientLink(
-            send=self._request, deadline_scope=self._deadline_scope, probe=self._probe,
+            send=self._request_to, deadline_scope=self._deadline_scope, probe=self._probe,
             retire=self._retire, probing=self._probing,
         )
         self._contexts: dict[TLSIdentity, ssl.SSLContext] = {}
@@ -282,9 +282,30 @@ class Client:
         sni_hostname: str | None = None,
     ) -> Response:
         """One request, up to its response head: the body is left to the caller."""
+        origin, target = parse_url(self._absolute(url), params)
+        return await self._request_to(
+            method, origin, target, url, headers=headers, content=content, data=data,
+            json=json, timeout=timeout, sni_hostname=sni_hostname,
+        )
+
+    async def _request_to(
+        self,
+        method: str,
+        origin: Origin,
+        target: str,
+        url: str,
+        *,
+        headers: HeaderTypes = None,
+        content: Content = None,
+        data: Mapping[str, Any] | None = None,
+        json: Any = None,
+        timeout: float | Timeout | _Unset | None = UNSET,
+        sni_hostname: str | None = None,
+    ) -> Response:
+        """One request to ``origin`` for the origin-form ``target`` (never parsed as a
+        URL: the caller chose where it connects); ``url`` names it in errors."""
         timeouts = self.timeout if isinstance(timeout, _Unset) else Timeout.of(timeout)
         method = method.upper()
-        origin, target = parse_url(self._absolute(url), params)
         body, content_type = encode_body(content, data, json)
         deadline = current_deadline()
         if deadline.at is not None:

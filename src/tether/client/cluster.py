@@ -27,7 +27,7 @@ from typing import TYPE_CHECKING, Any
 from tether import metrics
 from tether.client.balancer import Balancer
 from tether.client.errors import HTTPError, TransportError
-from tether.client.models import Response
+from tether.client.models import Origin, Response, origin_form
 from tether.client.providers import (
     Action,
     Answered,
@@ -60,8 +60,10 @@ class ClientLink:
     """Everything a cluster may ask of its client; the client builds it (bound methods,
     so a request pays no extra call), a test may build one of fakes."""
 
-    #: one attempt: send, and return once the response head is in. Keyword options
-    #: are ``Client.request``'s: params, headers, content, data, json, timeout,
+    #: one attempt: ``send(method, origin, target, url, **options)``, returning once
+    #: the response head is in. The origin (where it connects) and the origin-form
+    #: target are given apart and never re-parsed from one string. Options are
+    #: ``Client.request``'s but params: headers, content, data, json, timeout,
     #: sni_hostname.
     send: Callable[..., Awaitable[Response]]
     #: bound the block by the current deadline; cancelling it closes the connection
@@ -133,6 +135,8 @@ class Cluster:
         self._probing: set[str] = set()
         #: each provider's last probe or connect failure (None once it answers again)
         self.last_error: dict[str, BaseException | None] = {}
+        #: each provider's origin and URL prefix, built from its address once
+        self._origins: dict[str, tuple[Origin, str]] = {}
         self._ready = asyncio.Event()
         # Prometheus: the series this cluster counts under, and the machine's counts
         # already exported (the machine keeps plain totals; we export the deltas).
@@ -364,6 +368,9 @@ class Cluster:
                 async with asyncio.timeout(self.probe_timeout):
                     await self._ready.wait()
         method = method.upper()
+        # Validated before any provider is chosen: a path that is not origin-form is
+        # the caller's error, never evidence against a provider (issue 13).
+        target = origin_form(path, kwargs.pop("params", None))
         avoid: set[str] = set()
         now = time.monotonic()
         self.budget.on_request(now)
@@ -379,7 +386,9 @@ class Cluster:
             kept = False
             try:
                 try:
-                    response = await send(method, f"{self.scheme}://{address}{path}", **kwargs)
+                    origin, prefix = self._origin(address)
+                    url = prefix + target if target != "*" else prefix
+                    response = await send(method, origin, target, url, **kwargs)
                     if read:
                         await response.aread()
                 except TransportError as exc:
@@ -404,6 +413,18 @@ class Cluster:
             finally:
                 if not kept:
                     self.outstanding[address] -= 1
+
+    def _origin(self, address: str) -> tuple[Origin, str]:
+        """The origin a request to ``address`` connects to (from the registry's
+        address, never from a request), and the URL prefix that names it."""
+        known = self._origins.get(address)
+        if known is None:
+            host, port = _split(address)
+            if len(self._origins) > 4096:  # addresses come and go: keep it bounded
+                self._origins.clear()
+            known = self._origins[address] = (
+                Origin(self.scheme, host, port), f"{self.scheme}://{address}")
+        return known
 
     def _report(self, actions: Sequence[Action]) -> None:
         """Carry out what the state machine made of a request's outcome. Most outcomes

@@ -173,6 +173,29 @@ def parse_url(url: str, params: Mapping[str, str] | None = None) -> tuple[Origin
     return origin, target
 
 
+def origin_form(path: str, params: Mapping[str, str] | None = None) -> str:
+    """The request target for a path sent to an origin chosen apart from it (a
+    cluster's provider, a proxy's upstream): ``/path?query``, or ``*`` (OPTIONS).
+
+    The path is never parsed as a URL, so nothing in it can name a host: glued to an
+    address as a string, ``*@127.0.0.1:9/secret`` made the provider's address the
+    userinfo of a URL pointing elsewhere (issue 13). Anything that is not
+    origin-form raises :class:`LocalProtocolError`; the fragment is dropped.
+    """
+    if path[:1] != "/" and path != "*":
+        raise LocalProtocolError(
+            f"request path must be origin-form ('/...') or '*', not {path[:64]!r}"
+        )
+    target = path.partition("#")[0] if "#" in path else path
+    if params:
+        extra = urlencode(params)
+        target = f"{target}&{extra}" if "?" in target else f"{target}?{extra}"
+    if _BAD_TARGET.search(target):
+        raise LocalProtocolError(f"request path has whitespace or control characters: "
+                                 f"{path[:64]!r}")
+    return target
+
+
 def encode_body(
     content: Content = None,
     data: Mapping[str, Any] | None = None,
