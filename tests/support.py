@@ -22,7 +22,7 @@ from typing import Any
 
 import psutil
 
-from tether.asgi import ASGIApp
+from tether.asgi import ASGIApp, Receive
 from tether.config import RequestLimits, ServerConfig
 from tether.registry import Registry, open_registry
 from tether.server.sockets import bind_tcp
@@ -67,6 +67,22 @@ async def serve(
         yield RunningServer("127.0.0.1", port, worker)
     finally:
         await worker.stop()
+
+
+async def read_body(receive: Receive) -> bytes:
+    """An ASGI request's whole body."""
+    body = b""
+    while True:
+        message = await receive()
+        body += bytes(message.get("body", b""))
+        if not message.get("more_body"):
+            return body
+
+
+def status_of(raw: bytes) -> int:
+    """The status code of the first response in raw HTTP/1.1 bytes."""
+    assert raw.startswith(b"HTTP/1.1 "), raw[:80]
+    return int(raw[9:12])
 
 
 async def wait_for(

@@ -5,16 +5,13 @@ from __future__ import annotations
 
 from typing import Any
 
-from tests.support import raw_exchange, serve
+from tests.support import raw_exchange, serve, status_of
 from tether.admin import admin_app, host_name
 
 
 def status() -> dict[str, Any]:
     return {"workers": []}
 
-
-def status_of(raw: bytes) -> int:
-    return int(raw.split(b" ", 2)[1])
 
 
 def get(path: str, host: str, *extra: str) -> bytes:

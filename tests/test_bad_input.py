@@ -8,25 +8,16 @@ import logging
 import httpx
 import pytest
 
-from tests.support import raw_exchange, serve, wait_for, with_limits
+from tests.support import raw_exchange, read_body, serve, status_of, wait_for, with_limits
 from tether.asgi import Receive, Scope, Send
 from tether.server.http1 import HttpProtocol
 
 
 async def ok_app(scope: Scope, receive: Receive, send: Send) -> None:
-    body = b""
-    while True:
-        message = await receive()
-        body += message.get("body", b"")
-        if not message.get("more_body"):
-            break
+    body = await read_body(receive)
     await send({"type": "http.response.start", "status": 200, "headers": []})
     await send({"type": "http.response.body", "body": b"got %d" % len(body)})
 
-
-def status_of(raw: bytes) -> int:
-    assert raw.startswith(b"HTTP/1.1 "), raw[:80]
-    return int(raw[9:12])
 
 
 async def still_serves(port: int) -> None:

@@ -12,7 +12,7 @@ from collections.abc import AsyncIterator, Awaitable, Callable
 import pytest
 
 import tether
-from tests.support import serve, with_limits
+from tests.support import read_body, serve, with_limits
 from tether.asgi import Receive, Scope, Send
 from tether.client import (
     ConnectError,
@@ -24,12 +24,7 @@ from tether.client import (
 
 
 async def echo_app(scope: Scope, receive: Receive, send: Send) -> None:
-    body = b""
-    while True:
-        message = await receive()
-        body += message.get("body", b"")
-        if not message.get("more_body"):
-            break
+    body = await read_body(receive)
     path = scope["path"]
     if path == "/slow":
         await asyncio.sleep(float(scope["query_string"].decode().split("=")[1]))

@@ -17,7 +17,7 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from tests.support import free_port
+from tests.support import free_port, status_of
 from tests.test_proxy import RawUpstream, Tether, proxy
 
 
@@ -60,9 +60,6 @@ def exchange(port: int, request: bytes, timeout: float = 10.0) -> bytes:
 def get(target: bytes, method: bytes = b"GET") -> bytes:
     return method + b" " + target + b" HTTP/1.1\r\nHost: edge.test\r\nConnection: close\r\n\r\n"
 
-
-def status_of(raw: bytes) -> int:
-    return int(raw.split(b" ", 2)[1])
 
 
 def test_userinfo_and_absolute_targets_never_reach_another_service(

@@ -9,18 +9,13 @@ import contextlib
 import json
 import time
 
-from tests.support import raw_exchange, serve, with_limits
+from tests.support import raw_exchange, read_body, serve, status_of, with_limits
 from tether.asgi import Receive, Scope, Send
 
 
 async def echo_scope(scope: Scope, receive: Receive, send: Send) -> None:
     """Answers with what the application was told: path, query and headers."""
-    body = b""
-    while True:
-        message = await receive()
-        body += message.get("body", b"")
-        if not message.get("more_body"):
-            break
+    body = await read_body(receive)
     payload = json.dumps({
         "path": scope["path"],
         "raw_path": scope["raw_path"].decode("latin-1"),
@@ -33,9 +28,6 @@ async def echo_scope(scope: Scope, receive: Receive, send: Send) -> None:
                 "headers": [(b"content-type", b"application/json")]})
     await send({"type": "http.response.body", "body": payload})
 
-
-def status_of(raw: bytes) -> int:
-    return int(raw.split(b" ", 2)[1])
 
 
 def json_body(raw: bytes) -> dict[str, object]:

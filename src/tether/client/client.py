@@ -200,8 +200,9 @@ class Client:
         time left (minus ``deadline_margin``) travels in ``x-request-timeout-ms``.
         """
         async with self._deadline_scope():
-            response = await self._request(
-                method, url, params=params, headers=headers, content=content, data=data,
+            origin, target = parse_url(self._absolute(url), params)
+            response = await self._request_to(
+                method, origin, target, url, headers=headers, content=content, data=data,
                 json=json, timeout=timeout, sni_hostname=sni_hostname,
             )
             await response.aread()  # returns the connection to the pool (or closes it)
@@ -259,34 +260,15 @@ class Client:
         to its end, and closes it otherwise.
         """
         async with self._deadline_scope():
-            response = await self._request(
-                method, url, params=params, headers=headers, content=content, data=data,
+            origin, target = parse_url(self._absolute(url), params)
+            response = await self._request_to(
+                method, origin, target, url, headers=headers, content=content, data=data,
                 json=json, timeout=timeout, sni_hostname=sni_hostname,
             )
             try:
                 yield response
             finally:
                 await response.aclose()
-
-    async def _request(
-        self,
-        method: str,
-        url: str,
-        *,
-        params: Mapping[str, str] | None = None,
-        headers: HeaderTypes = None,
-        content: Content = None,
-        data: Mapping[str, Any] | None = None,
-        json: Any = None,
-        timeout: float | Timeout | _Unset | None = UNSET,
-        sni_hostname: str | None = None,
-    ) -> Response:
-        """One request, up to its response head: the body is left to the caller."""
-        origin, target = parse_url(self._absolute(url), params)
-        return await self._request_to(
-            method, origin, target, url, headers=headers, content=content, data=data,
-            json=json, timeout=timeout, sni_hostname=sni_hostname,
-        )
 
     async def _request_to(
         self,
@@ -302,8 +284,9 @@ class Client:
         timeout: float | Timeout | _Unset | None = UNSET,
         sni_hostname: str | None = None,
     ) -> Response:
-        """One request to ``origin`` for the origin-form ``target`` (never parsed as a
-        URL: the caller chose where it connects); ``url`` names it in errors."""
+        """One request, up to its response head (the body is left to the caller), to
+        ``origin`` for the origin-form ``target``: never parsed as a URL, the caller
+        chose where it connects. ``url`` names it in errors."""
         timeouts = self.timeout if isinstance(timeout, _Unset) else Timeout.of(timeout)
         method = method.upper()
         body, content_type = encode_body(content, data, json)
