@@ -15,7 +15,7 @@ from typing import Any
 import click
 
 from tether import __version__
-from tether.config import RequestLimits, ServerConfig
+from tether.config import STOP_MARGIN, RequestLimits, ServerConfig
 from tether.errors import ConfigError
 from tether.logs import LEVELS, configure_logging
 from tether.registry import DEFAULT_URL, Provider, RegistryError, Unreachable, open_registry
@@ -81,7 +81,8 @@ def _env(name: str) -> str:
               help="Seconds a stop waits for in-flight requests before cancelling them.")
 @click.option("--force-exit-timeout", default=5.0, show_default=True, type=float,
               envvar=_env("FORCE_EXIT_TIMEOUT"),
-              help="Seconds after cancelling before the process exits regardless.")
+              help="Seconds cancelled handlers get to finish, and again lifespan "
+                   f"shutdown; a worker still there {STOP_MARGIN:g} s later is killed.")
 @click.option("--app-dir", default=None, envvar=_env("APP_DIR"),
               help="Directory put first on sys.path to find APP (default: current).")
 @click.option("--request-timeout", default=None, type=float, envvar=_env("REQUEST_TIMEOUT"),

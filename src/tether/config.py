@@ -45,6 +45,49 @@ class RequestLimits:
         return self.request_line + 64 + self.request_fields * (self.request_field_size + 4)
 
 
+#: seconds a worker gets, after its own stop timers have all run out, to report and
+#: exit before the supervisor kills it (sending the report, closing sockets, exiting)
+STOP_MARGIN = 2.0
+
+
+@dataclass(frozen=True, slots=True)
+class StopBudget:
+    """How long a worker's stop may last, phase by phase, from the moment it is told
+    to leave (a ``drain`` on reload or recycle, a ``stop`` when the service stops).
+
+    Derived once from the configuration (:attr:`ServerConfig.stop_budget`) and read by
+    everyone who times a stop: the worker runs its phases on these timers, and the
+    supervisor kills a worker still there after :attr:`total`, whatever its state.
+    Two budgets that disagreed (the supervisor killing before the worker's own
+    timers ran out) is the bug this type exists to prevent; gunicorn's arbiter has
+    one ``limit`` for the same reason.
+
+        0 ............ graceful ......... +cancel ......... +lifespan ... +margin
+        stop begins    handlers still     cancelled         lifespan       SIGKILL
+                       running are        handlers given    shutdown
+                       cancelled          up on             given up on
+    """
+
+    #: in-flight requests finish (``--graceful-timeout``)
+    graceful: float
+    #: cancelled handlers finish their cleanup (``--force-exit-timeout``)
+    cancel: float
+    #: the application's lifespan shutdown (``--force-exit-timeout`` again)
+    lifespan: float
+    #: time to report and exit once every timer above has run out
+    margin: float = STOP_MARGIN
+
+    @property
+    def worker(self) -> float:
+        """The longest the worker's own timers let its stop last."""
+        return self.graceful + self.cancel + self.lifespan
+
+    @property
+    def total(self) -> float:
+        """When the supervisor kills a worker that is still there (SIGKILL)."""
+        return self.worker + self.margin
+
+
 @dataclass(frozen=True, slots=True)
 class ServerConfig:
     """Everything ``tether serve`` needs to run one service."""
@@ -64,7 +107,8 @@ class ServerConfig:
     log_level: LogLevel = "info"
     #: seconds a stop waits for in-flight requests before cancelling them
     graceful_timeout: float = 30.0
-    #: seconds after cancellation before the process exits regardless
+    #: seconds cancelled handlers get to finish, and again for lifespan shutdown
+    #: (see StopBudget: the supervisor kills a worker STOP_MARGIN after both)
     force_exit_timeout: float = 5.0
     app_dir: str | None = None
     # -- deadlines and cancellation ------------------------------------------------------
@@ -112,6 +156,12 @@ class ServerConfig:
     @property
     def tls(self) -> bool:
         return self.ssl_certfile is not None
+
+    @property
+    def stop_budget(self) -> StopBudget:
+        """The one stop budget: every timer of a stop, in the worker and the supervisor."""
+        return StopBudget(graceful=self.graceful_timeout, cancel=self.force_exit_timeout,
+                          lifespan=self.force_exit_timeout)
 
     def __post_init__(self) -> None:
         if ":" not in self.app:

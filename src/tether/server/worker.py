@@ -3,7 +3,9 @@
 A worker never binds: the sockets it is given outlive it (field report 3). Its
 stop is graceful and bounded (field report 2): stop accepting, serve what the
 kernel already queued, let in-flight requests finish, then cancel what is left,
-then close whatever remains.
+then close whatever remains, then run lifespan shutdown. Every one of those timers
+comes from the one stop budget (:class:`tether.config.StopBudget`), the same one the
+supervisor kills by: a worker must never time its stop on numbers of its own.
 """
 
 from __future__ import annotations
@@ -130,7 +132,10 @@ class Worker:
         listeners. True when the whole service stops; False when only this worker
         leaves (a reload) and the others keep accepting from the shared sockets.
         """
-        config = self.config
+        budget = self.config.stop_budget
+        loop = asyncio.get_running_loop()
+        # The grace period runs from the stop, not from the end of the backlog accept.
+        graceful_until = loop.time() + budget.graceful
         state = self.state
         state.draining = True
         served_before = state.total_requests
@@ -146,12 +151,12 @@ class Worker:
         # with Connection: close rather than reset).
         forced = False
         cancelled = 0
-        if not await self._wait_idle(config.graceful_timeout) and state.tasks:
+        if not await self._wait_idle(graceful_until) and state.tasks:
             forced = True
             cancelled = len(state.tasks)
             for task in list(state.tasks):
                 task.cancel()
-            await self._wait_tasks(config.force_exit_timeout)
+            await self._wait_tasks(budget.cancel)
         # What is left now is idle (the grace period ended before its keep-alive
         # timer) or was just cancelled: close it, the grace period bounds the stop.
         for conn in list(state.connections):
@@ -179,10 +184,10 @@ class Worker:
                     break
                 await loop.connect_accepted_socket(self._protocol, sock=conn, ssl=self.ssl)
 
-    async def _wait_idle(self, timeout: float) -> bool:
-        """Wait until no request runs and no connection is open (or a force stop)."""
+    async def _wait_idle(self, deadline: float) -> bool:
+        """Wait until no request runs and no connection is open, until the loop time
+        ``deadline`` (or a force stop)."""
         loop = asyncio.get_running_loop()
-        deadline = loop.time() + timeout
         state = self.state
         while state.connections or state.tasks:
             if self.force_requested.is_set() or loop.time() >= deadline:
@@ -258,14 +263,16 @@ class Worker:
         return status
 
     async def _shut_down_app(self) -> int:
-        """Lifespan shutdown, bounded by the force-exit timeout; the exit status."""
+        """Lifespan shutdown, bounded by the stop budget's lifespan part; the exit status."""
+        limit = self.config.stop_budget.lifespan
         try:
-            await asyncio.wait_for(self.lifespan.shutdown(), self.config.force_exit_timeout)
+            await asyncio.wait_for(self.lifespan.shutdown(), limit)
         except LifespanFailure as exc:
             logger.error("%s", exc)
             return EXIT_ERROR
         except TimeoutError:
-            logger.error("lifespan shutdown did not finish within the force-exit timeout")
+            logger.error("lifespan shutdown did not finish within %.1fs (the force-exit "
+                         "timeout): giving up on it", limit)
             return EXIT_FORCED_STOP
         return EXIT_OK
 
