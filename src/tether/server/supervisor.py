@@ -26,6 +26,7 @@ from dataclasses import dataclass, field, replace
 from typing import Any
 
 from tether import admin, metrics
+from tether.backoff import Backoff
 from tether.config import ServerConfig
 from tether.errors import ConfigError
 from tether.registry import Registration, Registry, RegistryError, open_registry
@@ -33,11 +34,15 @@ from tether.server import control as control_mod
 from tether.server import sockets as sockets_mod
 from tether.server.control import ControlChannel
 from tether.server.lifecycle import (
+    BOUNDS,
+    RESTART_BACKOFF,
+    Bound,
     ExitKind,
     WorkerEvent,
+    WorkerLimits,
     WorkerState,
+    deadline,
     exit_kind,
-    restart_delay,
     transition,
 )
 from tether.server.worker import (
@@ -53,6 +58,13 @@ logger = logging.getLogger("tether.supervisor")
 
 WORKER_ENTRY = "from tether.server.worker import worker_main; worker_main()"
 
+#: what the supervisor tells a worker when it must leave
+LEAVE_MESSAGES = {WorkerEvent.DRAIN_SENT: "drain", WorkerEvent.STOP_SENT: "stop"}
+#: retries of a registration that failed at start (the service serves meanwhile)
+REGISTER_BACKOFF = Backoff(initial=0.2, maximum=10.0)
+#: how long a stop waits for the kernel to reap a worker it killed before giving up on it
+REAP_TIMEOUT = 5.0
+
 
 @dataclass(eq=False)
 class WorkerHandle:
@@ -65,6 +77,8 @@ class WorkerHandle:
     ready: asyncio.Future[bool]
     exited: asyncio.Future[int]
     state: WorkerState = WorkerState.STARTING
+    #: loop time it entered ``state`` (a leaving worker: when first told to leave)
+    entered_at: float = 0.0
     last_beat: float = 0.0
     requests: int = 0
     in_flight: int = 0
@@ -107,7 +121,11 @@ class Supervisor:
         self._wakeup = asyncio.Event()
         self._stop_requested = asyncio.Event()
         self._force_requested = asyncio.Event()
+        #: every task the supervisor starts, cancelled and awaited at the end of a stop
         self._tasks: set[asyncio.Task[Any]] = set()
+        self._limits = WorkerLimits.from_config(config)
+        #: set when a worker's bound may have moved earlier: the watchdog looks again
+        self._bounds_changed = asyncio.Event()
         self._admin: Worker | None = None
         self._registry: Registry | None = None
         self._registration: Registration | None = None
@@ -127,6 +145,7 @@ class Supervisor:
         loop.add_signal_handler(signal.SIGTERM, self.request_stop)
         loop.add_signal_handler(signal.SIGINT, self.request_stop)
         loop.add_signal_handler(signal.SIGQUIT, self.request_force)
+        self._spawn_task(self._watchdog())  # bounds every worker from its spawn on
         await self._start_admin()
         if not await self._boot():
             await self._stop()
@@ -143,7 +162,6 @@ class Supervisor:
                 self._registering = asyncio.get_running_loop().create_task(
                     self._register_until_done())
         self._spawn_task(self._follow_reloads())
-        self._spawn_task(self._watch_heartbeats())
         await self._stop_requested.wait()
         return await self._stop()
 
@@ -197,36 +215,42 @@ class Supervisor:
         }
         # A new session: a terminal's Ctrl-C reaches only the supervisor, which then
         # stops the workers in order instead of every process racing on its own.
-        proc = await asyncio.create_subprocess_exec(
-            sys.executable, "-c", WORKER_ENTRY,
-            pass_fds=[*fds, child.fileno()], env=env, start_new_session=True,
-        )
-        child.close()
+        try:
+            proc = await asyncio.create_subprocess_exec(
+                sys.executable, "-c", WORKER_ENTRY,
+                pass_fds=[*fds, child.fileno()], env=env, start_new_session=True,
+            )
+        finally:
+            child.close()
+        try:
+            control = await ControlChannel.open(parent)
+        except BaseException:
+            # Cancelled (a stop) or failed before the worker has a handle: no one
+            # else knows about this process, so it must not outlive this call.
+            parent.close()
+            with contextlib.suppress(ProcessLookupError):
+                proc.kill()
+            raise
         loop = asyncio.get_running_loop()
+        now = loop.time()
         handle = WorkerHandle(
-            id=worker_id, proc=proc, control=await ControlChannel.open(parent),
+            id=worker_id, proc=proc, control=control,
             started_at=time.monotonic(), ready=loop.create_future(),
-            exited=loop.create_future(), last_beat=loop.time(),
+            exited=loop.create_future(), entered_at=now, last_beat=now,
         )
         self.workers[worker_id] = handle
         self._own["tether_worker_starts_total"] += 1
         self._spawn_task(self._watch(handle))
+        self._bounds_changed.set()
         logger.info("%s started", handle.label)
+        if self.stopping:  # spawned by a reload or a respawn that a stop overtook
+            self._leave(handle, WorkerEvent.STOP_SENT)
         return handle
 
     async def _wait_ready(self, worker: WorkerHandle) -> bool:
-        try:
-            return await asyncio.wait_for(
-                asyncio.shield(worker.ready), self.config.worker_start_timeout
-            )
-        except TimeoutError:
-            logger.error(
-                "%s did not become ready within %.1fs: killing it",
-                worker.label, self.config.worker_start_timeout,
-            )
-            self._kill(worker)
-            await worker.exited
-            return False
+        """True once ``worker`` is ready; False if it exits first (the watchdog kills
+        one still starting after --worker-start-timeout)."""
+        return await asyncio.shield(worker.ready)
 
     async def _watch(self, worker: WorkerHandle) -> None:
         while (message := await worker.control.receive()) is not None:
@@ -246,15 +270,14 @@ class Supervisor:
             worker.gauges = dict(message.get("gauges", {}))
             worker.status = dict(message.get("status", {}))
         elif mtype == "ready":
-            worker.state = transition(worker.state, WorkerEvent.REPORTED_READY)
             worker.last_beat = asyncio.get_running_loop().time()
-            if worker.state is WorkerState.READY:
+            # A worker told to leave before it was ready stays leaving: it reads the
+            # message already sent as soon as it listens to the channel.
+            if self._set_state(worker, WorkerEvent.REPORTED_READY):
                 self._start_failures = 0
                 logger.info("%s ready", worker.label)
                 if not worker.ready.done():
                     worker.ready.set_result(True)
-            else:  # told to leave before it was ready (a stop during startup)
-                worker.control.send("stop")
         elif mtype == "recycle":
             if not worker.recycle_requested and not self.stopping:
                 worker.recycle_requested = True
@@ -271,7 +294,7 @@ class Supervisor:
 
     def _on_exit(self, worker: WorkerHandle, code: int) -> None:
         kind = exit_kind(worker.state)
-        worker.state = transition(worker.state, WorkerEvent.EXITED)
+        self._set_state(worker, WorkerEvent.EXITED)
         self.workers.pop(worker.id, None)
         if not worker.ready.done():
             worker.ready.set_result(False)
@@ -296,22 +319,75 @@ class Supervisor:
             if not self.stopping:
                 self._spawn_task(self._respawn())
 
-    def _drain(self, worker: WorkerHandle, how: str) -> None:
-        """Tell a worker to leave: ``drain`` (others keep serving) or ``stop`` (all stop)."""
-        worker.state = transition(worker.state, WorkerEvent.DRAIN_SENT)
-        worker.control.send(how)
-        logger.info("%s draining", worker.label)
+    def _set_state(self, worker: WorkerHandle, event: WorkerEvent) -> bool:
+        """Apply ``event`` (lifecycle.TRANSITIONS); True if the state changed."""
+        state = transition(worker.state, event)
+        if state is worker.state:
+            return False
+        worker.state = state
+        worker.entered_at = asyncio.get_running_loop().time()
+        self._bounds_changed.set()
+        return True
+
+    def _leave(self, worker: WorkerHandle, event: WorkerEvent) -> None:
+        """Tell a worker to leave: DRAIN_SENT (the others keep serving) or STOP_SENT
+        (the service stops). A worker already leaving is told nothing new: its stop
+        budget keeps running from the first message."""
+        if self._set_state(worker, event):
+            worker.control.send(LEAVE_MESSAGES[event])
+            logger.info("%s %s", worker.label, worker.state.value)
 
     def _kill(self, worker: WorkerHandle) -> None:
         worker.killed = True
         with contextlib.suppress(ProcessLookupError):
             worker.proc.kill()
 
+    def _deadline(self, worker: WorkerHandle) -> float | None:
+        return deadline(worker.state, entered_at=worker.entered_at,
+                        last_beat=worker.last_beat, limits=self._limits)
+
+    async def _watchdog(self) -> None:
+        """Kill every worker past its state's bound (lifecycle.BOUNDS): starting too
+        long, silent while ready, or still there when its stop budget is spent.
+        Sleeps until the next bound falls due or a state changes; runs until the
+        stop cancels it, after the last worker has exited."""
+        loop = asyncio.get_running_loop()
+        while True:
+            self._bounds_changed.clear()
+            now = loop.time()
+            upcoming: list[float] = []
+            for worker in list(self.workers.values()):
+                due = None if worker.killed else self._deadline(worker)
+                if due is None:
+                    continue
+                if now >= due:
+                    self._kill_overdue(worker, now)
+                else:
+                    upcoming.append(due)
+            # A heartbeat only moves a bound later: waking at the old one is enough.
+            with contextlib.suppress(TimeoutError):
+                async with asyncio.timeout_at(min(upcoming) if upcoming else None):
+                    await self._bounds_changed.wait()
+
+    def _kill_overdue(self, worker: WorkerHandle, now: float) -> None:
+        bound = BOUNDS[worker.state]
+        limits = self._limits
+        if bound is Bound.START:
+            logger.error("%s did not become ready within %.1fs: killing it",
+                         worker.label, limits.start)
+        elif bound is Bound.HEARTBEAT:
+            logger.error("%s sent no heartbeat for %.1fs: killing it",
+                         worker.label, now - worker.last_beat)
+        else:
+            logger.error("%s did not stop within its stop budget (%.1fs): killing it",
+                         worker.label, limits.stop)
+        self._kill(worker)
+
     async def _respawn(self) -> None:
         """Replace a crashed worker, backing off while replacements keep failing."""
         async with self._rolling:
             while not self.stopping:
-                delay = restart_delay(self._start_failures)
+                delay = RESTART_BACKOFF.delay(self._start_failures)
                 if delay:
                     with contextlib.suppress(TimeoutError):
                         await asyncio.wait_for(self._stop_requested.wait(), delay)
@@ -335,7 +411,7 @@ class Supervisor:
         if not await self._wait_ready(new):
             return False
         if old.state is WorkerState.READY:
-            self._drain(old, "drain")
+            self._leave(old, WorkerEvent.DRAIN_SENT)
         return True
 
     async def _follow_reloads(self) -> None:
@@ -356,6 +432,8 @@ class Supervisor:
                 if worker.state is not WorkerState.READY:
                     continue  # crashed or recycled meanwhile; already replaced
                 if not await self._replace(worker):
+                    if self.stopping:
+                        return  # the stop stopped the new worker: nothing failed
                     logger.error(
                         "reload aborted: a new worker failed to start; "
                         "the old workers keep serving"
@@ -370,23 +448,9 @@ class Supervisor:
             if worker.state is not WorkerState.READY or self.stopping:
                 return
             logger.info("%s recycling after %d requests", worker.label, requests)
-            if not await self._replace(worker):
+            if not await self._replace(worker) and not self.stopping:
                 logger.error("%s: its replacement failed to start; it keeps serving",
                              worker.label)
-
-    async def _watch_heartbeats(self) -> None:
-        loop = asyncio.get_running_loop()
-        timeout = self.config.worker_timeout
-        while not self.stopping:
-            await asyncio.sleep(max(0.05, min(1.0, timeout / 4)))
-            now = loop.time()
-            for worker in list(self.workers.values()):
-                silent = now - worker.last_beat
-                if worker.state is WorkerState.READY and silent > timeout and not worker.killed:
-                    logger.error(
-                        "%s sent no heartbeat for %.1fs: killing it", worker.label, silent
-                    )
-                    self._kill(worker)
 
     # -- the service registry -----------------------------------------------------------
 
@@ -423,19 +487,18 @@ class Supervisor:
 
     async def _register_until_done(self) -> None:
         """Serve meanwhile; retry with capped backoff; say it once, not per try."""
-        delay = 0.2
-        logged = False
+        failures = 0
         while not self.stopping:
-            if await self._register_once(log_failure=not logged):
-                if logged:
+            if await self._register_once(log_failure=failures == 0):
+                if failures:
                     logger.info("the registry is reachable again")
                 return
-            if not logged:
+            if not failures:
                 logger.warning("serving without being registered; retrying in the background")
-            logged = True
+            failures += 1
             with contextlib.suppress(TimeoutError):
-                await asyncio.wait_for(self._stop_requested.wait(), delay)
-            delay = min(delay * 2, 10.0)
+                await asyncio.wait_for(self._stop_requested.wait(),
+                                       REGISTER_BACKOFF.delay(failures))
 
     async def _leave_registry(self) -> None:
         """First step of a stop: no new traffic is sent our way while we drain."""
@@ -461,43 +524,35 @@ class Supervisor:
     # -- stopping ------------------------------------------------------------------
 
     async def _stop(self) -> int:
+        """Stop every worker under the one stop budget, then the admin listener.
+
+        Each worker is bounded by the watchdog (its stop budget runs from the first
+        drain or stop it was sent), so this only tells, waits, and cleans up: every
+        task the supervisor started is cancelled and awaited before it returns.
+        """
         self.stopping = True  # /readyz says 503 from now on
         self._wakeup.set()
         await self._leave_registry()
         loop = asyncio.get_running_loop()
-        config = self.config
-        deadline = loop.time() + config.graceful_timeout + config.force_exit_timeout + 2.0
-        workers = list(self.workers.values())
-        logger.info("stop begun: %d worker(s) draining", len(workers))
+        stop_deadline = loop.time() + self.config.stop_budget.total
+        logger.info("stop begun: %d worker(s) draining", len(self.workers))
         # Close our copies first: once the workers close theirs, new connections are
         # refused by the kernel instead of queueing where no one will accept them.
         for sock in self.socks:
             sock.close()
-        for worker in workers:
-            if worker.state is WorkerState.DRAINING:
-                worker.control.send("stop")
-            else:
-                self._drain(worker, "stop")
+        for worker in list(self.workers.values()):
+            self._leave(worker, WorkerEvent.STOP_SENT)
         if self._force_requested.is_set():
-            for worker in workers:
+            for worker in list(self.workers.values()):
                 worker.control.send("force")
-        pending = {w.exited for w in workers if not w.exited.done()}
-        if pending:
-            _, still = await asyncio.wait(pending, timeout=max(0.0, deadline - loop.time()))
-            if still:
-                for worker in workers:
-                    if not worker.exited.done():
-                        logger.error("%s did not stop in time: killing it", worker.label)
-                        self._kill(worker)
-                self._forced = True
-                await asyncio.wait(still, timeout=5.0)
-        for task in list(self._tasks):
-            task.cancel()
+        await self._wait_workers_exited()
+        for error in await cancel_and_wait(list(self._tasks)):
+            logger.error("supervisor task failed: %r", error, exc_info=error)
         if self._admin is not None:
-            remaining = max(0.1, deadline - loop.time())
+            remaining = max(0.1, stop_deadline - loop.time())
             with contextlib.suppress(TimeoutError):
                 await asyncio.wait_for(self._admin.stop(serve_backlog=False), remaining)
-        forced = self._forced or any(w.killed for w in workers)
+        forced = self._forced
         logger.info(
             "stop finished: %d request(s) drained, %d cancelled%s",
             self._drained, self._cancelled, " (forced)" if forced else "",
@@ -505,6 +560,22 @@ class Supervisor:
         if self.exit_code != EXIT_OK:
             return self.exit_code
         return EXIT_FORCED_STOP if forced else EXIT_OK
+
+    async def _wait_workers_exited(self) -> None:
+        """Until no worker is left, including one a reload spawned during the stop
+        (it is told to stop at once). The watchdog kills each at its bound; a worker
+        the kernel still has not reaped well after that is given up on, loudly."""
+        loop = asyncio.get_running_loop()
+        while self.workers:
+            workers = list(self.workers.values())
+            bounds = [due for w in workers if (due := self._deadline(w)) is not None]
+            wait = max([0.0, *(due - loop.time() for due in bounds)]) + REAP_TIMEOUT
+            done, _ = await asyncio.wait({w.exited for w in workers}, timeout=wait)
+            if not done:
+                logger.error("%d worker(s) still there after being killed: giving up on them",
+                             len(workers))
+                self._forced = True
+                return
 
     # -- admin -----------------------------------------------------------------------
 
