@@ -1,4 +1,6 @@
-# The two commands (see README): `make demo` and `make test`.
+# The two commands (see README): `make demo` and `make test`. `make test-fast` runs
+# only the tests that start no process and need no PostgreSQL or etcd (see
+# tests/README.md), in well under a minute, without lint or system packages.
 # Idempotent: the venv is created only if missing, packages are installed only when
 # pyproject.toml changed (the stamp file), system packages only when missing.
 
@@ -8,7 +10,7 @@ VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 
-.PHONY: demo test lint system-deps bench clean
+.PHONY: demo test test-fast lint system-deps bench clean
 
 $(BIN)/python:
 	$(PYTHON) -m venv $(VENV)
@@ -30,6 +32,12 @@ lint: $(STAMP)
 
 test: $(STAMP) system-deps lint
 	$(BIN)/pytest
+
+# The markers are added by tests/conftest.py; --durations shows a fast test turning slow.
+FAST_TESTS := not processes and not postgres and not etcd and not bench
+
+test-fast: $(STAMP)
+	$(BIN)/pytest -m "$(FAST_TESTS)" --durations=5
 
 bench: $(STAMP) system-deps
 	$(BIN)/python bench/server.py
