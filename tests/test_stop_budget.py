@@ -158,6 +158,16 @@ def budget_server(marks: Path, shutdown: str, *flags: str
     )
 
 
+async def stop_timed(server: ServerProcess, worker: psutil.Process,
+                     budget: StopBudget) -> tuple[float, int]:
+    """SIGTERM the service: how long until its worker was gone, and the exit status."""
+    started = time.monotonic()
+    server.proc.send_signal(signal.SIGTERM)
+    await until(lambda: gone(worker), budget.total + SLACK, "the worker to be gone")
+    took = time.monotonic() - started
+    return took, await asyncio.to_thread(server.proc.wait, 15)
+
+
 #: a long cancel phase (longer than the old fixed 2 s margin), so that a supervisor
 #: that forgot the lifespan phase kills before the worker's own timers run out
 SLOW_PHASES = ("--graceful-timeout", "1", "--force-exit-timeout", "3")
@@ -177,13 +187,9 @@ async def test_worker_stop_using_every_phase_is_not_killed(tmp_path: Path) -> No
             async with httpx.AsyncClient(timeout=60) as client:
                 call = asyncio.create_task(client.get(f"{server.url}/stubborn"))
                 await until(lambda: in_flight(server) == 1, what="the stubborn request")
-                started = time.monotonic()
-                server.proc.send_signal(signal.SIGTERM)
-                await until(lambda: gone(worker), budget.total + SLACK, "the worker to exit")
-                took = time.monotonic() - started
+                took, code = await stop_timed(server, worker, budget)
                 with contextlib.suppress(httpx.TransportError):
                     await call
-            code = await asyncio.to_thread(server.proc.wait, 15)
         output = server.output()
         assert budget.worker - 0.5 < took < budget.total, output
         assert "did not stop within" not in output, output
@@ -205,11 +211,7 @@ async def test_worker_whose_lifespan_shutdown_blocks_is_killed_at_the_budget(
     with budget_server(marks, "block", *SLOW_PHASES) as server:
         (pid,) = ready_pids(server)
         with killed_at_exit(pid) as worker:
-            started = time.monotonic()
-            server.proc.send_signal(signal.SIGTERM)
-            await until(lambda: gone(worker), budget.total + SLACK, "the worker to be killed")
-            took = time.monotonic() - started
-            code = await asyncio.to_thread(server.proc.wait, 15)
+            took, code = await stop_timed(server, worker, budget)
         output = server.output()
         assert list(marks.glob("shutdown-*"))  # its lifespan shutdown began, and blocked
         # Not before the worker's own timers would have ended its stop, and at the total.
