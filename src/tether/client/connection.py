@@ -1,16 +1,22 @@
 """One outbound HTTP/1.1 connection: ``asyncio.Protocol`` + httptools' response parser.
 
-Rules of this file: a connection serves one request at a time; it is reusable only
-after a response was read to its end with keep-alive on both sides; any surprise
-(unexpected bytes while idle, a parse error, EOF mid-response, a cancelled caller)
-closes it for good. It never decides whether to retry: it reports *how* it failed
-(:class:`StaleConnection` when a reused connection died before any response byte),
-and the client decides.
+Rules of this file: a connection serves one request at a time (it never pipelines);
+it is reusable only after a response was read to its end with keep-alive on both
+sides; any surprise (unexpected bytes while idle, a parse error, EOF mid-response, a
+cancelled caller) closes it for good. It never decides whether to retry: it reports
+*how* it failed (:class:`StaleConnection` when a reused connection died before any
+response byte), and the client decides.
+
+Bytes after a complete response answer nothing (issue 13): the parser is stopped at
+their first byte, before any callback of a second response can touch the first, the
+first response is delivered as it came, and the connection is closed (nginx drops
+such bytes and disables keepalive on that upstream connection too).
 """
 
 from __future__ import annotations
 
 import asyncio
+import logging
 from collections import deque
 from collections.abc import AsyncIterable, AsyncIterator, Callable, Iterable
 from typing import TYPE_CHECKING, Final, cast
@@ -28,6 +34,8 @@ from tether.client.errors import (
 
 if TYPE_CHECKING:
     from tether.client.identity import PoolKey
+
+logger = logging.getLogger("tether.client")
 
 #: bytes of unread response body after which reading from the socket pauses
 HIGH_WATER: Final = 256 * 1024
@@ -48,6 +56,11 @@ class StaleConnection(RemoteProtocolError):
     def __init__(self, message: str, *, target: str, body_sent: bool) -> None:
         super().__init__(message, target=target, phase="read")
         self.body_sent = body_sent
+
+
+class _AfterResponse(Exception):
+    """Raised inside a parser callback to stop the parser at a byte that follows a
+    complete response; data_received drops the connection, the response stands."""
 
 
 class HTTPConnection(asyncio.Protocol):
@@ -91,20 +104,41 @@ class HTTPConnection(asyncio.Protocol):
 
     def data_received(self, data: bytes) -> None:
         if not self._in_request:
-            # A server must not send anything between responses; whatever this is,
+            # A server must not send anything between responses; whatever this is
+            # (a 408 before an idle close, the tail of a response smuggled in earlier),
             # the connection can no longer be trusted.
+            if not self.closed:
+                logger.info("closed an idle connection to %s: %d bytes arrived unasked",
+                            self.target, len(data))
             self.close()
             return
         self._got_bytes = True
         try:
             self.parser.feed_data(data)
-        except httptools.HttpParserCallbackError as exc:
-            self._fail(RemoteProtocolError(
-                f"bad response: {exc.__context__}", target=self.target, phase="read"))
         except httptools.HttpParserError as exc:
-            detail = exc.args[0] if exc.args else "malformed response"
-            self._fail(RemoteProtocolError(
-                f"malformed response: {detail}", target=self.target, phase="read"))
+            if self._complete:
+                # The parser stopped at bytes after the complete response: a callback
+                # raised _AfterResponse, or llhttp refused data after Connection: close.
+                self._drop_after_response()
+            elif isinstance(exc, httptools.HttpParserCallbackError):
+                self._fail(RemoteProtocolError(
+                    f"bad response: {exc.__context__}", target=self.target, phase="read"))
+            else:
+                detail = exc.args[0] if exc.args else "malformed response"
+                self._fail(RemoteProtocolError(
+                    f"malformed response: {detail}", target=self.target, phase="read"))
+
+    def _drop_after_response(self) -> None:
+        """Bytes followed a complete response in the same exchange. tether never
+        pipelines, so they answer nothing: a broken server, or a response to a request
+        smuggled past it, that would otherwise answer the next request on this
+        connection (another client's, behind a proxy). Nothing of them is kept."""
+        if not self.closed:
+            logger.warning(
+                "dropped the connection to %s: it sent bytes after a complete response "
+                "(a second response, or garbage); the %d response before them is "
+                "delivered as sent", self.target, self._status)
+        self.close()
 
     def eof_received(self) -> bool:
         return False
@@ -140,6 +174,13 @@ class HTTPConnection(asyncio.Protocol):
 
     # -- httptools callbacks --------------------------------------------------------
 
+    def on_message_begin(self) -> None:
+        # The first byte of a message (llhttp skips blank lines before it). After the
+        # final response of this exchange that is a second response: stop here, so
+        # none of its callbacks runs (its headers went into the first's list before).
+        if self._complete:
+            raise _AfterResponse
+
     def on_header(self, name: bytes, value: bytes) -> None:
         self._head_bytes += len(name) + len(value)
         if self._head_bytes > MAX_HEAD_BYTES or len(self._headers) >= MAX_HEADERS:
@@ -151,7 +192,12 @@ class HTTPConnection(asyncio.Protocol):
 
     def on_headers_complete(self) -> None:
         status = self.parser.get_status_code()
-        if 100 <= status < 200 and status != 101:
+        if 100 <= status < 200:
+            if status == 101:
+                # tether never asks to switch protocols (the proxy drops Upgrade), and
+                # what follows a 101 is not HTTP: refused here, never handed on (llhttp
+                # would stop at it, and its HttpParserUpgrade escaped data_received).
+                raise ValueError("101 Switching Protocols, but no upgrade was asked for")
             self._headers = []  # informational (100 Continue): the real head follows
             self._head_bytes = 0
             return
@@ -176,7 +222,9 @@ class HTTPConnection(asyncio.Protocol):
 
     def on_body(self, body: bytes) -> None:
         if self._complete:
-            return
+            # A body after a head that has none (a HEAD response's Content-Length
+            # describes the GET body): bytes after a complete response.
+            raise _AfterResponse
         self._body.append(body)
         self._buffered += len(body)
         if self._buffered > HIGH_WATER and not self._read_paused and self.transport is not None:
