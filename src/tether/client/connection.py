@@ -84,7 +84,6 @@ class HTTPConnection(asyncio.Protocol):
         self._head_done = False
         self._complete = False
         self._keep_alive = False
-        self._until_eof = False
         self._got_bytes = False
         self._body_sent = False
         self._head_request = False
@@ -146,7 +145,7 @@ class HTTPConnection(asyncio.Protocol):
     def connection_lost(self, exc: Exception | None) -> None:
         self.closed = True
         if self._in_request and not self._complete and self._error is None:
-            if self._head_done and self._until_eof:
+            if self._head_done and not _framed(self._headers):
                 self._complete = True  # a close-delimited body ends here
                 self._keep_alive = False
             elif not self._got_bytes and self.requests > 1:
@@ -203,21 +202,12 @@ class HTTPConnection(asyncio.Protocol):
             return
         self._status = status
         self._head_done = True
-        framed = False
-        for name, value in self._headers:
-            lname = name.lower()
-            if lname == "content-length" or (
-                lname == "transfer-encoding" and "chunked" in value.lower()
-            ):
-                framed = True
         if self._head_request or status in (204, 304):
             # No body follows whatever the headers say; httptools cannot be told
             # so, so this parser is replaced before the next request.
             self._complete = True
             self._keep_alive = self.parser.should_keep_alive()
             self._reset_parser = True
-        elif not framed:
-            self._until_eof = True
         self._wake()
 
     def on_body(self, body: bytes) -> None:
@@ -236,7 +226,9 @@ class HTTPConnection(asyncio.Protocol):
         if not self._head_done:
             return  # the end of an informational response
         self._complete = True
-        self._keep_alive = self.parser.should_keep_alive() and not self._until_eof
+        # (llhttp never keeps a close-delimited message alive, and completes one only
+        # at EOF: connection_lost)
+        self._keep_alive = self.parser.should_keep_alive()
         self._wake()
 
     # -- used by the client ---------------------------------------------------------
@@ -271,7 +263,7 @@ class HTTPConnection(asyncio.Protocol):
         self._status = 0
         self._headers = []
         self._head_bytes = 0
-        self._head_done = self._complete = self._keep_alive = self._until_eof = False
+        self._head_done = self._complete = self._keep_alive = False
         self._got_bytes = self._body_sent = False
         self._head_request = head_request
         self._body.clear()
@@ -405,6 +397,18 @@ class HTTPConnection(asyncio.Protocol):
             self.transport.close()
         self.closed = True
         self._wake()
+
+
+def _framed(headers: list[tuple[str, str]]) -> bool:
+    """A Content-Length or a chunked Transfer-Encoding: the body does not end at EOF.
+    Asked only when the server closes mid-response, not on every response."""
+    for name, value in headers:
+        lname = name.lower()
+        if lname == "content-length" or (
+            lname == "transfer-encoding" and "chunked" in value.lower()
+        ):
+            return True
+    return False
 
 
 async def _aiter(items: Iterable[bytes]) -> AsyncIterator[bytes]:
