@@ -31,6 +31,7 @@ import httpx
 import pytest
 
 import tether
+from tests.test_client import wait_until
 from tests.test_proxy import HTTP_TIMEOUT, RawUpstream, proxy
 from tether.client import RemoteProtocolError
 
@@ -123,14 +124,6 @@ def client_log() -> Iterator[list[logging.LogRecord]]:
     finally:
         log.removeHandler(handler)
         log.setLevel(old_level)
-
-
-async def wait_until(predicate: Callable[[], bool], timeout: float = 5.0) -> None:
-    loop = asyncio.get_running_loop()
-    deadline = loop.time() + timeout
-    while not predicate():
-        assert loop.time() < deadline, "condition not reached"
-        await asyncio.sleep(0.005)
 
 
 def stray_records(records: list[logging.LogRecord]) -> list[logging.LogRecord]:
