@@ -16,12 +16,14 @@ Rules (everything that decides a worker's state lives in this file):
 
 Theory of operation::
 
-    STARTING --ready--> READY --drain--> DRAINING --exited--> EXITED
-        |                 |      (reload, recycle: the others keep serving)
-        |                 +------stop--> STOPPING --exited--> EXITED
-        +----stop-------------------------^     (the service stops: serve the backlog)
-        |
-        +----exited (any live state)---------------------------> EXITED
+              ready
+    STARTING --------> READY
+        |                |
+        +---- drain -----+----> DRAINING ---exited---> EXITED
+        |                |      (reload, recycle: the others keep serving)
+        +---- stop ------+----> STOPPING ---exited---> EXITED
+        |                |      (the service stops: serve the backlog too)
+        +---- exited ----+-------------------------> EXITED
 
 A worker *draining* leaves while the others keep accepting from the shared sockets;
 one *stopping* leaves with everyone and also serves what the kernel queued. Both
