@@ -12,7 +12,12 @@ STAMP := $(VENV)/.installed
 
 .PHONY: demo test test-fast lint system-deps bench clean
 
+# Debian's python3 has no ensurepip (so no venv) until python3-venv is installed.
 $(BIN)/python:
+	@$(PYTHON) -c 'import ensurepip' 2>/dev/null || { \
+		sudo=; [ "$$(id -u)" -eq 0 ] || sudo=sudo; \
+		echo "installing python3-venv (needed to create $(VENV))" >&2; \
+		$$sudo apt-get update -qq && $$sudo apt-get install -y -qq python3-venv >/dev/null; }
 	$(PYTHON) -m venv $(VENV)
 
 $(STAMP): pyproject.toml | $(BIN)/python
