@@ -113,6 +113,16 @@ def _env(name: str) -> str:
               help="Serve /healthz, /readyz and /status from the supervisor on this port.")
 @click.option("--admin-host", default="127.0.0.1", show_default=True,
               envvar=_env("ADMIN_HOST"), help="Address of the admin listener.")
+@click.option("--admin-allow-host", "admin_allow_hosts", multiple=True,
+              envvar=_env("ADMIN_ALLOW_HOST"), metavar="NAME",
+              help="Host name the admin port answers to besides loopback ones "
+                   "(repeatable; '*' for any). Others get 403 (DNS rebinding).")
+@click.option("--admin-token", default=None, envvar=_env("ADMIN_TOKEN"),
+              help="Bearer token every admin request must carry (required when "
+                   "--admin-host is not loopback). Prefer TETHER_ADMIN_TOKEN or "
+                   "--admin-token-file: a command line is visible to local users.")
+@click.option("--admin-token-file", default=None, type=click.Path(dir_okay=False),
+              help="Read the admin token from this file.")
 @click.option("--pid-file", default=None, envvar=_env("PID_FILE"),
               help="Write the supervisor's PID here (for tether reload/stop).")
 @click.option("--registry", default=None, envvar=_env("REGISTRY"),
@@ -134,7 +144,11 @@ def _env(name: str) -> str:
 @click.option("--ssl-keyfile", default=None, envvar=_env("SSL_KEYFILE"),
               help="Private key for --ssl-certfile (PEM), if not in the same file.")
 @click.option("--ssl-keyfile-password", default=None, envvar=_env("SSL_KEYFILE_PASSWORD"),
-              help="Password of an encrypted --ssl-keyfile.")
+              help="Password of an encrypted --ssl-keyfile. Prefer "
+                   "TETHER_SSL_KEYFILE_PASSWORD or --ssl-keyfile-password-file: a command "
+                   "line is visible to local users.")
+@click.option("--ssl-keyfile-password-file", default=None, type=click.Path(dir_okay=False),
+              help="Read the --ssl-keyfile password from this file.")
 @click.option("--ssl-ca-certs", default=None, envvar=_env("SSL_CA_CERTS"),
               help="CA bundle to verify client certificates against.")
 @click.option("--ssl-cert-reqs", type=click.Choice(["none", "optional", "required"]),
@@ -348,6 +362,24 @@ def _signal_supervisor(pid_file: str, sig: signal.Signals) -> int:
     return pid
 
 
+def _secret(opts: dict[str, Any], name: str, file_option: str) -> str | None:
+    """A secret given directly (flag or environment) or in a file (one line; a
+    trailing newline is not part of it). Both at once is an error."""
+    value: str | None = opts.pop(name, None)
+    path: str | None = opts.pop(file_option, None)
+    if path is None:
+        return value
+    flag = "--" + file_option.replace("_", "-")
+    if value is not None:
+        raise click.UsageError(f"{flag} and --{name.replace('_', '-')} (or its "
+                               "environment variable) exclude each other")
+    try:
+        with open(path, encoding="utf-8") as f:
+            return f.read().rstrip("\r\n")
+    except OSError as exc:
+        raise click.UsageError(f"{flag}: cannot read {path}: {exc.strerror}") from None
+
+
 def build_config(opts: dict[str, Any]) -> ServerConfig:
     """Turn parsed CLI options into a validated config, or exit 2 with the reason."""
     meta = []
@@ -357,6 +389,10 @@ def build_config(opts: dict[str, Any]) -> ServerConfig:
             raise click.UsageError(f"--meta must be KEY=VALUE, got {item!r}")
         meta.append((key, value))
     opts["meta"] = tuple(meta)
+    opts["admin_allow_hosts"] = tuple(opts.get("admin_allow_hosts", ()))
+    opts["admin_token"] = _secret(opts, "admin_token", "admin_token_file")
+    opts["ssl_keyfile_password"] = _secret(
+        opts, "ssl_keyfile_password", "ssl_keyfile_password_file")
     try:
         limits = RequestLimits(
             request_line=opts.pop("limit_request_line"),

@@ -7,6 +7,7 @@ else in tether reads flags or the environment. Invalid values raise
 
 from __future__ import annotations
 
+import ipaddress
 import json
 from dataclasses import asdict, dataclass, field
 from typing import Literal
@@ -44,6 +45,11 @@ class RequestLimits:
         """Upper bound on a request head's size: more than this is 431 before parsing ends."""
         return self.request_line + 64 + self.request_fields * (self.request_field_size + 4)
 
+
+#: ServerConfig fields never written to a worker's environment (see ServerConfig.to_json)
+SECRET_FIELDS = ("ssl_keyfile_password", "admin_token")
+#: environment variables that carry secrets: not passed on to worker processes
+SECRET_ENV = ("TETHER_SSL_KEYFILE_PASSWORD", "TETHER_ADMIN_TOKEN")
 
 #: seconds a worker gets, after its own stop timers have all run out, to report and
 #: exit before the supervisor kills it (sending the report, closing sockets, exiting)
@@ -134,6 +140,10 @@ class ServerConfig:
     #: port of the supervisor's admin listener (/healthz, /readyz, /status); None: off
     admin_port: int | None = None
     admin_host: str = "127.0.0.1"
+    #: Host names the admin port answers to besides loopback ones (DNS rebinding)
+    admin_allow_hosts: tuple[str, ...] = ()
+    #: bearer token every admin request must carry; required beyond loopback
+    admin_token: str | None = None
     pid_file: str | None = None
     # -- service registry ---------------------------------------------------------------
     #: registry URL (sqlite:///path.db, etcd://host:port/prefix); None: do not register
@@ -209,6 +219,13 @@ class ServerConfig:
             )
         if self.admin_port is not None and not 0 <= self.admin_port <= 65535:
             raise ConfigError(f"--admin-port must be between 0 and 65535, got {self.admin_port}")
+        if self.admin_port is not None and self.admin_token is None and not _is_loopback(
+            self.admin_host
+        ):
+            raise ConfigError(
+                f"--admin-host {self.admin_host} is reachable beyond this machine: set an "
+                "admin token (--admin-token-file or TETHER_ADMIN_TOKEN); see docs/security.md"
+            )
         if (self.registry is None) != (self.service is None):
             raise ConfigError("--registry and --service go together")
         _positive("--registry-ttl", self.registry_ttl)
@@ -234,8 +251,13 @@ class ServerConfig:
 
 
     def to_json(self) -> str:
-        """Serialise for a worker process (the supervisor passes it in the environment)."""
-        return json.dumps(asdict(self))
+        """Serialise for a worker process (the supervisor passes it in the environment).
+        Secrets are left out: a process's environment is readable by its user and by
+        root tools; the supervisor sends them over the private control channel."""
+        fields = asdict(self)
+        for name in SECRET_FIELDS:
+            fields[name] = None
+        return json.dumps(fields)
 
     @classmethod
     def from_json(cls, text: str) -> ServerConfig:
@@ -243,6 +265,15 @@ class ServerConfig:
         fields["limits"] = RequestLimits(**fields["limits"])
         fields["meta"] = tuple(tuple(pair) for pair in fields["meta"])
         return cls(**fields)
+
+
+def _is_loopback(host: str) -> bool:
+    if host.lower() == "localhost":
+        return True
+    try:
+        return ipaddress.ip_address(host.strip("[]")).is_loopback
+    except ValueError:
+        return False
 
 
 def _is_host_port(value: str) -> bool:

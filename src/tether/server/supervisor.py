@@ -27,7 +27,7 @@ from typing import Any
 
 from tether import admin, metrics
 from tether.backoff import Backoff
-from tether.config import ServerConfig
+from tether.config import SECRET_ENV, SECRET_FIELDS, ServerConfig
 from tether.errors import ConfigError
 from tether.registry import Registration, Registry, RegistryError, open_registry
 from tether.server import control as control_mod
@@ -206,7 +206,7 @@ class Supervisor:
         self._next_id += 1
         fds = [s.fileno() for s in self.socks]
         env = {
-            **os.environ,
+            **{k: v for k, v in os.environ.items() if k not in SECRET_ENV},
             control_mod.ENV_CONFIG: self.config.to_json(),
             control_mod.ENV_LISTEN_FDS: ",".join(map(str, fds)),
             control_mod.ENV_CONTROL_FD: str(child.fileno()),
@@ -224,6 +224,9 @@ class Supervisor:
             child.close()
         try:
             control = await ControlChannel.open(parent)
+            # The first message, always: what may not travel in the environment.
+            control.send("secrets", **{name: getattr(self.config, name)
+                                      for name in SECRET_FIELDS})
         except BaseException:
             # Cancelled (a stop) or failed before the worker has a handle: no one
             # else knows about this process, so it must not outlive this call.
@@ -582,7 +585,9 @@ class Supervisor:
     async def _start_admin(self) -> None:
         if self.admin_sock is None:
             return
-        app = admin.admin_app(self.status, self.is_ready, self.metrics_text)
+        app = admin.admin_app(self.status, self.is_ready, self.metrics_text,
+                              allowed_hosts=self.config.admin_allow_hosts,
+                              token=self.config.admin_token)
         config = replace(
             self.config, app="tether.admin:app", lifespan="off", access_log=False,
             graceful_timeout=self.config.graceful_timeout,
@@ -590,7 +595,8 @@ class Supervisor:
         )
         self._admin = Worker(app, config, [self.admin_sock])
         await self._admin.start()
-        logger.info("admin listening on %s", sockets_mod.describe(self.admin_sock))
+        logger.info("admin listening on %s",
+                    sockets_mod.describe(self.admin_sock, tls=self.config.tls))
 
     def is_ready(self) -> bool:
         ready = [w for w in self.workers.values() if w.state is WorkerState.READY]

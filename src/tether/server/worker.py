@@ -19,13 +19,13 @@ import signal
 import socket
 import ssl
 import sys
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import Any
 
 from tether import metrics
 from tether.admission import AdmissionGate
 from tether.asgi import ASGIApp
-from tether.config import ServerConfig
+from tether.config import SECRET_FIELDS, ServerConfig
 from tether.errors import AppImportError, LifespanFailure
 from tether.importer import load_app
 from tether.logs import configure_logging
@@ -375,6 +375,17 @@ def _quiet_handshake_failures(loop: asyncio.AbstractEventLoop, context: dict[str
     loop.default_exception_handler(context)
 
 
+async def _receive_secrets(control: ControlChannel, config: ServerConfig) -> ServerConfig:
+    """The supervisor's first message carries what may not travel in the environment
+    (the TLS key password, the admin token). A supervisor already gone sends
+    nothing: the worker then finds it gone before accepting (control.py)."""
+    message = await control.receive()
+    if message is None or message.get("type") != "secrets":
+        return config
+    secrets: dict[str, Any] = {name: message.get(name) for name in SECRET_FIELDS}
+    return replace(config, **secrets)
+
+
 def run_worker(
     config: ServerConfig, socks: list[socket.socket], control_sock: socket.socket | None = None
 ) -> int:
@@ -388,7 +399,10 @@ def run_worker(
 
     async def main() -> int:
         control = None if control_sock is None else await ControlChannel.open(control_sock)
-        worker = Worker(app, config, socks)
+        settings = config
+        if control is not None:
+            settings = await _receive_secrets(control, config)
+        worker = Worker(app, settings, socks)
         try:
             return await worker.serve(control)
         finally:
