@@ -11,7 +11,7 @@ from collections.abc import Iterator
 import pytest
 
 from tests.etcd import EtcdServer, throwaway_etcd
-from tests.support import opened
+from tests.support import opened, server_process
 from tether.errors import ConfigError
 from tether.registry.base import RegistryError
 from tether.registry.urls import etcd_credentials, etcd_endpoints, open_registry, redact
@@ -76,3 +76,14 @@ async def test_etcd_without_credentials_fails_clearly(etcd_with_auth: EtcdServer
             await registry.register("orders", "127.0.0.1:9", {}, 5.0)
     finally:
         await registry.close()
+
+
+def test_a_server_registers_with_credentials_and_logs_them_redacted(
+    etcd_with_auth: EtcdServer,
+) -> None:
+    url = f"etcd://root:{QUOTED}@{etcd_with_auth.endpoint}/served"
+    with server_process("hello:app", "--registry", url, "--service", "hello") as server:
+        line = server.wait_for_line("registered hello at")
+        assert "root:***@" in line
+        lines = "".join(server.lines)
+        assert PASSWORD not in lines and QUOTED not in lines

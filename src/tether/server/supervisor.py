@@ -30,6 +30,7 @@ from tether.backoff import Backoff
 from tether.config import SECRET_ENV, SECRET_FIELDS, ServerConfig
 from tether.errors import ConfigError
 from tether.registry import Registration, Registry, RegistryError, open_registry
+from tether.registry.urls import redact
 from tether.server import control as control_mod
 from tether.server import sockets as sockets_mod
 from tether.server.control import ControlChannel
@@ -482,10 +483,10 @@ class Supervisor:
         except (RegistryError, OSError, TimeoutError) as exc:
             if log_failure:
                 logger.error("cannot register %s in %s: %s", config.service,
-                             config.registry, exc or type(exc).__name__)
+                             redact(config.registry), exc or type(exc).__name__)
             return False
         logger.info("registered %s at %s in %s", config.service,
-                    self._registration.provider.address, config.registry)
+                    self._registration.provider.address, redact(config.registry))
         return True
 
     async def _register_until_done(self) -> None:
