@@ -9,6 +9,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import os
+import resource
 import signal
 import socket
 import subprocess
@@ -183,17 +184,24 @@ def server_process(
 
 @contextlib.contextmanager
 def tether_process(
-    *args: str, cwd: Path, env: dict[str, str], timeout: float = 20.0
+    *args: str, cwd: Path, env: dict[str, str], timeout: float = 20.0,
+    max_fds: int | None = None,
 ) -> Iterator[ServerProcess]:
     """Run ``python -m tether ARGS`` (serve, proxy) with exactly ``env``; yield once it
-    serves (``port`` read from its log).
+    serves (``port`` read from its log). ``max_fds``: its ``ulimit -n``.
 
     On exit: a graceful stop, a kill if that hangs, and any worker still alive
     (workers run in sessions of their own) is killed too.
     """
+
+    def limit_fds() -> None:
+        if max_fds is not None:
+            resource.setrlimit(resource.RLIMIT_NOFILE, (max_fds, max_fds))
+
     proc = subprocess.Popen(
         tether_command(*args),
         cwd=cwd, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True,
+        preexec_fn=limit_fds if max_fds is not None else None,
     )
     running = ServerProcess(proc)
     reader = threading.Thread(target=running._read, daemon=True)

@@ -47,6 +47,9 @@ FAMILIES: Final[dict[str, tuple[str, str]]] = {
         "counter", "Handlers that raised Overloaded or NoProviderAvailable (answered 503)."),
     "tether_admission_dropped_total": (
         "counter", "Requests refused by the admission queue: expired (504) or shed (503)."),
+    "tether_fd_limit_reached_total": (
+        "counter", "Once-a-second checks that found a worker at its file-descriptor limit "
+        "(new connections refused)."),
     # supervisor
     "tether_worker_starts_total": ("counter", "Worker processes started."),
     "tether_worker_exits_total": (
@@ -101,6 +104,7 @@ COUNTER_SERIES: Final[dict[str, str]] = {
     "unavailable": 'tether_requests_unavailable_total{reason="no_provider"}',
     "queue_expired": 'tether_admission_dropped_total{reason="expired"}',
     "queue_shed": 'tether_admission_dropped_total{reason="shed"}',
+    "fd_limit_reached": "tether_fd_limit_reached_total",
     "db_queries": "tether_db_queries_total",
     "db_queries_cancelled": "tether_db_queries_cancelled_total",
     "db_connections_opened": "tether_db_connections_opened_total",

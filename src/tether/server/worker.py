@@ -34,6 +34,7 @@ from tether.server import control as control_mod
 from tether.server import sockets as sockets_mod
 from tether.server import wire
 from tether.server.control import ControlChannel
+from tether.server.fdlimit import FdLimitWatch
 from tether.server.http1 import HttpProtocol
 from tether.server.lifespan import Lifespan
 from tether.server.state import ServerState
@@ -85,6 +86,7 @@ class Worker:
         #: False when only this worker leaves and the others serve the shared backlog
         self.serve_backlog_on_stop = True
         self._sweeper: asyncio.TimerHandle | None = None
+        self._fd_watch: FdLimitWatch | None = None
         self.ssl: ssl.SSLContext | None = None
         limits = config.limits
         # Timeouts are checked by one sweep per worker instead of a timer per request.
@@ -115,6 +117,8 @@ class Worker:
             raise SupervisorGone
         for server in self.servers:
             await server.start_serving()
+        if self.socks:
+            self._fd_watch = FdLimitWatch(self.socks[0].fileno())
         self._sweep()
 
     def _sweep(self) -> None:
@@ -123,6 +127,10 @@ class Worker:
         self.state.date_header = wire.date_header()
         for conn in list(self.state.connections):
             conn.check_timer(now)
+        if self._fd_watch is not None and self._fd_watch.check(
+            now, len(self.state.connections)
+        ):
+            self.state.counters["fd_limit_reached"] += 1
         self._sweeper = loop.call_later(self._tick, self._sweep)
 
     async def stop(self, *, serve_backlog: bool = True) -> StopReport:
