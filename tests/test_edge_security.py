@@ -12,13 +12,15 @@ from __future__ import annotations
 
 import socket
 from collections.abc import Iterator
+from pathlib import Path
 
+import httpx
 import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from tests.support import free_port, status_of
-from tests.test_proxy import RawUpstream, Tether, proxy
+from tests.test_proxy import RawUpstream, Tether, headers_of, proxy, upstream
 
 
 def answer(name: str) -> bytes:
@@ -118,3 +120,17 @@ def test_no_target_makes_the_proxy_connect_anywhere_else(
     assert status == 400 or (status == 200 and raw.endswith(b"routed")) or status == 404, raw
     assert secret.requests == []
 
+
+
+def test_an_absurd_deadline_travels_as_one_the_next_hop_accepts(tmp_path: Path) -> None:
+    """``grpc-timeout: 99999999H`` once became a 15-digit ``x-request-timeout-ms`` that
+    the upstream tether refused with 400. Deadlines from the wire are capped (an hour
+    by default, ``--max-deadline``), so what the proxy writes is read upstream."""
+    with upstream("A", tmp_path) as up, \
+            proxy("--route", f"/={up.address}", "--max-deadline", "5") as px:
+        for header in ("grpc-timeout", "x-request-timeout-ms"):
+            value = "99999999H" if header == "grpc-timeout" else "999999999999"
+            answer = httpx.get(f"{px.url}/echo", headers={header: value}, timeout=30)
+            assert answer.status_code == 200, answer.text
+            (sent,) = headers_of(answer.json())["x-request-timeout-ms"]
+            assert sent.isdigit() and 0 < int(sent) <= 5000

@@ -64,6 +64,10 @@ def _env(name: str) -> str:
 @click.option("--body-timeout", default=60.0, show_default=True, type=float,
               envvar=_env("BODY_TIMEOUT"),
               help="Seconds allowed between two reads of a request body (408 and close).")
+@click.option("--max-deadline", default=3600.0, show_default=True, type=float,
+              envvar=_env("MAX_DEADLINE"),
+              help="Longest deadline a request may ask for (x-request-timeout-ms, "
+                   "grpc-timeout), in seconds; longer ones are narrowed to it.")
 @click.option("--limit-request-line", default=8190, show_default=True, type=int,
               envvar=_env("LIMIT_REQUEST_LINE"), help="Longest request target, bytes (414).")
 @click.option("--limit-request-fields", default=100, show_default=True, type=int,
@@ -402,6 +406,7 @@ def build_config(opts: dict[str, Any]) -> ServerConfig:
             header_timeout=opts.pop("header_timeout"),
             body_timeout=opts.pop("body_timeout"),
             keep_alive_timeout=opts.pop("keep_alive_timeout"),
+            max_deadline=opts.pop("max_deadline"),
         )
         return ServerConfig(limits=limits, **opts)
     except ConfigError as exc:

@@ -39,6 +39,9 @@ class RequestLimits:
     body_timeout: float = 60.0
     #: seconds an idle keep-alive connection is kept open waiting for its next request
     keep_alive_timeout: float = 5.0
+    #: longest deadline a request may ask for on the wire (x-request-timeout-ms,
+    #: grpc-timeout); longer ones are narrowed to it
+    max_deadline: float = 3600.0
 
     @property
     def max_head_bytes(self) -> int:
@@ -195,6 +198,7 @@ class ServerConfig:
         _positive("--keep-alive-timeout", self.limits.keep_alive_timeout)
         _positive("--header-timeout", self.limits.header_timeout)
         _positive("--body-timeout", self.limits.body_timeout)
+        _positive("--max-deadline", self.limits.max_deadline)
         _positive("--graceful-timeout", self.graceful_timeout, allow_zero=True)
         _positive("--force-exit-timeout", self.force_exit_timeout, allow_zero=True)
         if self.request_timeout is not None:

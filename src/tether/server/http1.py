@@ -273,8 +273,8 @@ class HttpProtocol(asyncio.Protocol):
         path, raw_path, query = request_head.split_target(self._url, method_bytes)
         state = self.state
         if self._deadline_headers or state.request_timeout is not None:
-            deadline = request_head.request_deadline(self._deadline_headers,
-                                                     state.request_timeout)
+            deadline = request_head.request_deadline(
+                self._deadline_headers, state.request_timeout, self.limits.max_deadline)
         else:
             deadline = NO_DEADLINE
         scope = build_scope(

@@ -27,7 +27,7 @@ from urllib.parse import unquote
 
 import httptools
 
-from tether.deadline import NO_DEADLINE, Deadline, deadline_from_headers
+from tether.deadline import MAX_WIRE_SECONDS, NO_DEADLINE, Deadline, deadline_from_headers
 
 #: HTTP versions an HTTP/1.x connection speaks (RFC 9112 section 2.3)
 HTTP1_VERSIONS: Final = frozenset({"1.0", "1.1"})
@@ -160,15 +160,17 @@ def split_target(target: bytes, method: bytes) -> tuple[str, bytes, bytes]:
 
 
 def request_deadline(
-    deadline_headers: list[tuple[bytes, bytes]], cap: float | None
+    deadline_headers: list[tuple[bytes, bytes]], cap: float | None,
+    maximum: float = MAX_WIRE_SECONDS,
 ) -> Deadline:
     """The request's deadline: its headers' (``x-request-timeout-ms``,
-    ``grpc-timeout``), narrowed by the server's own limit. A value that cannot be
-    read is 400: guessing would either drop the deadline or invent one."""
+    ``grpc-timeout``, at most ``maximum``), narrowed by the server's own limit
+    (``cap``, --request-timeout). A value that cannot be read is 400: guessing
+    would either drop the deadline or invent one."""
     seconds = None
     if deadline_headers:
         try:
-            seconds = deadline_from_headers(deadline_headers)
+            seconds = deadline_from_headers(deadline_headers, maximum)
         except ValueError as exc:
             raise RequestRejected(400, str(exc)) from None
     if cap is not None and (seconds is None or cap < seconds):
