@@ -4,11 +4,12 @@ At ``ulimit -n`` the event loop can only refuse new connections: libuv (uvloop)
 accepts each one with a reserved descriptor and closes it at once, asyncio stops
 accepting for a second; either way the client sees a reset or a stall and nothing
 is logged. This watch asks the kernel directly, at most once a second from the
-worker's sweep: ``dup()`` of a descriptor we hold fails with ``EMFILE`` exactly when
-no descriptor is left (libuv keeps its spare one open again after each refusal).
-It says so once per :data:`LOG_INTERVAL` with how many checks found the limit, and
-counts every such check (``tether_fd_limit_reached_total``). Must never close or
-hold a descriptor beyond the probe.
+worker's sweep: ``dup()`` of a descriptor the watch holds (``/dev/null``, opened
+once) fails with ``EMFILE`` exactly when no descriptor is left (libuv keeps its spare
+one open again after each refusal). It says so once per :data:`LOG_INTERVAL` with
+how many checks found the limit, and counts every such check
+(``tether_fd_limit_reached_total``). Must never hold more than its one descriptor
+between probes.
 """
 
 from __future__ import annotations
@@ -45,10 +46,13 @@ def at_limit(fd: int) -> bool:
 
 
 class FdLimitWatch:
-    """Probes once per :data:`CHECK_INTERVAL`; logs once per :data:`LOG_INTERVAL`."""
+    """Probes once per :data:`CHECK_INTERVAL`; logs once per :data:`LOG_INTERVAL`.
+    ``close()`` it when the worker stops."""
 
-    def __init__(self, fd: int) -> None:
-        self.fd = fd
+    def __init__(self) -> None:
+        # Its own descriptor: the listening sockets close during a stop while the
+        # sweep still runs.
+        self.fd: int | None = os.open(os.devnull, os.O_RDONLY)
         self.next_check = 0.0
         self.next_log = 0.0
         #: probes that found the limit since the last log line
@@ -56,7 +60,7 @@ class FdLimitWatch:
 
     def check(self, now: float, connections: int) -> bool:
         """Probe if it is time; True when this probe found the limit (count it)."""
-        if now < self.next_check:
+        if now < self.next_check or self.fd is None:
             return False
         self.next_check = now + CHECK_INTERVAL
         if not at_limit(self.fd):
@@ -72,3 +76,8 @@ class FdLimitWatch:
             self.unlogged = 0
             self.next_log = now + LOG_INTERVAL
         return True
+
+    def close(self) -> None:
+        if self.fd is not None:
+            os.close(self.fd)
+            self.fd = None

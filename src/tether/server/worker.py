@@ -117,8 +117,7 @@ class Worker:
             raise SupervisorGone
         for server in self.servers:
             await server.start_serving()
-        if self.socks:
-            self._fd_watch = FdLimitWatch(self.socks[0].fileno())
+        self._fd_watch = FdLimitWatch()
         self._sweep()
 
     def _sweep(self) -> None:
@@ -174,6 +173,8 @@ class Worker:
                 conn.transport.abort()
         if self._sweeper is not None:
             self._sweeper.cancel()
+        if self._fd_watch is not None:
+            self._fd_watch.close()
         drained = state.total_requests - served_before
         return StopReport(drained=drained, cancelled=cancelled, forced=forced)
 
