@@ -1,6 +1,6 @@
 """Admission control: a concurrency limit with a deadline-aware, adaptive queue.
 
-Field report 1 (Boulder) is why: under load, abandoned requests kept running and
+Field report 1 (docs/incidents.md, Boulder) is why: under load, abandoned requests kept running and
 new ones queued behind them until they timed out too, and the queue grew without
 bound. Here a request whose deadline passes while it waits never reaches the
 handler (504), and when a *standing* queue forms the queue turns newest-first and

@@ -1,6 +1,6 @@
 """Deadlines as values: one small type, the current one in a contextvar, a wire codec.
 
-Field report 1 (Boulder) is why: a request's remaining time must travel with it,
+Field report 1 (docs/incidents.md, Boulder) is why: a request's remaining time must travel with it,
 server -> handler -> outbound calls -> database, and everything it started must
 stop when it runs out. A :class:`Deadline` is an absolute point on the monotonic
 clock (or none); scopes only ever *narrow* it, never extend it, as trio's cancel

@@ -2,7 +2,7 @@
 
 It is an ordinary ASGI app run by the ordinary supervisor, so reloads, graceful
 stops, deadlines, admission and metrics behave exactly as for ``tether serve``.
-Field report 4 (Traffic Server's origin pool) is why every upstream has its own
+Field report 4 (docs/incidents.md, Traffic Server's origin pool) is why every upstream has its own
 client and pool keyed by the full connection identity (TLS server name included),
 and why connection reuse is measured per origin.
 

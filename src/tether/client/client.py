@@ -4,7 +4,7 @@ The request cycle lives here once: build the head, take a connection, send, read
 give the connection back (or close it), retry once on a stale keep-alive
 connection when that is safe. Every connection is opened by :meth:`Client._open`,
 the single code path that turns a :class:`PoolKey` into a socket, so the identity
-a connection is pooled under is the one it was opened with (field report 4). Its
+a connection is pooled under is the one it was opened with (field report 4, docs/incidents.md). Its
 clusters reach it only through the :class:`~tether.client.cluster.ClientLink` it
 hands them.
 

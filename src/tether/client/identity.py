@@ -1,10 +1,10 @@
 """The full identity of an outbound connection: what the pool keys on.
 
-Field report 4 (Apache Traffic Server) is why :class:`PoolKey` holds everything that
-makes a connection distinct (scheme, host, port, SNI name, TLS identity): two
-requests that differ in any of these never share a connection, two that agree
-always may. httpcore keys on (scheme, host, port) only; that is the bug to avoid.
-Plain values: this module must never open, hold or look up a connection.
+Field report 4 (docs/incidents.md, Apache Traffic Server) is why :class:`PoolKey`
+holds everything that makes a connection distinct (scheme, host, port, SNI name, TLS
+identity): two requests that differ in any of these never share a connection, two
+that agree always may. httpcore keys on (scheme, host, port) only; that is the bug
+to avoid. Plain values: this module must never open, hold or look up a connection.
 """
 
 from __future__ import annotations

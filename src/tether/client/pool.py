@@ -1,8 +1,8 @@
 """The connection pool: idle connections by full identity, limits, a fair wait queue.
 
 Connections are kept and counted per :class:`~tether.client.identity.PoolKey`, the
-whole identity of a connection (field report 4), and opened by the injected opener
-only: the pool never touches a socket, and sees a connection only through
+whole identity of a connection (field report 4, docs/incidents.md), and opened
+by the injected opener only: the pool never touches a socket, and sees a connection only through
 :class:`PooledConnection` (tests drive it with fakes).
 
 Must never hand out a connection the server already closed, never hand one to two

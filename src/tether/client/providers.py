@@ -1,10 +1,11 @@
 """The provider state machine of a cluster: pure, typed events in, actions out, clock injected.
 
-Field report 5 (SOFARPC) is why this file exists: a provider that restarted under a
-new address was retried forever (the registry never said it was gone), and with a
-single provider a restart emptied the list but cleanup compared against an aliased
-copy and sat behind ``if logger.isWarnEnabled()``. This file does no I/O and reads
-no clock: ``cluster.py`` feeds it events and carries out its actions.
+Field report 5 (docs/incidents.md, SOFARPC) is why this file exists: a provider that
+restarted under a new address was retried forever (the registry never said it was
+gone), and with a single provider a restart emptied the list but cleanup compared
+against an aliased copy and sat behind ``if logger.isWarnEnabled()``. This file does
+no I/O and reads no clock: ``cluster.py`` feeds it events and carries out its
+actions.
 
 Rules
 * Every provider is in exactly one :class:`ProviderState`; every change goes through

@@ -1,7 +1,7 @@
 """asyncpg under the current deadline: acquire and every query are bounded by it,
 and a query that must stop is cancelled *on the server*.
 
-Field report 1 (Boulder): when a request is cancelled or its deadline passes, its
+Field report 1 (docs/incidents.md, Boulder): when a request is cancelled or its deadline passes, its
 query must actually stop in PostgreSQL, not just be abandoned by Python, and the
 pool must stay stable while that happens (cancelling 1,000 queries must not open
 1,000 new connections). asyncpg does the server side for us: on a ``timeout=`` or

@@ -4,7 +4,7 @@ What happens without help (SQLAlchemy 2.x): when the task running a statement is
 cancelled (a deadline, a client disconnect), asyncpg does cancel the query on the
 server, but SQLAlchemy treats ``CancelledError`` as an "exit exception", marks it a
 disconnect and invalidates the connection: the next checkout opens a new one. One
-new connection per cancelled query is exactly the Boulder churn (field report 1).
+new connection per cancelled query is exactly the Boulder churn (field report 1, docs/incidents.md).
 
 :func:`keep_connection_on_cancel` tells SQLAlchemy a cancelled statement is not a
 lost connection. That is safe with asyncpg underneath: it has already sent the

@@ -1,7 +1,7 @@
 """The registry's contract: providers register with a TTL and keep themselves alive;
 watchers receive immutable full snapshots, or a typed "unreachable" event.
 
-Field report 5 (SOFARPC) is why snapshots are immutable and always full: the
+Field report 5 (docs/incidents.md, SOFARPC) is why snapshots are immutable and always full: the
 client diffs old against new and nothing can alias (the SOFARPC bug compared the
 new list against a shallow copy that the update had already emptied). Dubbo's
 lesson is why "the service has zero providers" (an empty snapshot) and "the

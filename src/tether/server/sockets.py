@@ -1,6 +1,6 @@
 """Listening sockets: bind TCP or a Unix socket, or adopt an inherited descriptor.
 
-The process that binds is the one that owns the backlog (field report 3): workers
+The process that binds is the one that owns the backlog (field report 3, docs/incidents.md): workers
 only ever accept. Must never silently pick another address than the one asked for.
 """
 

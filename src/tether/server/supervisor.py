@@ -1,6 +1,6 @@
 """The supervisor: bind once, spawn and watch workers, replace them one at a time, stop in order.
 
-Field report 3 (Granian) is why the supervisor owns the listening sockets and the
+Field report 3 (docs/incidents.md, Granian) is why the supervisor owns the listening sockets and the
 workers only accept: a worker that leaves takes no queued connection with it.
 Field report 2 (SPIRE) is why a stop is graceful and bounded, and covers every
 listener the process owns (service sockets and the admin port) under one deadline.

@@ -1,6 +1,6 @@
 """One worker: import the app, run lifespan, accept on already-bound sockets, drain, stop.
 
-A worker never binds: the sockets it is given outlive it (field report 3). Its
+A worker never binds: the sockets it is given outlive it (field report 3, docs/incidents.md). Its
 stop is graceful and bounded (field report 2): stop accepting, serve what the
 kernel already queued, let in-flight requests finish, then cancel what is left,
 then close whatever remains, then run lifespan shutdown. Every one of those timers
