@@ -305,7 +305,7 @@ class Cluster:
     # -- requests ------------------------------------------------------------------------------
 
     def providers(self) -> list[tuple[str, str, int, int, float | None]]:
-        """(address, state, outstanding, consecutive failures, next retry at) per provider."""
+        """(address, state, outstanding, consecutive failures, next probe at) per provider."""
         self._start()
         return [
             (a, r.state.value, self.outstanding[a], r.consecutive_failures or r.attempts,
