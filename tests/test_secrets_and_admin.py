@@ -17,6 +17,7 @@ import trustme
 from cryptography.hazmat.primitives import serialization
 
 from tests.support import EXAMPLES, free_port, server_process, tether_command
+from tether.config import ServerConfig
 
 PASSWORD = "correct-horse-battery"
 
@@ -133,3 +134,17 @@ def test_admin_log_says_https_when_it_speaks_tls(
         answer = httpx.get(f"https://127.0.0.1:{admin_port}/healthz", verify=context,
                            timeout=10)
         assert answer.status_code == 200
+
+
+def test_a_worker_copy_of_the_config_carries_no_supervisor_secret() -> None:
+    """The worker's copy (the environment) leaves out secrets and what only the
+    supervisor uses; reading it back must not fail (it did for an admin port beyond
+    loopback: the token is not in the copy, and the rule wanting one ran again)."""
+    config = ServerConfig(app="a:b", admin_port=9100, admin_host="0.0.0.0", admin_token="t0k",
+                          registry="etcd://root:pw@127.0.0.1:2379/x", service="svc",
+                          ssl_keyfile_password=PASSWORD)
+    text = config.to_json()
+    assert "t0k" not in text and ":pw@" not in text and PASSWORD not in text
+    worker = ServerConfig.from_json(text)
+    assert (worker.admin_port, worker.registry, worker.admin_token) == (None, None, None)
+    assert worker.app == "a:b"

@@ -51,6 +51,9 @@ class RequestLimits:
 
 #: ServerConfig fields never written to a worker's environment (see ServerConfig.to_json)
 SECRET_FIELDS = ("ssl_keyfile_password", "admin_token")
+#: ServerConfig fields only the supervisor uses: a worker gets their defaults
+SUPERVISOR_FIELDS = ("admin_port", "admin_host", "admin_allow_hosts", "registry", "service",
+                     "advertise", "meta", "registry_required")
 #: environment variables that carry secrets: not passed on to worker processes
 SECRET_ENV = ("TETHER_SSL_KEYFILE_PASSWORD", "TETHER_ADMIN_TOKEN")
 
@@ -261,6 +264,11 @@ class ServerConfig:
         fields = asdict(self)
         for name in SECRET_FIELDS:
             fields[name] = None
+        # What only the supervisor uses stays with it: the admin listener (whose
+        # rules need the token, which the worker gets later, over the channel) and the
+        # registry URL (which may carry a password).
+        for name in SUPERVISOR_FIELDS:
+            fields[name] = _DEFAULTS[name]
         return json.dumps(fields)
 
     @classmethod
@@ -289,3 +297,7 @@ def _positive(name: str, value: float, *, allow_zero: bool = False) -> None:
     if value < 0 or (value == 0 and not allow_zero):
         rule = "non-negative" if allow_zero else "positive"
         raise ConfigError(f"{name} must be {rule}, got {value}")
+
+
+#: defaults of the fields a worker's copy of the configuration leaves out
+_DEFAULTS = {name: ServerConfig.__dataclass_fields__[name].default for name in SUPERVISOR_FIELDS}
