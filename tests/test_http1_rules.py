@@ -206,3 +206,22 @@ async def test_only_the_three_request_target_forms_reach_the_app() -> None:
         )
         assert status_of(raw) == 200
         assert json_body(raw)["raw_path"] == "*"
+
+
+async def test_a_body_that_stops_after_an_early_answer_gets_no_second_response() -> None:
+    """The application answered without reading the body; the client then stops
+    sending it. The body timeout ends the connection without writing anything after
+    the response (a stray 408 there would answer a request nobody sent)."""
+
+    async def early(scope: Scope, receive: Receive, send: Send) -> None:
+        await send({"type": "http.response.start", "status": 200, "headers": []})
+        await send({"type": "http.response.body", "body": b"early"})
+
+    async with serve(early, limits=with_limits(body_timeout=0.5, header_timeout=1.0)) as server:
+        raw = await raw_exchange(
+            server.port,
+            b"POST / HTTP/1.1\r\nHost: x\r\nContent-Length: 100\r\n\r\nsome",
+            timeout=10.0,
+        )
+    assert status_of(raw) == 200 and raw.endswith(b"early"), raw
+    assert raw.count(b"HTTP/1.1 ") == 1

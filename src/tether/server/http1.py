@@ -369,6 +369,13 @@ class HttpProtocol(asyncio.Protocol):
         parsing = self.parsing
         if parsing is not None and parsing is self.cycle:
             parsing.abort(rejection)
+        elif parsing is not None and parsing.response_complete:
+            # Answered before its body ended (the application did not read it): the
+            # client has its response, so nothing more is written; the rest of the
+            # body will not come, and the connection ends here.
+            error_log.warning("%d %s after the response (client %s); closing",
+                              rejection.status, rejection.detail, self.client_label)
+            self.close()
         elif self.cycle is not None:
             if parsing is not None:  # a queued pipelined request can no longer complete
                 with contextlib.suppress(ValueError):
@@ -427,6 +434,8 @@ class HttpProtocol(asyncio.Protocol):
 
     def send_continue(self, cycle: RequestCycle) -> None:
         self.transport.write(wire.CONTINUE_100)
+        if self.timer_kind is TIMER_BODY:  # the client may start its body only now
+            self.timer_at = self.loop.time() + self.limits.body_timeout
 
     def cut(self, cycle: RequestCycle) -> None:
         self.close()
@@ -465,6 +474,8 @@ class HttpProtocol(asyncio.Protocol):
             return
         self.read_paused = False
         self.transport.resume_reading()
+        if self.timer_kind is TIMER_BODY:  # the body's clock runs from when we read again
+            self.timer_at = self.loop.time() + self.limits.body_timeout
 
     async def drain(self) -> None:
         """Wait until the transport's write buffer is below its high-water mark."""

@@ -90,7 +90,8 @@ class Worker:
         self.ssl: ssl.SSLContext | None = None
         limits = config.limits
         # Timeouts are checked by one sweep per worker instead of a timer per request.
-        self._tick = max(0.01, min(0.5, limits.header_timeout / 4, limits.keep_alive_timeout / 4))
+        self._tick = max(0.01, min(0.5, limits.header_timeout / 4, limits.keep_alive_timeout / 4,
+                                   limits.body_timeout / 4))
 
     def _protocol(self) -> HttpProtocol:
         return HttpProtocol(self.state, asyncio.get_running_loop())
