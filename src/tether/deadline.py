@@ -28,10 +28,14 @@ HEADER: Final = "x-request-timeout-ms"
 HEADER_BYTES: Final = b"x-request-timeout-ms"
 GRPC_HEADER_BYTES: Final = b"grpc-timeout"
 
-#: the longest deadline accepted from the wire (longer ones are narrowed to it) and
-#: written to it: an hour, 3,600,000 ms, 7 digits, which every tether reads. Without
-#: a cap ``grpc-timeout: 99999999H`` became a 15-digit header the next hop refused.
+#: the longest deadline accepted from the wire by default (longer ones are narrowed
+#: to it; the server's ``--max-deadline``)
 MAX_WIRE_SECONDS: Final = 3600.0
+#: the most milliseconds tether writes: 12 digits, the most any tether reads (a
+#: longer local deadline still travels, and the next hop narrows it to its own
+#: maximum). Without a cap ``grpc-timeout: 99999999H`` became a 15-digit header the
+#: next hop refused with 400.
+MAX_HEADER_MS: Final = 10**12 - 1
 
 _GRPC_UNITS: Final = {
     ord("H"): 3600.0, ord("M"): 60.0, ord("S"): 1.0,
@@ -77,12 +81,11 @@ class Deadline:
 
     def header_value(self, margin: float = 0.0) -> bytes | None:
         """Milliseconds remaining for the next hop, minus ``margin`` seconds: at least
-        1, at most :data:`MAX_WIRE_SECONDS` (a value the next hop accepts)."""
+        1, at most :data:`MAX_HEADER_MS` (a value the next hop can read)."""
         remaining = self.remaining()
         if remaining is None:
             return None
-        seconds = min(remaining - margin, MAX_WIRE_SECONDS)
-        return b"%d" % max(1, int(seconds * 1000))
+        return b"%d" % min(MAX_HEADER_MS, max(1, int((remaining - margin) * 1000)))
 
 
 NO_DEADLINE: Final = Deadline()
