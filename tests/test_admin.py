@@ -43,10 +43,10 @@ async def test_loopback_names_only_by_default() -> None:
 async def test_allowed_names_and_token() -> None:
     app = admin_app(status, lambda: True, allowed_hosts=["ops.internal"], token="s3cret")
     async with serve(app) as server:
-        raw = await raw_exchange(server.port, get("/healthz", "ops.internal:9100"))
+        raw = await raw_exchange(server.port, get("/status", "ops.internal:9100"))
         assert status_of(raw) == 401
         raw = await raw_exchange(
-            server.port, get("/healthz", "ops.internal", "Authorization: Bearer wrong")
+            server.port, get("/status", "ops.internal", "Authorization: Bearer wrong")
         )
         assert status_of(raw) == 401
         raw = await raw_exchange(
@@ -56,4 +56,17 @@ async def test_allowed_names_and_token() -> None:
         raw = await raw_exchange(
             server.port, get("/status", "evil.example", "Authorization: Bearer s3cret")
         )
+        assert status_of(raw) == 403
+
+
+async def test_probes_stay_open_to_orchestrators() -> None:
+    """/healthz and /readyz say only whether it is up: a Kubernetes probe sends
+    ``Host: <pod IP>:<port>`` and no token, and gets its answer."""
+    app = admin_app(status, lambda: False, token="s3cret")
+    async with serve(app) as server:
+        raw = await raw_exchange(server.port, get("/healthz", "10.1.2.3:9100"))
+        assert status_of(raw) == 200
+        raw = await raw_exchange(server.port, get("/readyz", "10.1.2.3:9100"))
+        assert status_of(raw) == 503 and b"not ready" in raw
+        raw = await raw_exchange(server.port, get("/status", "10.1.2.3:9100"))
         assert status_of(raw) == 403

@@ -27,6 +27,10 @@ def test_redact_and_parse() -> None:
     assert etcd_endpoints(url) == ([("127.0.0.1", 2379), ("127.0.0.2", 2379)], "/svc")
     assert redact("etcd://127.0.0.1:2379/x") == "etcd://127.0.0.1:2379/x"
     assert redact("sqlite:///a.db") == "sqlite:///a.db"
+    assert redact("etcd://root:pa/ss@w:rd@127.0.0.1:2379/x") == "etcd://root:***@127.0.0.1:2379/x"
+    with pytest.raises(ConfigError) as unencoded:
+        etcd_endpoints("etcd://root:pa/ss@127.0.0.1:2379/x")
+    assert "pa/ss" not in str(unencoded.value)
     assert etcd_credentials("etcd://127.0.0.1:2379") is None
     with pytest.raises(ConfigError) as info:
         etcd_endpoints(f"etcd://root:{QUOTED}@127.0.0.1:notaport/x")

@@ -5,11 +5,14 @@ Routes are a table from path to handler, so later subsystems (``/metrics``) add 
 row rather than a branch. Must never touch a worker directly: it only reads what
 the supervisor hands it.
 
-Two guards come before any route. The Host must be a loopback name or address (or
-one of the names the operator allowed): a web page that rebinds its own DNS name to
-127.0.0.1 (DNS rebinding) reaches the port, but its requests carry its own name and
-are refused with 403. With a token configured (required when the port is bound
-beyond loopback), every request must carry ``Authorization: Bearer <token>``.
+Two guards come before every route that shows something (``/status``,
+``/metrics``). The Host must be a loopback name or address (or one of the names the
+operator allowed): a web page that rebinds its own DNS name to 127.0.0.1 (DNS
+rebinding) reaches the port, but its requests carry its own name and are refused
+with 403. With a token configured (required when the port is bound beyond loopback),
+such a request must carry ``Authorization: Bearer <token>``. ``/healthz`` and
+``/readyz`` say only "ok" or "ready" and stay open to any Host: orchestrators probe
+them by address (Kubernetes sends ``Host: <pod IP>:<port>``) and without a header.
 """
 
 from __future__ import annotations
@@ -86,28 +89,35 @@ def admin_app(
         assert metrics is not None
         return 200, metrics(), PROMETHEUS_TEXT
 
-    routes: dict[str, Handler] = {
-        "/healthz": healthz,
-        "/readyz": readyz,
-        "/status": status_json,
-    }
+    # open to any Host and without a token: they tell only whether it is up
+    probes: dict[str, Handler] = {"/healthz": healthz, "/readyz": readyz}
+    routes: dict[str, Handler] = {"/status": status_json}
     if metrics is not None:
         routes["/metrics"] = metrics_text
+
+    def _refusal(scope: Scope) -> tuple[int, bytes] | None:
+        """Why a request for what the port shows is refused, or None."""
+        host = _header(scope, b"host")
+        if not any_host and (host is None or host_name(host) not in hosts):
+            return 403, (b"forbidden: this admin port answers only to loopback host "
+                         b"names (see --admin-allow-host)\n")
+        if expected is not None:
+            given = _header(scope, b"authorization")
+            if given is None or not hmac.compare_digest(given.encode("latin-1"), expected):
+                return 401, b"unauthorized: admin token required\n"
+        return None
 
     async def app(scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] != "http":
             return
-        host = _header(scope, b"host")
-        if not any_host and (host is None or host_name(host) not in hosts):
-            await _send(send, 403, b"forbidden: this admin port answers only to "
-                        b"loopback host names (see --admin-allow-host)\n", text)
-            return
-        if expected is not None:
-            given = _header(scope, b"authorization")
-            if given is None or not hmac.compare_digest(given.encode("latin-1"), expected):
-                await _send(send, 401, b"unauthorized: admin token required\n", text)
+        path = scope["path"]
+        handler = probes.get(path)
+        if handler is None:
+            refusal = _refusal(scope)
+            if refusal is not None:
+                await _send(send, *refusal, text)
                 return
-        handler = routes.get(scope["path"])
+            handler = routes.get(path)
         if handler is None:
             await _send(send, 404, b"not found\n", text)
             return

@@ -25,16 +25,18 @@ def sqlite_path(url: str) -> str:
 
 
 def redact(url: str) -> str:
-    """``url`` with its password (if any) replaced by ``***``: what may be shown."""
+    """``url`` with its password (if any) replaced by ``***``: what may be shown.
+
+    The userinfo ends at the *last* ``@`` (a password may hold an unencoded ``/``,
+    ``@`` or ``:``); when in doubt it redacts too much, never too little."""
     scheme, sep, rest = url.partition("://")
     if not sep:
         return url
-    netloc, slash, path = rest.partition("/")
-    userinfo, at, hosts = netloc.rpartition("@")
-    if not at or ":" not in userinfo:
+    at = rest.rfind("@")
+    if at == -1 or ":" not in rest[:at]:
         return url
-    user = userinfo.split(":", 1)[0]
-    return f"{scheme}://{user}:***@{hosts}{slash}{path}"
+    user = rest[:at].split(":", 1)[0]
+    return f"{scheme}://{user}:***@{rest[at + 1:]}"
 
 
 def etcd_credentials(url: str) -> tuple[str, str] | None:
