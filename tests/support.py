@@ -21,6 +21,7 @@ from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
+import httpx
 import psutil
 
 from tether.asgi import ASGIApp, Receive
@@ -78,6 +79,22 @@ async def read_body(receive: Receive) -> bytes:
         body += bytes(message.get("body", b""))
         if not message.get("more_body"):
             return body
+
+
+def get_when_serving(
+    url: str, timeout: float, what: str, alive: Callable[[], None] | None = None
+) -> httpx.Response:
+    """``GET url`` once something starts answering there (a server coming up, or back
+    after a fault); ``alive`` may fail the wait early. Fails after ``timeout``."""
+    deadline = time.monotonic() + timeout
+    while True:
+        try:
+            return httpx.get(url, timeout=5)
+        except httpx.TransportError:
+            assert time.monotonic() < deadline, f"{what}: nothing answered within {timeout}s"
+            if alive is not None:
+                alive()
+            time.sleep(0.05)
 
 
 def status_of(raw: bytes) -> int:

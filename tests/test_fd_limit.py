@@ -11,7 +11,7 @@ import time
 import httpx
 from prometheus_client.parser import text_string_to_metric_families
 
-from tests.support import EXAMPLES, free_port, tether_process
+from tests.support import EXAMPLES, free_port, get_when_serving, tether_process
 
 LIMIT = 64
 
@@ -43,12 +43,7 @@ def test_a_worker_at_its_fd_limit_says_so_and_counts_it() -> None:
             for sock in held:
                 sock.close()
         # Once descriptors are free again the worker serves as before.
-        deadline = time.monotonic() + 10
-        while True:
-            try:
-                answer = httpx.get(f"http://127.0.0.1:{server.port}/", timeout=5)
-                break
-            except httpx.HTTPError:
-                assert time.monotonic() < deadline, "the worker never served again"
+        answer = get_when_serving(f"http://127.0.0.1:{server.port}/", 10,
+                                  "the worker serving again")
         assert answer.status_code == 200
         assert sum("at the file-descriptor limit" in line for line in server.lines) <= 2

@@ -25,7 +25,14 @@ import pytest
 from bench.harness import start_time
 from bench.loadgen import LoadResult, run_load
 
-from tests.support import EXAMPLES, ServerProcess, run_tether, server_process, wait_for
+from tests.support import (
+    EXAMPLES,
+    ServerProcess,
+    get_when_serving,
+    run_tether,
+    server_process,
+    wait_for,
+)
 
 TESTS = Path(__file__).resolve().parent
 APP = "apps.lifecycle_app:app"
@@ -312,15 +319,11 @@ def test_systemd_socket_activation(tmp_path: Path) -> None:
                             pass_fds=[listener.fileno()], stderr=subprocess.PIPE, text=True)
     listener.close()  # only the server holds it now
     try:
-        deadline = time.monotonic() + 20
-        while True:
-            try:
-                r = httpx.get(f"http://127.0.0.1:{port}/", timeout=5)
-                break
-            except httpx.TransportError:
-                assert time.monotonic() < deadline, "activated socket never served"
-                assert proc.poll() is None, proc.stderr.read() if proc.stderr else ""
-                time.sleep(0.05)
+        def still_running() -> None:
+            assert proc.poll() is None, proc.stderr.read() if proc.stderr else ""
+
+        r = get_when_serving(f"http://127.0.0.1:{port}/", 20, "the activated socket",
+                             still_running)
         assert r.text == "hello, world\n"
         proc.send_signal(signal.SIGTERM)
         assert proc.wait(15) == 0
