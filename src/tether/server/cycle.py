@@ -241,7 +241,9 @@ class RequestCycle:
     def end_body(self) -> None:
         """The request body is complete."""
         self.more_body = False
-        self.wake()
+        waiter = self.waiter  # (wake(), inline: once per request)
+        if waiter is not None and not waiter.done():
+            waiter.set_result(None)
 
     def wake(self) -> None:
         waiter = self.waiter
