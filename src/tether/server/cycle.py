@@ -31,7 +31,7 @@ from tether.asgi import ASGI_VERSION, ASGIApp, Message
 from tether.deadline import NO_DEADLINE, Deadline, set_deadline
 from tether.errors import ClientDisconnected
 from tether.server import wire
-from tether.server.framing import NO_BODY_STATUS
+from tether.server.framing import may_have_body
 from tether.server.outcomes import (
     CANCELLATIONS,
     NOTHING,
@@ -408,7 +408,7 @@ class RequestCycle:
             head.append(channel.state.date_header)
         self.status = status
         self.head = head
-        self.no_body = status < 200 or status in NO_BODY_STATUS or self.head_request
+        self.no_body = not may_have_body(status, self.head_request)
         # Defer the head by one loop turn: the body usually follows at once and goes
         # out in the same write (one syscall); a slow body still gets an early head.
         self.flush_handle = channel.loop.call_soon(self._flush_head)
