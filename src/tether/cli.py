@@ -94,6 +94,11 @@ def _env(name: str) -> str:
 @click.option("--cancel-on-disconnect/--no-cancel-on-disconnect", default=True,
               show_default=True, envvar=_env("CANCEL_ON_DISCONNECT"),
               help="Cancel a handler as soon as its client disconnects.")
+@click.option("--framework-handlers/--no-framework-handlers", default=True,
+              show_default=True, envvar=_env("FRAMEWORK_HANDLERS"),
+              help="Starlette and FastAPI apps answer tether's errors as tether does "
+                   "(503 with Retry-After, 504) instead of Starlette's 500; an app's own "
+                   "handler wins. See docs/frameworks.md.")
 @click.option("--limit-concurrency", default=None, type=int, envvar=_env("LIMIT_CONCURRENCY"),
               help="Requests run at once per worker; the rest queue (deadline-aware, "
                    "adaptive LIFO, CoDel shedding with 503).")

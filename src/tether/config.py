@@ -130,6 +130,9 @@ class ServerConfig:
     cancel_on_disconnect: bool = True
     #: requests run at once per worker; more wait in the admission queue (None: no limit)
     limit_concurrency: int | None = None
+    #: Starlette/FastAPI apps answer tether's errors as a plain ASGI app does (503 with
+    #: Retry-After, 504) instead of Starlette's 500 (see server/frameworks.py)
+    framework_handlers: bool = True
     # -- supervisor ---------------------------------------------------------------
     #: worker processes; there is always a supervisor, even for one
     workers: int = 1

@@ -31,6 +31,8 @@ from tether.asgi import ASGI_VERSION, ASGIApp, Message
 from tether.deadline import NO_DEADLINE, Deadline, set_deadline
 from tether.errors import ClientDisconnected
 from tether.server import wire
+from tether.server.frameworks import ANSWERED
+from tether.server.frameworks import unwrap as unwrap_framework_error
 from tether.server.framing import may_have_body
 from tether.server.outcomes import (
     CANCELLATIONS,
@@ -478,8 +480,20 @@ class RequestCycle:
                 self._end(CANCELLATIONS[reason])
                 if reason is None:
                     raise  # the worker is stopping: not ours to swallow
-        except Exception as exc:
+        except Exception as raised:
+            exc = unwrap_framework_error(raised)
             ending = ending_for(exc)
+            if getattr(exc, ANSWERED, False):
+                ending = NOTHING  # answered and counted in the app (server/frameworks.py)
+            elif self.response_complete and ending.counter is not None:
+                # Raised after the response was sent (a background task): the client
+                # got that response, so this ending is neither answered nor counted.
+                error_log.warning(
+                    "%s raised after the response was sent (client %s, %s %s): %s",
+                    type(exc).__name__, self.channel.client_label, self.scope["method"],
+                    self.scope["path"], exc,
+                )
+                ending = NOTHING
             if ending.app_error:
                 if self.disconnected and isinstance(exc, OSError):
                     ending = NOTHING  # a write to a client already gone

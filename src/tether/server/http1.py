@@ -46,7 +46,7 @@ error_log = logging.getLogger("tether.error")
 #: bytes of unconsumed request body after which reading pauses (per connection)
 HIGH_WATER: Final = 64 * 1024
 
-_RETRY_AFTER: Final = b"retry-after: 1\r\n"
+_RETRY_AFTER: Final = b"retry-after: " + wire.RETRY_AFTER + b"\r\n"
 _WELL_FORMED_VERSION: Final = re.compile(rb" HTTP/[0-9]\.[0-9]\r?\n")
 _OWS: Final = b" \t"
 

@@ -101,13 +101,24 @@ def _render(name: bytes, value: bytes) -> RenderedHeader:
     return HEADER_PLAIN, line, 0
 
 
+#: what tether's own error responses are made of: :func:`error_response` here, and the
+#: answers server/frameworks.py gives in a Starlette app on tether's behalf
+ERROR_CONTENT_TYPE = b"text/plain; charset=utf-8"
+#: seconds a 503's ``Retry-After`` asks the client to wait
+RETRY_AFTER = b"1"
+
+
+def error_body(detail: str) -> bytes:
+    return detail.encode("utf-8", "replace") + b"\n"
+
+
 def error_response(status: int, detail: str, date: bytes, extra: bytes = b"") -> bytes:
     """A complete ``text/plain`` response that closes the connection."""
-    body = detail.encode("utf-8", "replace") + b"\n"
+    body = error_body(detail)
     return b"".join(
         (
             status_line(status),
-            b"content-type: text/plain; charset=utf-8\r\n",
+            b"content-type: " + ERROR_CONTENT_TYPE + b"\r\n",
             b"content-length: %d\r\n" % len(body),
             b"connection: close\r\n",
             extra,

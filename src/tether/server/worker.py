@@ -31,8 +31,8 @@ from tether.importer import load_app
 from tether.logs import configure_logging
 from tether.loops import loop_factory
 from tether.server import control as control_mod
+from tether.server import frameworks, wire
 from tether.server import sockets as sockets_mod
-from tether.server import wire
 from tether.server.control import ControlChannel
 from tether.server.fdlimit import FdLimitWatch
 from tether.server.http1 import HttpProtocol
@@ -80,6 +80,8 @@ class Worker:
             admission=None if config.limit_concurrency is None
             else AdmissionGate(config.limit_concurrency),
         )
+        if config.framework_handlers:
+            frameworks.install(app, self.state.counters)
         self.servers: list[asyncio.Server] = []
         self.stop_requested = asyncio.Event()
         self.force_requested = asyncio.Event()
