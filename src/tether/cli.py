@@ -19,6 +19,7 @@ from tether.config import STOP_MARGIN, RequestLimits, ServerConfig
 from tether.errors import ConfigError
 from tether.logs import LEVELS, configure_logging
 from tether.registry import DEFAULT_URL, Provider, RegistryError, Unreachable, open_registry
+from tether.registry.urls import redact
 from tether.server.sockets import BindError, adopt_fd, bind_tcp, bind_unix
 from tether.server.supervisor import run_supervisor
 from tether.server.worker import EXIT_ERROR, server_ssl_context
@@ -244,10 +245,13 @@ def registry() -> None:
 @click.option("--registry", "url", default=DEFAULT_URL, show_default=True,
               envvar=_env("REGISTRY"), help="Registry URL.")
 def registry_ls(service: str | None, url: str) -> None:
-    """List registered providers (of SERVICE, or of every service)."""
+    """List registered providers (of SERVICE, or of every service).
+
+    Names the registry read on stderr; a sqlite file that does not exist is an
+    error (only `tether serve --registry` creates one)."""
 
     async def main() -> list[tuple[Provider, float]]:
-        reg = open_registry(url)
+        reg = open_registry(url, create=False)
         try:
             return await reg.list(service)
         finally:
@@ -256,7 +260,10 @@ def registry_ls(service: str | None, url: str) -> None:
     try:
         rows = asyncio.run(main())
     except (ConfigError, RegistryError) as exc:
-        raise click.ClickException(str(exc)) from exc
+        raise click.ClickException(f"registry {redact(url)}: {exc}") from exc
+    # On stderr: the table on stdout stays the same for scripts that read it.
+    click.echo(f"registry {redact(url)}: {len(rows)} provider{'' if len(rows) == 1 else 's'}",
+               err=True)
     click.echo(f"{'SERVICE':<20} {'ADDRESS':<24} {'TTL LEFT':>8}  METADATA")
     for provider, left in rows:
         meta = " ".join(f"{k}={v}" for k, v in provider.metadata)
@@ -268,10 +275,14 @@ def registry_ls(service: str | None, url: str) -> None:
 @click.option("--registry", "url", default=DEFAULT_URL, show_default=True,
               envvar=_env("REGISTRY"), help="Registry URL.")
 def registry_watch(service: str, url: str) -> None:
-    """Print every snapshot of SERVICE's providers as it arrives (Ctrl-C to stop)."""
+    """Print every snapshot of SERVICE's providers as it arrives (Ctrl-C to stop).
+
+    Names the registry watched on stderr; a sqlite file that does not exist is an
+    error (only `tether serve --registry` creates one)."""
 
     async def main() -> None:
-        reg = open_registry(url)
+        reg = open_registry(url, create=False)
+        click.echo(f"watching {service} in registry {redact(url)}", err=True)
         try:
             async for event in reg.watch(service):
                 stamp = time.strftime("%H:%M:%S")
@@ -289,7 +300,7 @@ def registry_watch(service: str, url: str) -> None:
     except KeyboardInterrupt:
         pass
     except (ConfigError, RegistryError) as exc:
-        raise click.ClickException(str(exc)) from exc
+        raise click.ClickException(f"registry {redact(url)}: {exc}") from exc
 
 
 main.add_command(status_command)
