@@ -306,18 +306,29 @@ def registry_watch(service: str, url: str) -> None:
 main.add_command(status_command)
 
 
+def _listen_option(ctx: click.Context, param: click.Parameter, value: str) -> tuple[str, int]:
+    from tether.proxy_config import parse_listen
+
+    try:
+        return parse_listen(value)
+    except ConfigError as exc:
+        raise click.BadParameter(str(exc)) from None
+
+
 @main.command()
 @click.option("--listen", default="127.0.0.1:8080", show_default=True,
-              envvar=_env("LISTEN"), metavar="HOST:PORT", help="Address to serve on.")
-@click.option("--route", "routes", multiple=True, metavar="PREFIX=UPSTREAM",
+              envvar=_env("LISTEN"), metavar="HOST:PORT", callback=_listen_option,
+              help="Address to serve on; a PORT alone means 127.0.0.1:PORT.")
+@click.option("--route", "routes", multiple=True, metavar="PREFIX=UPSTREAM[,strip_prefix]",
               help="Forward paths under PREFIX to a registry service, or to a static "
-                   "list host:port[,host:port...] (http:// or https:// allowed). Repeat.")
+                   "list host:port[,host:port...] (http:// or https:// allowed). "
+                   "',strip_prefix' sends /7 for PREFIX/7. Repeat.")
 @click.option("--registry", "proxy_registry", default=None, envvar=_env("REGISTRY"),
               help="Registry URL where the routes' services are found.")
 @click.option("--config", "config_path", default=None, envvar=_env("PROXY_CONFIG"),
               type=click.Path(dir_okay=False),
               help="TOML file with routes and upstreams (see docs/proxy.md).")
-def proxy(listen: str, routes: tuple[str, ...], proxy_registry: str | None,
+def proxy(listen: tuple[str, int], routes: tuple[str, ...], proxy_registry: str | None,
           config_path: str | None, **opts: Any) -> None:
     """Run a reverse proxy: longest-prefix routes to services' clusters.
 
@@ -332,14 +343,12 @@ def proxy(listen: str, routes: tuple[str, ...], proxy_registry: str | None,
         build_proxy_config(routes, proxy_registry, config_path)  # fail here, not in workers
     except ConfigError as exc:
         raise click.UsageError(str(exc)) from exc
-    host, sep, port = listen.rpartition(":")
-    if not sep or not port.isdigit():
-        raise click.UsageError(f"--listen must be HOST:PORT, got {listen!r}")
+    host, port = listen
     os.environ[ENV_CONFIG] = ProxyConfig.inputs_to_json(routes, proxy_registry, config_path)
     if opts.get("service") is not None:
         opts["registry"] = proxy_registry
-    opts.update(app="tether.proxy:from_environment", factory=True, host=host.strip("[]"),
-                port=int(port), lifespan="on", app_dir=None, uds=None, fd=None)
+    opts.update(app="tether.proxy:from_environment", factory=True, host=host,
+                port=port, lifespan="on", app_dir=None, uds=None, fd=None)
     serve.callback(**opts)  # type: ignore[misc]
 
 

@@ -23,6 +23,7 @@ TOML (``--config tether.toml``)::
     upstream = "orders"        # a name from [upstreams], or a registry service
     timeout = 2.0              # optional: at most this long per request
     strip_prefix = false       # optional: send /7 instead of /api/orders/7
+                               # (on the command line: --route /api/orders=orders,strip_prefix)
 
     [[routes]]
     prefix = "/static"
@@ -46,6 +47,11 @@ from urllib.parse import quote
 from tether.errors import ConfigError
 
 BALANCERS: Final = ("p2c", "round_robin")
+#: What may follow a ``--route`` upstream after a comma to strip the prefix: the
+#: TOML route key's name (spelt with ``-`` too, as flags are).
+STRIP_PREFIX_WORDS: Final = frozenset({"strip_prefix", "strip-prefix"})
+#: ``--listen PORT`` alone binds this host, as ``tether status --admin PORT`` reads it.
+DEFAULT_LISTEN_HOST: Final = "127.0.0.1"
 
 
 @dataclass(frozen=True)
@@ -202,16 +208,46 @@ def _static_providers(target: str) -> tuple[str, tuple[str, ...]] | None:
 
 
 def parse_route_flag(flag: str) -> tuple[Route, Upstream | None]:
-    """``PREFIX=SERVICE`` or ``PREFIX=host:port[,host:port...]`` (a static upstream)."""
+    """``PREFIX=SERVICE`` or ``PREFIX=host:port[,host:port...]`` (a static upstream),
+    optionally followed by ``,strip_prefix`` (the TOML route key of that name)."""
     prefix, sep, target = flag.partition("=")
+    items = [item.strip() for item in target.split(",")]
+    strip = any(item in STRIP_PREFIX_WORDS for item in items)
+    target = ",".join(item for item in items if item not in STRIP_PREFIX_WORDS)
     if not sep or not prefix or not target:
-        raise ConfigError(f"--route must be PREFIX=SERVICE or PREFIX=host:port,..., got {flag!r}")
+        raise ConfigError("--route must be PREFIX=SERVICE or PREFIX=host:port,... "
+                          f"(then ,strip_prefix if wanted), got {flag!r}")
     static = _static_providers(target)
     if static is None:
-        return Route(prefix, target), None
+        if "," in target:
+            raise ConfigError(f"--route {flag!r}: {target!r} is neither a service name nor "
+                              "host:port,...; the only option is strip_prefix")
+        return Route(prefix, target, strip_prefix=strip), None
     scheme, providers = static
     name = f"static:{prefix}"
-    return Route(prefix, name), Upstream(name, providers=providers, scheme=scheme)
+    upstream = Upstream(name, providers=providers, scheme=scheme)
+    return Route(prefix, name, strip_prefix=strip), upstream
+
+
+def parse_listen(value: str) -> tuple[str, int]:
+    """``--listen``: ``HOST:PORT``, ``[IPv6]:PORT``, or ``PORT`` alone for
+    :data:`DEFAULT_LISTEN_HOST` (never every interface by accident)."""
+    value = value.strip()
+    if value.isdigit():
+        host, port = DEFAULT_LISTEN_HOST, value
+    else:
+        host, sep, port = value.rpartition(":")
+        if not sep or not port.isdigit() or not host:
+            raise ConfigError(f"{value!r} is not HOST:PORT or PORT (such as 127.0.0.1:8080, "
+                              "[::1]:8080, 0.0.0.0:8080 or 8080)")
+        if host.startswith("[") and host.endswith("]"):
+            host = host[1:-1]
+        elif ":" in host:
+            raise ConfigError(f"{value!r}: write an IPv6 address in brackets, "
+                              f"[{host}]:{port}")
+    if int(port) > 65535:
+        raise ConfigError(f"{value!r}: port {port} is not a port number (0-65535)")
+    return host, int(port)
 
 
 _ROUTE_KEYS: Final = frozenset(f.name for f in fields(Route)) | {"providers", "service"}
