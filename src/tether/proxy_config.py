@@ -34,6 +34,7 @@ TOML (``--config tether.toml``)::
     scheme = "https"
     sni = "orders.internal"    # the TLS server name sent and verified
     ca = "/etc/tether/ca.pem"  # CA bundle to verify the upstream with
+    health_path = "*"          # the probe: OPTIONS * (default), or GET of a path
 """
 
 from __future__ import annotations
@@ -52,6 +53,10 @@ BALANCERS: Final = ("p2c", "round_robin")
 STRIP_PREFIX_WORDS: Final = frozenset({"strip_prefix", "strip-prefix"})
 #: ``--listen PORT`` alone binds this host, as ``tether status --admin PORT`` reads it.
 DEFAULT_LISTEN_HOST: Final = "127.0.0.1"
+#: The health probe by default: a question to the server itself (RFC 9110 section
+#: 9.3.7) that ``tether serve`` answers without the application and leaves out of
+#: its access log. An application's own health path (``/healthz``) is opt-in.
+DEFAULT_HEALTH_PATH: Final = "*"
 
 
 @dataclass(frozen=True)
@@ -69,7 +74,8 @@ class Upstream:
     ca: str | None = None
     verify: bool = True
     balancer: str = "p2c"
-    health_path: str | None = "/healthz"
+    #: what a probe asks: ``*`` for ``OPTIONS *``, or a path for ``GET path``
+    health_path: str | None = DEFAULT_HEALTH_PATH
     connect_timeout: float = 5.0
     #: longest wait for the response head, and between body chunks (nginx: 60 s)
     read_timeout: float = 60.0
@@ -90,6 +96,10 @@ class Upstream:
             raise ConfigError(f"{where}: scheme must be http or https, got {self.scheme!r}")
         if self.scheme == "http" and (self.sni or self.ca):
             raise ConfigError(f"{where}: sni and ca need scheme = \"https\"")
+        if self.health_path is not None and self.health_path != "*" \
+                and not self.health_path.startswith("/"):
+            raise ConfigError(f"{where}: health_path must be \"*\" (OPTIONS *) or a path "
+                              f"starting with '/', got {self.health_path!r}")
         if self.balancer not in BALANCERS:
             raise ConfigError(f"{where}: balancer must be one of {', '.join(BALANCERS)}")
         for name in ("connect_timeout", "read_timeout"):
