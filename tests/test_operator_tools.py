@@ -342,3 +342,25 @@ def test_help_documents_the_route_option_and_listen_port() -> None:
     text = " ".join(done.stdout.split())
     assert "strip_prefix" in text and "PORT alone means 127.0.0.1:PORT" in text
 
+
+
+def test_an_upstream_may_still_probe_its_own_health_path(tmp_path: Path) -> None:
+    """``health_path = "/healthz"`` in TOML: the probe is that GET again (the app
+    answers and logs it); a health_path that is neither ``*`` nor a path is exit 2."""
+    with spawn("hello:app", "--port", "0") as provider:
+        config = tmp_path / "proxy.toml"
+        config.write_text(
+            '[[routes]]\nprefix = "/"\nupstream = "app"\n\n'
+            f'[upstreams.app]\nproviders = ["127.0.0.1:{provider.port}"]\n'
+            'health_path = "/healthz"\n')
+        with proxy("--config", str(config)):
+            provider.stdout.wait_for(r'"GET /healthz" 404 ')  # hello:app has none: alive
+    config.write_text(
+        '[[routes]]\nprefix = "/"\nupstream = "app"\n\n'
+        '[upstreams.app]\nproviders = ["127.0.0.1:9"]\nhealth_path = "healthz"\n')
+    done = subprocess.run(
+        tether_command("proxy", "--listen", "0", "--config", str(config)),
+        cwd=EXAMPLES, env=_env_without(), capture_output=True, text=True,
+        timeout=HTTP_TIMEOUT)
+    assert done.returncode == 2, done.stderr
+    assert "health_path must be \"*\" (OPTIONS *) or a path starting with '/'" in done.stderr
