@@ -218,7 +218,7 @@ def _healthz_or(answer: bytes | None) -> Responder:
     ok = b"HTTP/1.1 200 OK\r\nContent-Length: 3\r\n\r\nok\n"
 
     def respond(method: str, target: str) -> bytes | None:
-        return ok if target.endswith("/healthz") else answer
+        return ok if target == "*" or target.endswith("/healthz") else answer
 
     return respond
 

@@ -37,7 +37,7 @@ from tether.deadline import GRPC_HEADER_BYTES, HEADER_BYTES, NO_DEADLINE
 from tether.server import framing, request_head, wire
 from tether.server.cycle import RequestCycle, build_scope
 from tether.server.framing import Framing
-from tether.server.request_head import RequestRejected
+from tether.server.request_head import RequestRejected, ServerOptions
 from tether.server.state import ServerState, TimerKind
 from tether.tls import tls_extension
 
@@ -441,6 +441,9 @@ class HttpProtocol(asyncio.Protocol):
         self.close()
 
     def reject(self, rejection: RequestRejected) -> None:
+        if type(rejection) is ServerOptions:
+            self._answer_server_options()
+            return
         error_log.warning(
             "%d %s (client %s)", rejection.status, rejection.detail, self.client_label
         )
@@ -453,6 +456,13 @@ class HttpProtocol(asyncio.Protocol):
             )
         self.state.http.observe(rejection.status, 0.0)
         self.state.log_access(self.client_label, "-", "-", rejection.status, 0, 0.0)
+        self.close()
+
+    def _answer_server_options(self) -> None:
+        """``OPTIONS *`` (see request_head.ServerOptions): no warning, no access-log
+        line, no request counted; the connection ends after the answer."""
+        if not self.closed:
+            self.transport.write(wire.server_options_response(self.state.date_header))
         self.close()
 
     def body_consumed(self, cycle: RequestCycle) -> None:
