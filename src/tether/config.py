@@ -14,6 +14,7 @@ from typing import Literal
 
 from tether.errors import ConfigError
 from tether.loops import LoopName
+from tether.server.forwarded import DEFAULT_TRUST, TrustList
 
 LifespanMode = Literal["auto", "on", "off"]
 LogLevel = Literal["critical", "error", "warning", "info", "debug", "trace"]
@@ -130,6 +131,11 @@ class ServerConfig:
     cancel_on_disconnect: bool = True
     #: requests run at once per worker; more wait in the admission queue (None: no limit)
     limit_concurrency: int | None = None
+    # -- proxy headers (docs/server.md, "Behind a proxy") ---------------------------------
+    #: believe X-Forwarded-* and Forwarded from trusted peers (uvicorn's --proxy-headers)
+    proxy_headers: bool = True
+    #: peers whose proxy headers are believed: addresses and networks, or "*"
+    forwarded_allow_ips: str = DEFAULT_TRUST
     # -- supervisor ---------------------------------------------------------------
     #: worker processes; there is always a supervisor, even for one
     workers: int = 1
@@ -174,6 +180,11 @@ class ServerConfig:
         return self.ssl_certfile is not None
 
     @property
+    def forwarded_trust(self) -> TrustList | None:
+        """The peers whose proxy headers are believed (None: --no-proxy-headers)."""
+        return TrustList.parse(self.forwarded_allow_ips) if self.proxy_headers else None
+
+    @property
     def stop_budget(self) -> StopBudget:
         """The one stop budget: every timer of a stop, in the worker and the supervisor."""
         return StopBudget(graceful=self.graceful_timeout, cancel=self.force_exit_timeout,
@@ -198,6 +209,10 @@ class ServerConfig:
             raise ConfigError(
                 f"--root-path must start with '/' and not end with one, got {self.root_path!r}"
             )
+        try:
+            TrustList.parse(self.forwarded_allow_ips)
+        except ValueError as exc:
+            raise ConfigError(f"--forwarded-allow-ips: {exc}") from None
         _positive("--keep-alive-timeout", self.limits.keep_alive_timeout)
         _positive("--header-timeout", self.limits.header_timeout)
         _positive("--body-timeout", self.limits.body_timeout)
