@@ -31,6 +31,7 @@ from tether.asgi import ASGI_VERSION, ASGIApp, Message
 from tether.deadline import NO_DEADLINE, Deadline, set_deadline
 from tether.errors import ClientDisconnected
 from tether.server import wire
+from tether.server.forwarded import ForwardedView
 from tether.server.framing import may_have_body
 from tether.server.outcomes import (
     CANCELLATIONS,
@@ -149,6 +150,7 @@ class RequestCycle:
         "cancel_reason",
         "channel",
         "chunked",
+        "client_label",
         "deadline",
         "deadline_handle",
         "disconnected",
@@ -184,6 +186,8 @@ class RequestCycle:
     ) -> None:
         self.channel = channel
         self.scope = scope
+        #: the client in log lines: the connection's, or the one proxy headers name
+        self.client_label = channel.client_label
         #: the connection may carry another request after this one (HTTP/1.x)
         self.keep_alive = keep_alive
         self.expect_100 = expect_100
@@ -216,6 +220,26 @@ class RequestCycle:
         self.task: asyncio.Task[None] | None = None
         #: why tether cancelled the handler (None: not cancelled, or a stop)
         self.cancel_reason: CancelReason | None = None
+
+    def set_forwarded(self, view: ForwardedView) -> None:
+        """Apply what a trusted proxy's headers say (``forwarded.resolve``) to the
+        scope: client, scheme, server and a root_path prefix. What the connection
+        itself saw stays in ``extensions["tether"]["transport"]`` (``tether proxy``
+        appends that hop to the chains it forwards)."""
+        scope = self.scope
+        scope["extensions"]["tether"]["transport"] = {
+            "client": scope["client"], "scheme": scope["scheme"], "server": scope["server"]}
+        if view.client is not None:
+            scope["client"] = view.client
+            self.client_label = f"{view.client[0]}:{view.client[1]}"
+        if view.scheme is not None:
+            scope["scheme"] = view.scheme
+        if view.server is not None:
+            scope["server"] = view.server
+        if view.prefix is not None and view.raw_prefix is not None:
+            scope["root_path"] = view.prefix + scope["root_path"]
+            scope["path"] = view.prefix + scope["path"]
+            scope["raw_path"] = view.raw_prefix + scope["raw_path"]
 
     # -- events from the channel ----------------------------------------------------
 
@@ -280,7 +304,7 @@ class RequestCycle:
         else:
             error_log.warning(
                 "%d %s (client %s)", rejection.status, rejection.detail,
-                self.channel.client_label,
+                self.client_label,
             )
             self.channel.cut(self)
         self.on_disconnect()
@@ -328,7 +352,7 @@ class RequestCycle:
 
     async def send(self, message: Message) -> None:
         if self.disconnected:
-            raise ClientDisconnected(f"client {self.channel.client_label} disconnected")
+            raise ClientDisconnected(f"client {self.client_label} disconnected")
         mtype = message["type"]
         if not self.status:
             if mtype != "http.response.start":
@@ -364,7 +388,7 @@ class RequestCycle:
         elif channel.write_paused:
             await channel.drain()
             if self.disconnected:
-                raise ClientDisconnected(f"client {channel.client_label} disconnected")
+                raise ClientDisconnected(f"client {self.client_label} disconnected")
 
     def _count_body(self, body: bytes) -> None:
         """Hold the application to the Content-Length it declared (or tether chose)."""
@@ -445,7 +469,7 @@ class RequestCycle:
         """The head is on the wire and the body cannot be completed: cut it."""
         if not quiet:
             error_log.error("%s; closing connection (client %s)", reason,
-                            self.channel.client_label)
+                            self.client_label)
         self._response_done()
         self.keep_alive = False
         self._log()
@@ -486,7 +510,7 @@ class RequestCycle:
                 else:
                     error_log.error(
                         "Exception in ASGI application (client %s, %s %s)",
-                        self.channel.client_label, self.scope["method"], self.scope["path"],
+                        self.client_label, self.scope["method"], self.scope["path"],
                         exc_info=exc,
                     )
             self._end(ending, exc)
@@ -495,7 +519,7 @@ class RequestCycle:
                 what = "completing" if self.status else "starting"
                 error_log.error(
                     "ASGI application returned without %s a response (client %s, %s %s)",
-                    what, self.channel.client_label, self.scope["method"], self.scope["path"],
+                    what, self.client_label, self.scope["method"], self.scope["path"],
                 )
                 self._fail_unanswered(500, "Internal Server Error")
         finally:
@@ -548,5 +572,5 @@ class RequestCycle:
         target = scope["raw_path"].decode("latin-1")
         if scope["query_string"]:
             target += "?" + scope["query_string"].decode("latin-1")
-        state.log_access(self.channel.client_label, scope["method"], target, status,
+        state.log_access(self.client_label, scope["method"], target, status,
                          self.bytes_sent, seconds)

@@ -79,6 +79,7 @@ class Worker:
             cancel_on_disconnect=config.cancel_on_disconnect,
             admission=None if config.limit_concurrency is None
             else AdmissionGate(config.limit_concurrency),
+            forwarded_trust=config.forwarded_trust,
         )
         self.servers: list[asyncio.Server] = []
         self.stop_requested = asyncio.Event()
