@@ -30,6 +30,14 @@ from tether.server.forwarded import (
 LOCAL = TrustList.parse("127.0.0.1")
 
 
+def expected(client: tuple[str, int] | None = None, scheme: str | None = None,
+         server: tuple[str, int | None] | None = None, prefix: str | None = None,
+         raw_prefix: bytes | None = None) -> ForwardedView:
+    """The view expected, its log label derived from ``client``."""
+    label = f"{client[0]}:{client[1]}" if client is not None else None
+    return ForwardedView(client, scheme, server, prefix, raw_prefix, label)
+
+
 def xff(value: str, **others: str) -> list[tuple[bytes, bytes]]:
     fields = [(b"x-forwarded-for", value.encode("latin-1"))]
     for name, text in others.items():
@@ -104,19 +112,19 @@ def test_several_x_forwarded_for_lines_are_one_chain() -> None:
 
 
 def test_ports_and_ipv6_in_x_forwarded_for() -> None:
-    assert resolve(LOCAL, xff("203.0.113.7:4711")) == ForwardedView(client=("203.0.113.7", 4711))
-    assert resolve(LOCAL, xff("[2001:db8::1]:80")) == ForwardedView(client=("2001:db8::1", 80))
-    assert resolve(LOCAL, xff("2001:db8::1")) == ForwardedView(client=("2001:db8::1", 0))
+    assert resolve(LOCAL, xff("203.0.113.7:4711")) == expected(client=("203.0.113.7", 4711))
+    assert resolve(LOCAL, xff("[2001:db8::1]:80")) == expected(client=("2001:db8::1", 80))
+    assert resolve(LOCAL, xff("2001:db8::1")) == expected(client=("2001:db8::1", 0))
 
 
 def test_proto_host_and_prefix() -> None:
     view = resolve(LOCAL, xff("203.0.113.7", proto="HTTPS", host="shop.example",
                               prefix="/api/v1/"))
-    assert view == ForwardedView(("203.0.113.7", 0), "https", ("shop.example", 443),
+    assert view == expected(("203.0.113.7", 0), "https", ("shop.example", 443),
                                  "/api/v1", b"/api/v1")
     view = resolve(LOCAL, [(b"x-forwarded-host", b"shop.example:8080"),
                            (b"x-forwarded-proto", b"wss")])
-    assert view == ForwardedView(None, "https", ("shop.example", 8080))
+    assert view == expected(None, "https", ("shop.example", 8080))
     # a WebSocket connection gets ws/wss
     view = resolve(LOCAL, [(b"x-forwarded-proto", b"https")], scheme="ws")
     assert view is not None and view.scheme == "wss"
@@ -154,7 +162,7 @@ def test_values_that_cannot_be_read_change_nothing(fields: list[tuple[bytes, byt
 def test_an_unknown_client_keeps_the_address_but_not_the_rest() -> None:
     # The client's hop is "unknown": no address to set, but its proto still applies.
     view = resolve(LOCAL, xff("unknown, 127.0.0.1", proto="https"))
-    assert view == ForwardedView(None, "https")
+    assert view == expected(None, "https")
 
 
 # -- Forwarded (RFC 7239) ------------------------------------------------------------------
@@ -163,16 +171,16 @@ def test_an_unknown_client_keeps_the_address_but_not_the_rest() -> None:
 def test_forwarded_elements_are_walked_like_x_forwarded_for() -> None:
     view = resolve(LOCAL, fwd('for=203.0.113.7;proto=https;host="shop.example", '
                               "for=127.0.0.1;proto=http;host=internal"))
-    assert view == ForwardedView(("203.0.113.7", 0), "https", ("shop.example", 443))
+    assert view == expected(("203.0.113.7", 0), "https", ("shop.example", 443))
 
 
 def test_forwarded_quoted_ipv6_with_port_and_case() -> None:
     view = resolve(LOCAL, fwd('For="[2001:db8:cafe::17]:4711";Proto=HTTPS'))
-    assert view == ForwardedView(("2001:db8:cafe::17", 4711), "https")
+    assert view == expected(("2001:db8:cafe::17", 4711), "https")
 
 
 def test_forwarded_unknown_and_obfuscated_clients() -> None:
-    assert resolve(LOCAL, fwd("for=unknown;proto=https")) == ForwardedView(None, "https")
+    assert resolve(LOCAL, fwd("for=unknown;proto=https")) == expected(None, "https")
     assert resolve(LOCAL, fwd("for=_hidden, for=127.0.0.1")) is None
 
 
@@ -192,7 +200,7 @@ def test_quoted_commas_and_semicolons_stay_inside_their_value() -> None:
 def test_x_forwarded_for_wins_over_forwarded() -> None:
     fields = [*fwd("for=198.51.100.1;proto=http"), *xff("203.0.113.7", proto="https")]
     view = resolve(LOCAL, fields)
-    assert view == ForwardedView(("203.0.113.7", 0), "https")
+    assert view == expected(("203.0.113.7", 0), "https")
 
 
 # -- never an exception --------------------------------------------------------------------

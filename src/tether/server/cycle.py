@@ -61,8 +61,10 @@ class Channel(Protocol):
     state: ServerState
     loop: asyncio.AbstractEventLoop
     client_label: str
-    #: the transport's write buffer is full: ``send()`` waits on ``drain()``
-    write_paused: bool
+
+    @property
+    def write_paused(self) -> bool:
+        """The transport's write buffer is full: ``send()`` waits on ``drain()``."""
 
     def send_head(self, cycle: RequestCycle, body: bytes, more: bool) -> None:
         """Write the response head (``cycle.head``) with the first body piece; the
@@ -93,6 +95,52 @@ class Channel(Protocol):
 
     def response_complete(self, cycle: RequestCycle) -> None:
         """The last response byte of ``cycle`` has been written."""
+
+
+class ForwardedChannel:
+    """A channel as one request forwarded by a trusted proxy sees it: the
+    connection's own, except that its log lines name the client the proxy headers
+    gave. Only such requests get one (``RequestCycle.set_forwarded``), so every
+    other request reads the connection's label with no per-request work."""
+
+    __slots__ = ("channel", "client_label", "loop", "state")
+
+    def __init__(self, channel: Channel, client_label: str) -> None:
+        self.channel = channel
+        self.client_label = client_label
+        self.state = channel.state
+        self.loop = channel.loop
+
+    @property
+    def write_paused(self) -> bool:
+        return self.channel.write_paused
+
+    def send_head(self, cycle: RequestCycle, body: bytes, more: bool) -> None:
+        self.channel.send_head(cycle, body, more)
+
+    def send_body(self, cycle: RequestCycle, body: bytes, more: bool) -> None:
+        self.channel.send_body(cycle, body, more)
+
+    def send_error(self, cycle: RequestCycle, status: int, detail: str, retry_after: bool) -> None:
+        self.channel.send_error(cycle, status, detail, retry_after)
+
+    def send_continue(self, cycle: RequestCycle) -> None:
+        self.channel.send_continue(cycle)
+
+    def cut(self, cycle: RequestCycle) -> None:
+        self.channel.cut(cycle)
+
+    def reject(self, rejection: RequestRejected) -> None:
+        self.channel.reject(rejection)
+
+    def body_consumed(self, cycle: RequestCycle) -> None:
+        self.channel.body_consumed(cycle)
+
+    async def drain(self) -> None:
+        await self.channel.drain()
+
+    def response_complete(self, cycle: RequestCycle) -> None:
+        self.channel.response_complete(cycle)
 
 
 def build_scope(
@@ -150,7 +198,6 @@ class RequestCycle:
         "cancel_reason",
         "channel",
         "chunked",
-        "client_label",
         "deadline",
         "deadline_handle",
         "disconnected",
@@ -186,8 +233,6 @@ class RequestCycle:
     ) -> None:
         self.channel = channel
         self.scope = scope
-        #: the client in log lines: the connection's, or the one proxy headers name
-        self.client_label = channel.client_label
         #: the connection may carry another request after this one (HTTP/1.x)
         self.keep_alive = keep_alive
         self.expect_100 = expect_100
@@ -222,16 +267,17 @@ class RequestCycle:
         self.cancel_reason: CancelReason | None = None
 
     def set_forwarded(self, view: ForwardedView) -> None:
-        """Apply what a trusted proxy's headers say (``forwarded.resolve``) to the
-        scope: client, scheme, server and a root_path prefix. What the connection
-        itself saw stays in ``extensions["tether"]["transport"]`` (``tether proxy``
-        appends that hop to the chains it forwards)."""
+        """Apply what a trusted proxy's headers say (``forwarded.resolve``): the
+        scope's client, scheme, server and a root_path prefix, and the client in
+        this request's log lines. What the connection itself saw stays in
+        ``extensions["tether"]["transport"]`` (``tether proxy`` appends that hop to
+        the chains it forwards). Any protocol calls it before ``start()``."""
         scope = self.scope
         scope["extensions"]["tether"]["transport"] = {
             "client": scope["client"], "scheme": scope["scheme"], "server": scope["server"]}
-        if view.client is not None:
+        if view.client is not None and view.client_label is not None:
             scope["client"] = view.client
-            self.client_label = f"{view.client[0]}:{view.client[1]}"
+            self.channel = ForwardedChannel(self.channel, view.client_label)
         if view.scheme is not None:
             scope["scheme"] = view.scheme
         if view.server is not None:
@@ -304,7 +350,7 @@ class RequestCycle:
         else:
             error_log.warning(
                 "%d %s (client %s)", rejection.status, rejection.detail,
-                self.client_label,
+                self.channel.client_label,
             )
             self.channel.cut(self)
         self.on_disconnect()
@@ -352,7 +398,7 @@ class RequestCycle:
 
     async def send(self, message: Message) -> None:
         if self.disconnected:
-            raise ClientDisconnected(f"client {self.client_label} disconnected")
+            raise ClientDisconnected(f"client {self.channel.client_label} disconnected")
         mtype = message["type"]
         if not self.status:
             if mtype != "http.response.start":
@@ -388,7 +434,7 @@ class RequestCycle:
         elif channel.write_paused:
             await channel.drain()
             if self.disconnected:
-                raise ClientDisconnected(f"client {self.client_label} disconnected")
+                raise ClientDisconnected(f"client {channel.client_label} disconnected")
 
     def _count_body(self, body: bytes) -> None:
         """Hold the application to the Content-Length it declared (or tether chose)."""
@@ -469,7 +515,7 @@ class RequestCycle:
         """The head is on the wire and the body cannot be completed: cut it."""
         if not quiet:
             error_log.error("%s; closing connection (client %s)", reason,
-                            self.client_label)
+                            self.channel.client_label)
         self._response_done()
         self.keep_alive = False
         self._log()
@@ -510,7 +556,7 @@ class RequestCycle:
                 else:
                     error_log.error(
                         "Exception in ASGI application (client %s, %s %s)",
-                        self.client_label, self.scope["method"], self.scope["path"],
+                        self.channel.client_label, self.scope["method"], self.scope["path"],
                         exc_info=exc,
                     )
             self._end(ending, exc)
@@ -519,7 +565,7 @@ class RequestCycle:
                 what = "completing" if self.status else "starting"
                 error_log.error(
                     "ASGI application returned without %s a response (client %s, %s %s)",
-                    what, self.client_label, self.scope["method"], self.scope["path"],
+                    what, self.channel.client_label, self.scope["method"], self.scope["path"],
                 )
                 self._fail_unanswered(500, "Internal Server Error")
         finally:
@@ -572,5 +618,5 @@ class RequestCycle:
         target = scope["raw_path"].decode("latin-1")
         if scope["query_string"]:
             target += "?" + scope["query_string"].decode("latin-1")
-        state.log_access(self.client_label, scope["method"], target, status,
+        state.log_access(self.channel.client_label, scope["method"], target, status,
                          self.bytes_sent, seconds)

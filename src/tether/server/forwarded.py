@@ -30,9 +30,10 @@ from __future__ import annotations
 
 import ipaddress
 import re
-from dataclasses import dataclass
+import socket
+from collections.abc import Sequence
 from functools import lru_cache
-from typing import Final
+from typing import Final, NamedTuple
 from urllib.parse import unquote
 
 IPAddress = ipaddress.IPv4Address | ipaddress.IPv6Address
@@ -76,16 +77,19 @@ class TrustList:
     addresses and networks, or everyone (``*``). A peer on a Unix socket has no
     address: only ``*`` trusts it."""
 
-    __slots__ = ("addresses", "everyone", "networks", "trusts")
+    __slots__ = ("addresses", "everyone", "networks", "trusts", "view")
 
     def __init__(self, addresses: frozenset[IPAddress], networks: tuple[IPNetwork, ...],
                  everyone: bool) -> None:
         self.addresses = addresses
         self.networks = networks
         self.everyone = everyone
-        # A chain names the same few proxies again and again; bounded, so a client
-        # sending random addresses only evicts entries.
+        # A chain names the same few proxies again and again, and a proxy sends the
+        # same header sets for a client's every request: both memoised, bounded (a
+        # client sending random values only evicts entries).
         self.trusts = lru_cache(maxsize=1024)(self._trusts)
+        #: :func:`resolve` under this list, memoised (``fields`` as a tuple)
+        self.view = lru_cache(maxsize=1024)(self._view)
 
     @classmethod
     def parse(cls, text: str) -> TrustList:
@@ -122,10 +126,14 @@ class TrustList:
             address = address.ipv4_mapped  # a dual-stack socket's view of an IPv4 peer
         return address in self.addresses or any(address in net for net in self.networks)
 
+    def _view(self, fields: tuple[tuple[bytes, bytes], ...], scheme: str
+              ) -> ForwardedView | None:
+        return resolve(self, fields, scheme)
 
-@dataclass(frozen=True, slots=True)
-class ForwardedView:
-    """What the proxy headers say about a request; None: leave that part as it is."""
+
+class ForwardedView(NamedTuple):
+    """What the proxy headers say about a request; None: leave that part as it is.
+    (Immutable, so one memoised view serves many requests.)"""
 
     client: tuple[str, int] | None = None
     scheme: str | None = None
@@ -133,9 +141,11 @@ class ForwardedView:
     #: the path prefix the proxy removed (``X-Forwarded-Prefix``): decoded, and as sent
     prefix: str | None = None
     raw_prefix: bytes | None = None
+    #: ``client`` as log lines show it (``host:port``)
+    client_label: str | None = None
 
 
-def resolve(trust: TrustList, fields: list[tuple[bytes, bytes]],
+def resolve(trust: TrustList, fields: Sequence[tuple[bytes, bytes]],
             scheme: str = "http") -> ForwardedView | None:
     """The view of one request from a trusted peer. ``fields`` are (lower-case name,
     value) pairs in the order received; names not in :data:`FIELD_NAMES` are skipped.
@@ -183,6 +193,7 @@ def resolve(trust: TrustList, fields: list[tuple[bytes, bytes]],
         client, new_scheme, server,
         unquote(raw_prefix) if raw_prefix is not None else None,
         raw_prefix.encode("ascii") if raw_prefix is not None else None,
+        f"{client[0]}:{client[1]}" if client is not None else None,
     )
 
 
@@ -256,10 +267,24 @@ def _node(text: str) -> tuple[str, int] | None:
         if not digits.isdigit() or len(digits) > 5:
             return None
         port = int(digits)
-    address = _address(text)
+    address = _canonical(text)
     if address is None or port > 65535:
         return None
-    return (str(address), port)
+    return (address, port)
+
+
+def _canonical(text: str) -> str | None:
+    """``text`` as an IP address in its usual spelling, or None. (inet_pton: the
+    client's address is parsed on every request, ipaddress is ten times slower.)"""
+    try:
+        socket.inet_pton(socket.AF_INET, text)
+        return text  # inet_pton takes only dotted quads without leading zeros
+    except (OSError, ValueError):  # ValueError: a NUL in the text
+        pass
+    try:
+        return socket.inet_ntop(socket.AF_INET6, socket.inet_pton(socket.AF_INET6, text))
+    except (OSError, ValueError):
+        return None
 
 
 def _address(text: str) -> IPAddress | None:

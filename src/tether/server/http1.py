@@ -297,7 +297,7 @@ class HttpProtocol(asyncio.Protocol):
         expect_100 = self._expect_100 and http_version == "1.1"
         cycle = RequestCycle(self, scope, keep_alive, expect_100, http_version, deadline)
         if fields and self.proxy_trust is not None:
-            view = forwarded.resolve(self.proxy_trust, fields, self.scheme)
+            view = self.proxy_trust.view(tuple(fields), self.scheme)
             if view is not None:
                 cycle.set_forwarded(view)
         self.parsing = cycle
