@@ -5,8 +5,9 @@ and :func:`resolve` turns the forwarded fields of one request into the scope's
 ``client``, ``scheme``, ``server`` and ``root_path``. A protocol decides once per
 connection whether its peer is trusted (:meth:`TrustList.trusts`), collects the
 fields named in :data:`FIELD_NAMES` while it reads the head (no extra pass), and
-hands them to :func:`resolve` only for a trusted peer; the request cycle applies
-the result (``RequestCycle.set_forwarded``).
+hands them to :meth:`TrustList.view` (:func:`resolve`, memoised) only for a
+trusted peer; the request cycle applies the result (``RequestCycle.set_forwarded``).
+The memoised results are shared between requests, hence immutable views.
 
 The rules (uvicorn >= 0.30 for ``X-Forwarded-For``; RFC 7239 for ``Forwarded``):
 
