@@ -124,6 +124,11 @@ class ServerConfig:
     #: (see StopBudget: the supervisor kills a worker STOP_MARGIN after both)
     force_exit_timeout: float = 5.0
     app_dir: str | None = None
+    # -- proxy headers (docs/server.md, "Behind a proxy") ---------------------------------
+    #: believe X-Forwarded-* and Forwarded from trusted peers (uvicorn's --proxy-headers)
+    proxy_headers: bool = True
+    #: peers whose proxy headers are believed: addresses and networks, or "*"
+    forwarded_allow_ips: str = DEFAULT_TRUST
     # -- deadlines and cancellation ------------------------------------------------------
     #: server cap on every request's deadline, seconds (None: only the client's)
     request_timeout: float | None = None
@@ -131,11 +136,6 @@ class ServerConfig:
     cancel_on_disconnect: bool = True
     #: requests run at once per worker; more wait in the admission queue (None: no limit)
     limit_concurrency: int | None = None
-    # -- proxy headers (docs/server.md, "Behind a proxy") ---------------------------------
-    #: believe X-Forwarded-* and Forwarded from trusted peers (uvicorn's --proxy-headers)
-    proxy_headers: bool = True
-    #: peers whose proxy headers are believed: addresses and networks, or "*"
-    forwarded_allow_ips: str = DEFAULT_TRUST
     # -- supervisor ---------------------------------------------------------------
     #: worker processes; there is always a supervisor, even for one
     workers: int = 1

@@ -24,14 +24,13 @@ from __future__ import annotations
 import asyncio
 import logging
 from time import perf_counter
-from typing import Any, Final, Protocol
+from typing import TYPE_CHECKING, Any, Final, Protocol
 
 from tether.admission import Outcome
 from tether.asgi import ASGI_VERSION, ASGIApp, Message
 from tether.deadline import NO_DEADLINE, Deadline, set_deadline
 from tether.errors import ClientDisconnected
 from tether.server import wire
-from tether.server.forwarded import ForwardedView
 from tether.server.framing import may_have_body
 from tether.server.outcomes import (
     CANCELLATIONS,
@@ -45,6 +44,9 @@ from tether.server.outcomes import (
 )
 from tether.server.request_head import RequestRejected
 from tether.server.state import ServerState
+
+if TYPE_CHECKING:
+    from tether.server.forwarded import ForwardedView
 
 error_log = logging.getLogger("tether.error")
 
