@@ -20,6 +20,7 @@ from tether.errors import ConfigError
 from tether.logs import LEVELS, configure_logging
 from tether.registry import DEFAULT_URL, Provider, RegistryError, Unreachable, open_registry
 from tether.registry.urls import redact
+from tether.server.forwarded import DEFAULT_TRUST
 from tether.server.sockets import BindError, adopt_fd, bind_tcp, bind_unix
 from tether.server.supervisor import run_supervisor
 from tether.server.worker import EXIT_ERROR, server_ssl_context
@@ -53,6 +54,14 @@ def _env(name: str) -> str:
               show_default=True, envvar=_env("LIFESPAN"), help="ASGI lifespan handling.")
 @click.option("--root-path", default="", envvar=_env("ROOT_PATH"),
               help="ASGI root_path, for an app mounted below a prefix.")
+@click.option("--proxy-headers/--no-proxy-headers", default=True, show_default=True,
+              envvar=_env("PROXY_HEADERS"),
+              help="Take the client, scheme and host from X-Forwarded-For/-Proto/-Host/"
+                   "-Prefix or Forwarded, when the peer is in --forwarded-allow-ips.")
+@click.option("--forwarded-allow-ips", default=DEFAULT_TRUST, show_default=True,
+              envvar=[_env("FORWARDED_ALLOW_IPS"), "FORWARDED_ALLOW_IPS"],
+              help="Comma list of proxy addresses and networks whose proxy headers are "
+                   "believed; '*' for any (also read from $FORWARDED_ALLOW_IPS).")
 @click.option("--loop", type=click.Choice(["auto", "asyncio", "uvloop"]), default="auto",
               show_default=True, envvar=_env("LOOP"),
               help="Event loop: uvloop when installed (auto), or stdlib asyncio.")

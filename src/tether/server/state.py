@@ -20,6 +20,7 @@ from tether.asgi import ASGIApp
 from tether.config import RequestLimits
 from tether.metrics import HttpMetrics
 from tether.server import wire
+from tether.server.forwarded import TrustList
 
 if TYPE_CHECKING:
     from tether.server.cycle import RequestCycle
@@ -61,6 +62,7 @@ class ServerState:
         request_timeout: float | None = None,
         cancel_on_disconnect: bool = True,
         admission: AdmissionGate | None = None,
+        forwarded_trust: TrustList | None = None,
     ) -> None:
         self.app = app
         self.limits = limits
@@ -71,6 +73,8 @@ class ServerState:
         self.request_timeout = request_timeout
         self.cancel_on_disconnect = cancel_on_disconnect
         self.admission = admission
+        #: whose proxy headers are believed (None: --no-proxy-headers)
+        self.forwarded_trust = forwarded_trust
         #: what cancellation and admission did (the supervisor shows them in /status)
         self.counters: Counter[str] = Counter()
         #: responses by status class and duration (Prometheus, via the supervisor)

@@ -79,6 +79,7 @@ class Worker:
             cancel_on_disconnect=config.cancel_on_disconnect,
             admission=None if config.limit_concurrency is None
             else AdmissionGate(config.limit_concurrency),
+            forwarded_trust=config.forwarded_trust,
         )
         if config.framework_handlers:
             frameworks.install(app, self.state.counters)
