@@ -142,6 +142,21 @@ def _env(name: str) -> str:
                    "--admin-token-file: a command line is visible to local users.")
 @click.option("--admin-token-file", default=None, type=click.Path(dir_okay=False),
               help="Read the admin token from this file.")
+@click.option("--reload", is_flag=True, default=False, envvar=_env("RELOAD"),
+              help="Development only, not for production: watch the app's files and "
+                   "roll the workers (nothing in flight fails) when one changes; a change "
+                   "that does not import keeps the old workers serving.")
+@click.option("--reload-dir", "reload_dirs", multiple=True, envvar=_env("RELOAD_DIR"),
+              type=click.Path(file_okay=False), metavar="DIR",
+              help="Directory to watch with --reload (repeatable; default: --app-dir or "
+                   "the current directory).")
+@click.option("--reload-include", "reload_includes", multiple=True,
+              envvar=_env("RELOAD_INCLUDE"), metavar="GLOB",
+              help="Files whose change reloads, besides *.py (repeatable).")
+@click.option("--reload-exclude", "reload_excludes", multiple=True,
+              envvar=_env("RELOAD_EXCLUDE"), metavar="GLOB",
+              help="Files or directories that never reload (repeatable; default: .*, "
+                   ".py[cod], .sw.*, ~*).")
 @click.option("--pid-file", default=None, envvar=_env("PID_FILE"),
               help="Write the supervisor's PID here (for tether reload/stop).")
 @click.option("--registry", default=None, envvar=_env("REGISTRY"),
@@ -366,11 +381,13 @@ def proxy(listen: tuple[str, int], routes: tuple[str, ...], proxy_registry: str 
     serve.callback(**opts)  # type: ignore[misc]
 
 
-# Every `serve` option except those naming the app and the address (--listen does).
+# Every `serve` option except those naming the app and the address (--listen does),
+# and --reload (the proxy's code is not the user's to edit).
 proxy.params.extend(
     p for p in serve.params
     if p.name not in {"app", "host", "port", "uds", "fd", "factory", "lifespan", "app_dir",
-                      "registry"}
+                      "registry", "reload", "reload_dirs", "reload_includes",
+                      "reload_excludes"}
 )
 
 
@@ -428,6 +445,8 @@ def build_config(opts: dict[str, Any]) -> ServerConfig:
         meta.append((key, value))
     opts["meta"] = tuple(meta)
     opts["admin_allow_hosts"] = tuple(opts.get("admin_allow_hosts", ()))
+    for name in ("reload_dirs", "reload_includes", "reload_excludes"):
+        opts[name] = tuple(opts.get(name, ()))
     opts["admin_token"] = _secret(opts, "admin_token", "admin_token_file")
     opts["ssl_keyfile_password"] = _secret(
         opts, "ssl_keyfile_password", "ssl_keyfile_password_file")

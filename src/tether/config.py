@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import ipaddress
 import json
+import os
 from dataclasses import asdict, dataclass, field
 from typing import Literal
 
@@ -160,6 +161,15 @@ class ServerConfig:
     #: bearer token every admin request must carry; required beyond loopback
     admin_token: str | None = None
     pid_file: str | None = None
+    # -- --reload (development) --------------------------------------------------------
+    #: watch the app's files and roll the workers on a change (server/reloader.py)
+    reload: bool = False
+    #: directories watched (default: --app-dir, or the current directory)
+    reload_dirs: tuple[str, ...] = ()
+    #: glob patterns of files whose change reloads, besides *.py
+    reload_includes: tuple[str, ...] = ()
+    #: glob patterns (or directories) of files that never reload
+    reload_excludes: tuple[str, ...] = ()
     # -- service registry ---------------------------------------------------------------
     #: registry URL (sqlite:///path.db, etcd://host:port/prefix); None: do not register
     registry: str | None = None
@@ -251,6 +261,12 @@ class ServerConfig:
                 f"--admin-host {self.admin_host} is reachable beyond this machine: set an "
                 "admin token (--admin-token-file or TETHER_ADMIN_TOKEN); see docs/security.md"
             )
+        if not self.reload and (self.reload_dirs or self.reload_includes or
+                                self.reload_excludes):
+            raise ConfigError("--reload-dir, --reload-include and --reload-exclude need --reload")
+        for directory in self.reload_dirs:
+            if not os.path.isdir(directory):
+                raise ConfigError(f"--reload-dir {directory!r} is not a directory")
         if (self.registry is None) != (self.service is None):
             raise ConfigError("--registry and --service go together")
         _positive("--registry-ttl", self.registry_ttl)
@@ -294,6 +310,8 @@ class ServerConfig:
         fields = json.loads(text)
         fields["limits"] = RequestLimits(**fields["limits"])
         fields["meta"] = tuple(tuple(pair) for pair in fields["meta"])
+        for name in ("reload_dirs", "reload_includes", "reload_excludes"):
+            fields[name] = tuple(fields[name])
         return cls(**fields)
 
 
