@@ -427,7 +427,7 @@ class HttpProtocol(asyncio.Protocol):
             cycle.bytes_sent += len(out)
 
     def send_error(self, cycle: RequestCycle, status: int, detail: str, retry_after: bool) -> None:
-        out = wire.error_response(status, detail, self.state.date_header,
+        out = wire.error_response(status, detail, self.state.default_head,
                                   _RETRY_AFTER if retry_after else b"")
         self.transport.write(out)
         cycle.bytes_sent += len(out)
@@ -448,7 +448,7 @@ class HttpProtocol(asyncio.Protocol):
             extra = b"upgrade: websocket\r\n" if rejection.status == 426 else b""
             self.transport.write(
                 wire.error_response(
-                    rejection.status, rejection.detail, self.state.date_header, extra
+                    rejection.status, rejection.detail, self.state.default_head, extra
                 )
             )
         self.state.http.observe(rejection.status, 0.0)
