@@ -13,6 +13,7 @@ import pytest
 
 from tests.support import ROOT, raw_exchange, run_tether, server_process
 from tether.cli import proxy, serve
+from tether.config import ServerConfig
 from tether.migrating import FLAGS
 
 TESTS = Path(__file__).resolve().parent
@@ -117,6 +118,16 @@ def test_invalid_header_flag_is_a_usage_error_naming_the_flag(header: str, reaso
     result = run_tether("serve", APP, "--header", header, cwd=TESTS)
     assert result.returncode == 2, result.stderr
     assert "--header" in result.stderr and reason in result.stderr, result.stderr
+
+
+def test_header_flags_survive_the_config_a_worker_gets() -> None:
+    """Workers receive the configuration as JSON: the headers must come back as the
+    same tuples, and the two switches with them."""
+    config = ServerConfig(app=APP, headers=(("X-Team", "ops"), ("X-Zone", "eu-1")),
+                          server_header=False, date_header=False)
+    worker = ServerConfig.from_json(config.to_json())
+    assert (worker.headers, worker.server_header, worker.date_header) == (
+        (("X-Team", "ops"), ("X-Zone", "eu-1")), False, False)
 
 
 # -- process titles ------------------------------------------------------------------------
