@@ -16,6 +16,7 @@ from typing import Literal
 from tether.errors import ConfigError
 from tether.loops import LoopName
 from tether.server.forwarded import DEFAULT_TRUST, TrustList
+from tether.server.wire import invalid_default_header
 
 LifespanMode = Literal["auto", "on", "off"]
 LogLevel = Literal["critical", "error", "warning", "info", "debug", "trace"]
@@ -187,6 +188,13 @@ class ServerConfig:
     ssl_ca_certs: str | None = None
     ssl_cert_reqs: Literal["none", "optional", "required"] = "none"
     ssl_ciphers: str | None = None
+    # -- response headers (uvicorn's --header, --server-header, --date-header) ----------
+    #: (name, value) headers added to every response unless the app sends that name
+    headers: tuple[tuple[str, str], ...] = ()
+    #: send ``server: tether`` unless the app sends its own server header
+    server_header: bool = True
+    #: send a ``date`` header unless the app sends its own
+    date_header: bool = True
 
     @property
     def tls(self) -> bool:
@@ -289,6 +297,11 @@ class ServerConfig:
             raise ConfigError(
                 f"--limit-request-body must be non-negative, got {self.limits.request_body}"
             )
+        # -- response headers --
+        for header, header_value in self.headers:
+            reason = invalid_default_header(header, header_value)
+            if reason is not None:
+                raise ConfigError(f"--header {header}:{header_value}: {reason}")
 
 
     def to_json(self) -> str:
@@ -312,6 +325,7 @@ class ServerConfig:
         fields["meta"] = tuple(tuple(pair) for pair in fields["meta"])
         for name in ("reload_dirs", "reload_includes", "reload_excludes"):
             fields[name] = tuple(fields[name])
+        fields["headers"] = tuple(tuple(pair) for pair in fields["headers"])
         return cls(**fields)
 
 

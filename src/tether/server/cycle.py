@@ -415,7 +415,7 @@ class RequestCycle:
         if not 100 <= status <= 999:
             raise RuntimeError(f"invalid HTTP status {status}")
         head = [wire.status_line(status)]
-        has_date = False
+        overridden = 0  # bits of the default headers (date, server...) the app sent
         render = wire.render_header
         for name, value in message.get("headers", ()):
             try:
@@ -433,11 +433,11 @@ class RequestCycle:
                     self.keep_alive = False
                 continue  # the protocol writes its connection management itself
             else:
-                has_date = True
+                overridden |= argument
             head.append(line)
         channel = self.channel
-        if not has_date:
-            head.append(channel.state.date_header)
+        state = channel.state
+        head.append(state.default_head if not overridden else state.defaults_without(overridden))
         self.status = status
         self.head = head
         self.no_body = not may_have_body(status, self.head_request)

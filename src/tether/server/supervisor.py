@@ -30,6 +30,7 @@ from tether import admin, metrics
 from tether.backoff import Backoff
 from tether.config import SECRET_ENV, SECRET_FIELDS, ServerConfig
 from tether.errors import ConfigError
+from tether.proctitle import worker_title
 from tether.registry import Registration, Registry, RegistryError, open_registry
 from tether.registry.urls import redact
 from tether.server import control as control_mod
@@ -239,6 +240,8 @@ class Supervisor:
             control_mod.ENV_CONTROL_FD: str(child.fileno()),
             control_mod.ENV_WORKER_ID: str(worker_id),
             control_mod.ENV_SUPERVISOR_PID: str(os.getpid()),
+            control_mod.ENV_WORKER_TITLE: worker_title(
+                self.config.app, self.config.service, worker_id),
         }
         # A new session: a terminal's Ctrl-C reaches only the supervisor, which then
         # stops the workers in order instead of every process racing on its own.

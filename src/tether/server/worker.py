@@ -22,6 +22,8 @@ import sys
 from dataclasses import dataclass, replace
 from typing import Any
 
+from setproctitle import setproctitle
+
 from tether import metrics
 from tether.admission import AdmissionGate
 from tether.asgi import ASGIApp
@@ -80,6 +82,8 @@ class Worker:
             admission=None if config.limit_concurrency is None
             else AdmissionGate(config.limit_concurrency),
             forwarded_trust=config.forwarded_trust,
+            defaults=wire.ResponseDefaults(server=config.server_header, date=config.date_header,
+                                           headers=config.headers),
         )
         if config.framework_handlers:
             frameworks.install(app, self.state.counters)
@@ -127,7 +131,7 @@ class Worker:
     def _sweep(self) -> None:
         loop = asyncio.get_running_loop()
         now = loop.time()
-        self.state.date_header = wire.date_header()
+        self.state.refresh_date()
         for conn in list(self.state.connections):
             conn.check_timer(now)
         if self._fd_watch is not None and self._fd_watch.check(
@@ -428,6 +432,9 @@ def run_worker(
 
 def worker_main() -> None:
     """Entry point of a worker process started by the supervisor (see control.py)."""
+    title = os.environ.get(control_mod.ENV_WORKER_TITLE)
+    if title:
+        setproctitle(title)  # first: `ps` says what this is even while the app imports
     config = ServerConfig.from_json(os.environ[control_mod.ENV_CONFIG])
     configure_logging(config.log_level, access_log=config.access_log)
     fds = os.environ[control_mod.ENV_LISTEN_FDS].split(",")
