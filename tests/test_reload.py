@@ -6,6 +6,7 @@ stops cleanly. The filter's rules (uvicorn's) are checked on their own first.
 
 from __future__ import annotations
 
+import os
 import threading
 import time
 from collections import Counter
@@ -15,7 +16,7 @@ from pathlib import Path
 import httpx
 import pytest
 
-from tests.support import ServerProcess, run_tether, server_process, wait_for
+from tests.support import ServerProcess, run_tether, server_process, tether_process, wait_for
 from tether.server.reloader import FileFilter
 
 APP = '''
@@ -166,6 +167,25 @@ async def test_files_the_filter_leaves_out_reload_nothing(app_dir: Path) -> None
     output = server.output()
     assert "notes.txt" not in output and ".hidden.py" not in output
     assert output.count("reload begun") == reloads + 1
+
+
+async def test_an_edit_in_the_second_of_the_import_loads_the_new_code(app_dir: Path) -> None:
+    """Python trusts a .pyc whose source kept its size and mtime second: an edit of the
+    same size, saved in the second the module was imported, must still load (workers
+    under --reload write no .pyc). Run as a user runs it: bytecode on."""
+    env = {k: v for k, v in os.environ.items() if k != "PYTHONDONTWRITEBYTECODE"}
+    with tether_process("serve", "reload_app:app", "--reload", "--port", "0",
+                        cwd=app_dir, env=env, timeout=30) as server:
+        _until_watching(server, app_dir)
+        module = app_dir / "reload_app.py"
+        imported = module.stat()
+        _write_app(app_dir, "v2")  # the same size as v1
+        os.utime(module, ns=(imported.st_atime_ns, imported.st_mtime_ns))
+        load = Load(server.url)
+        try:
+            await wait_for(lambda: load.latest == "v2", 10, "the new code to answer")
+        finally:
+            load.stop()
 
 
 def test_reload_flags_need_reload(tmp_path: Path) -> None:

@@ -243,6 +243,10 @@ class Supervisor:
             control_mod.ENV_WORKER_TITLE: worker_title(
                 self.config.app, self.config.service, worker_id),
         }
+        if self.config.reload:
+            # Python trusts a .pyc whose source kept its size and mtime second: an edit
+            # saved within a second of the last import could load the old code.
+            env["PYTHONDONTWRITEBYTECODE"] = "1"
         # A new session: a terminal's Ctrl-C reaches only the supervisor, which then
         # stops the workers in order instead of every process racing on its own.
         try:
