@@ -17,6 +17,7 @@ from tether.loops import LoopName
 
 LifespanMode = Literal["auto", "on", "off"]
 LogLevel = Literal["critical", "error", "warning", "info", "debug", "trace"]
+LogFormat = Literal["text", "json"]
 
 
 @dataclass(frozen=True, slots=True)
@@ -123,6 +124,16 @@ class ServerConfig:
     #: (see StopBudget: the supervisor kills a worker STOP_MARGIN after both)
     force_exit_timeout: float = 5.0
     app_dir: str | None = None
+    # -- logging (docs/logging.md) -------------------------------------------------------
+    #: logging configuration file applied in every process: dictConfig as .json or
+    #: .yaml/.yml, anything else an INI fileConfig (uvicorn's rule)
+    log_config: str | None = None
+    #: "text" (tether's lines) or "json" (one JSON object per line)
+    log_format: LogFormat = "text"
+    #: %-style format of an access line over its fields (None: tether's line)
+    access_log_format: str | None = None
+    #: request paths (scope["path"], exact) whose requests leave no access line
+    access_log_exclude: tuple[str, ...] = ()
     # -- deadlines and cancellation ------------------------------------------------------
     #: server cap on every request's deadline, seconds (None: only the client's)
     request_timeout: float | None = None
@@ -174,6 +185,13 @@ class ServerConfig:
         return self.ssl_certfile is not None
 
     @property
+    def access_fields(self) -> bool:
+        """Whether access records carry their fields (``extra``): only when a handler
+        may read them, so tether's default line costs no dict per request."""
+        return (self.log_format == "json" or self.access_log_format is not None
+                or self.log_config is not None)
+
+    @property
     def stop_budget(self) -> StopBudget:
         """The one stop budget: every timer of a stop, in the worker and the supervisor."""
         return StopBudget(graceful=self.graceful_timeout, cancel=self.force_exit_timeout,
@@ -198,6 +216,12 @@ class ServerConfig:
             raise ConfigError(
                 f"--root-path must start with '/' and not end with one, got {self.root_path!r}"
             )
+        if self.log_format not in ("text", "json"):
+            raise ConfigError(f"--log-format must be text or json, not {self.log_format!r}")
+        for path in self.access_log_exclude:
+            if not path.startswith("/"):
+                raise ConfigError(f"--access-log-exclude must be a path starting with '/', "
+                                  f"got {path!r}")
         _positive("--keep-alive-timeout", self.limits.keep_alive_timeout)
         _positive("--header-timeout", self.limits.header_timeout)
         _positive("--body-timeout", self.limits.body_timeout)
@@ -276,6 +300,7 @@ class ServerConfig:
         fields = json.loads(text)
         fields["limits"] = RequestLimits(**fields["limits"])
         fields["meta"] = tuple(tuple(pair) for pair in fields["meta"])
+        fields["access_log_exclude"] = tuple(fields["access_log_exclude"])
         return cls(**fields)
 
 

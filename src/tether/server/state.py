@@ -11,6 +11,7 @@ from __future__ import annotations
 import asyncio
 import enum
 import logging
+import time
 from collections import Counter
 from collections.abc import Callable
 from typing import TYPE_CHECKING, Any, Protocol
@@ -18,13 +19,20 @@ from typing import TYPE_CHECKING, Any, Protocol
 from tether.admission import AdmissionGate
 from tether.asgi import ASGIApp
 from tether.config import RequestLimits
+from tether.deadline import Deadline
 from tether.metrics import HttpMetrics
 from tether.server import wire
+from tether.server.outcomes import CancelReason
 
 if TYPE_CHECKING:
     from tether.server.cycle import RequestCycle
 
 access_log = logging.getLogger("tether.access")
+_INFO = logging.INFO
+_ACCESS_LINE = '%s "%s %s" %d %d %.1fms'
+
+#: log_access(client, method, target, status, bytes, seconds, deadline, cancel reason)
+LogAccess = Callable[[str, str, str, int, int, float, Deadline, CancelReason | None], None]
 
 
 class TimerKind(enum.Enum):
@@ -61,12 +69,21 @@ class ServerState:
         request_timeout: float | None = None,
         cancel_on_disconnect: bool = True,
         admission: AdmissionGate | None = None,
+        access_fields: bool = False,
+        access_exclude: frozenset[str] = frozenset(),
     ) -> None:
         self.app = app
         self.limits = limits
         self.root_path = root_path
         self.root_path_bytes = root_path.encode("ascii")
         self.access_log = access_log
+        #: paths (scope["path"]) whose requests leave no access line (health probes)
+        self.access_exclude = access_exclude
+        # Decided once: the plain line costs no dict per request; the structured one
+        # (JSON, --access-log-format, --log-config) carries the fields as ``extra``.
+        self.log_access: LogAccess = (
+            self._log_access_fields if access_fields else self._log_access_line
+        )
         self.app_state: dict[str, Any] = app_state if app_state is not None else {}
         self.request_timeout = request_timeout
         self.cancel_on_disconnect = cancel_on_disconnect
@@ -83,12 +100,28 @@ class ServerState:
         #: called with each completed response (worker counts, recycling)
         self.on_request_done: Callable[[], None] | None = None
 
-    def log_access(
-        self, client: str, method: str, target: str, status: int, size: int, seconds: float
+    def _log_access_line(
+        self, client: str, method: str, target: str, status: int, size: int, seconds: float,
+        deadline: Deadline, cancel: CancelReason | None,
     ) -> None:
         """One access-log line per request, nginx-style (499: the client left first)."""
-        if self.access_log and access_log.isEnabledFor(logging.INFO):
+        if self.access_log and access_log.isEnabledFor(_INFO):
+            access_log.info(_ACCESS_LINE, client, method, target, status, size,
+                            seconds * 1000.0)
+
+    def _log_access_fields(
+        self, client: str, method: str, target: str, status: int, size: int, seconds: float,
+        deadline: Deadline, cancel: CancelReason | None,
+    ) -> None:
+        """The same line, its fields also on the record (see tether.logs.ACCESS_FIELDS):
+        ``deadline`` is the budget the request arrived with, in ms (null: none)."""
+        if self.access_log and access_log.isEnabledFor(_INFO):
+            duration = seconds * 1000.0
+            budget = None if deadline.at is None else round(
+                (deadline.at - time.monotonic() + seconds) * 1000.0, 1)
             access_log.info(
-                '%s "%s %s" %d %d %.1fms', client, method, target, status, size,
-                seconds * 1000.0,
+                _ACCESS_LINE, client, method, target, status, size, duration,
+                extra={"client": client, "method": method, "path": target, "status": status,
+                       "bytes": size, "duration": round(duration, 3), "deadline": budget,
+                       "cancel": None if cancel is None else cancel.value},
             )

@@ -28,7 +28,7 @@ from tether.asgi import ASGIApp
 from tether.config import SECRET_FIELDS, ServerConfig
 from tether.errors import AppImportError, LifespanFailure
 from tether.importer import load_app
-from tether.logs import configure_logging
+from tether.logs import LogConfigError, configure_for
 from tether.loops import loop_factory
 from tether.server import control as control_mod
 from tether.server import sockets as sockets_mod
@@ -74,6 +74,8 @@ class Worker:
             config.limits,
             root_path=config.root_path,
             access_log=config.access_log,
+            access_fields=config.access_fields,
+            access_exclude=frozenset(config.access_log_exclude),
             app_state=self.lifespan.state,
             request_timeout=config.request_timeout,
             cancel_on_disconnect=config.cancel_on_disconnect,
@@ -426,7 +428,12 @@ def run_worker(
 def worker_main() -> None:
     """Entry point of a worker process started by the supervisor (see control.py)."""
     config = ServerConfig.from_json(os.environ[control_mod.ENV_CONFIG])
-    configure_logging(config.log_level, access_log=config.access_log)
+    try:
+        configure_for(config)
+    except LogConfigError as exc:
+        # The supervisor checked the file at start; it changed since (a reload):
+        # serve with tether's own handlers, which configure_for set up first.
+        logger.error("%s; keeping tether's default logging", exc)
     fds = os.environ[control_mod.ENV_LISTEN_FDS].split(",")
     socks = [socket.socket(fileno=int(fd)) for fd in fds]
     control_sock = socket.socket(fileno=int(os.environ[control_mod.ENV_CONTROL_FD]))
