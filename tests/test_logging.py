@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+import logging
 import os
 import subprocess
 import time
@@ -20,7 +21,15 @@ from typing import Any
 import httpx
 import pytest
 
-from tests.support import raw_exchange, run_tether, server_process, tether_command
+from tests.support import (
+    raw_exchange,
+    run_tether,
+    serve,
+    server_process,
+    tether_command,
+    wait_for,
+)
+from tether.logs import ACCESS_FIELDS
 
 TESTS = Path(__file__).resolve().parent
 APP = "apps.logging_app:app"
@@ -107,7 +116,8 @@ def _dict_config(log_file: Path) -> dict[str, Any]:
                        "formatter": "fields"},
             "console": {"class": "logging.StreamHandler", "formatter": "plain"},
         },
-        "loggers": {"tether": {"handlers": ["file", "console"], "level": "INFO", "propagate": False},
+        "loggers": {"tether": {"handlers": ["file", "console"], "level": "INFO",
+                               "propagate": False},
                     "tether.access": {"handlers": ["access"], "level": "INFO",
                                       "propagate": False}},
     }
@@ -118,8 +128,7 @@ def _write_json(path: Path, log_file: Path) -> None:
 
 
 def _write_yaml(path: Path, log_file: Path) -> None:
-    import yaml
-
+    yaml = pytest.importorskip("yaml")  # a dev dependency (pyproject.toml)
     path.write_text(yaml.safe_dump(_dict_config(log_file)), encoding="utf-8")
 
 
@@ -294,3 +303,48 @@ def test_refused_body_logs_method_and_path(tmp_path: Path) -> None:
         lines = wait_for_lines(out, has(" 413 "))
     line = next(line for line in lines if " 413 " in line)
     assert f'"POST /upload" 413 {len(raw)} ' in line, line
+
+
+# -- the cost of the default line ---------------------------------------------------------
+
+
+class _Records(logging.Handler):
+    def __init__(self) -> None:
+        super().__init__()
+        self.records: list[logging.LogRecord] = []
+
+    def emit(self, record: logging.LogRecord) -> None:
+        self.records.append(record)
+
+
+@pytest.mark.parametrize(("settings", "fields"), [
+    ({}, False),
+    ({"log_format": "json"}, True),
+    ({"access_log_format": "%(status)s"}, True),
+])
+async def test_fields_are_built_only_when_a_handler_may_read_them(
+    settings: dict[str, Any], fields: bool
+) -> None:
+    """The default text line passes no ``extra`` (no dict per request); the
+    structured settings put every access field on the record."""
+    async def app(scope: Any, receive: Any, send: Any) -> None:
+        await send({"type": "http.response.start", "status": 204, "headers": []})
+        await send({"type": "http.response.body", "body": b""})
+
+    access = logging.getLogger("tether.access")
+    records = _Records()
+    level = access.level
+    access.addHandler(records)
+    access.setLevel(logging.INFO)
+    try:
+        async with serve(app, access_log=True, **settings) as server:
+            async with httpx.AsyncClient() as client:
+                assert (await client.get(server.url + "/x")).status_code == 204
+            await wait_for(lambda: bool(records.records), what="the access record")
+    finally:
+        access.removeHandler(records)
+        access.setLevel(level)
+    record = records.records[0]
+    assert all(hasattr(record, name) == fields for name in ACCESS_FIELDS), record.__dict__
+    if fields:
+        assert record.__dict__["status"] == 204 and record.__dict__["path"] == "/x"
