@@ -257,11 +257,17 @@ def test_access_log_format_names_fields(tmp_path: Path) -> None:
     assert line.startswith("GET /hello -> 200 (") and line.endswith("bytes, cancel=None)")
 
 
-def test_an_unknown_access_log_field_is_a_usage_error() -> None:
-    done = run_tether("serve", APP, "--port", "0", "--access-log-format", "%(nope)s",
+@pytest.mark.parametrize(("extra", "says"), [
+    ((), "nope"),
+    (("--log-format", "json"), "applies to text lines"),
+])
+def test_an_unusable_access_log_format_is_a_usage_error(
+    extra: tuple[str, ...], says: str
+) -> None:
+    done = run_tether("serve", APP, "--port", "0", "--access-log-format", "%(nope)s", *extra,
                       cwd=TESTS)
     assert done.returncode == EXIT_USAGE, done.stderr
-    assert "--access-log-format" in done.stderr and "nope" in done.stderr, done.stderr
+    assert "--access-log-format" in done.stderr and says in done.stderr, done.stderr
     assert "Traceback" not in done.stderr
 
 

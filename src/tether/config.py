@@ -218,6 +218,9 @@ class ServerConfig:
             )
         if self.log_format not in ("text", "json"):
             raise ConfigError(f"--log-format must be text or json, not {self.log_format!r}")
+        if self.log_format == "json" and self.access_log_format is not None:
+            raise ConfigError("--access-log-format applies to text lines; a --log-format "
+                              "json line already has every field")
         for path in self.access_log_exclude:
             if not path.startswith("/"):
                 raise ConfigError(f"--access-log-exclude must be a path starting with '/', "
