@@ -207,7 +207,7 @@ def test_log_config_takes_effect_in_supervisor_and_workers(
      "handler 'h'"),
     ("bad.json", "[1, 2]", "expected a mapping"),
     ("bad.yaml", "version: [1", "invalid YAML"),
-    ("bad.ini", "[loggers]\nkeys=root\n", "KeyError"),
+    ("bad.ini", "[loggers]\nkeys=root\n", "missing section or option 'formatters'"),
 ])
 def test_a_broken_log_config_is_a_usage_error(
     tmp_path: Path, name: str, text: str, says: str

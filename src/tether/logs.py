@@ -159,7 +159,7 @@ def apply_log_config(path: str) -> None:
         elif path.endswith((".yaml", ".yml")):
             _dict_config(_load_yaml(path), path)
         else:
-            logging.config.fileConfig(path, disable_existing_loggers=False)
+            _file_config(path)
     except LogConfigError:
         raise
     except (OSError, ValueError, TypeError, AttributeError, ImportError, KeyError,
@@ -175,6 +175,16 @@ def _dict_config(config: object, path: str) -> None:
                              f"got {type(config).__name__}")
     config.setdefault("disable_existing_loggers", False)
     logging.config.dictConfig(config)
+
+
+def _file_config(path: str) -> None:
+    try:
+        logging.config.fileConfig(path, disable_existing_loggers=False)
+    except KeyError as exc:  # fileConfig's way of saying a section or option is missing
+        raise LogConfigError(
+            f"--log-config {path}: not a usable INI logging file: missing section or "
+            f"option {exc} (JSON and YAML files need a .json, .yaml or .yml name)"
+        ) from None
 
 
 def _load_yaml(path: str) -> object:
