@@ -12,6 +12,7 @@ import asyncio
 import json
 import logging
 import os
+import signal
 import subprocess
 import time
 from collections.abc import Callable
@@ -199,6 +200,24 @@ def test_log_config_takes_effect_in_supervisor_and_workers(
     # the supervisor's lifecycle lines went to the file too (it applied the file)
     assert any(line.startswith("tether.supervisor ") and "serving on" in line
                for line in lines), lines
+
+
+def test_a_log_config_broken_before_a_reload_keeps_the_service_logging(
+    tmp_path: Path,
+) -> None:
+    """Workers read the file again when they start: one broken since the start costs
+    the new workers its settings (they say so, once each), never the service."""
+    log_file = tmp_path / "tether.log"
+    config = tmp_path / "logging.json"
+    _write_json(config, log_file)
+    with server_process(APP, "--log-config", str(config), cwd=TESTS) as proc:
+        config.write_text("{broken", encoding="utf-8")
+        proc.proc.send_signal(signal.SIGHUP)
+        line = proc.wait_for_line("this worker keeps tether's default logging")
+        assert f"--log-config {config}" in line
+        proc.wait_for_line("reload finished")
+        assert httpx.get(proc.url + "/hello", timeout=10).status_code == 200
+        assert proc.output().count("keeps tether's default logging") == 1
 
 
 @pytest.mark.parametrize(("name", "text", "says"), [

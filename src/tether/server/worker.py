@@ -431,9 +431,10 @@ def worker_main() -> None:
     try:
         configure_for(config)
     except LogConfigError as exc:
-        # The supervisor checked the file at start; it changed since (a reload):
-        # serve with tether's own handlers, which configure_for set up first.
-        logger.error("%s; keeping tether's default logging", exc)
+        # The supervisor checked the file at start; it changed since (a reload).
+        # A dictConfig may have failed halfway: set tether's own handlers again.
+        configure_for(replace(config, log_config=None))
+        logger.error("%s; this worker keeps tether's default logging", exc)
     fds = os.environ[control_mod.ENV_LISTEN_FDS].split(",")
     socks = [socket.socket(fileno=int(fd)) for fd in fds]
     control_sock = socket.socket(fileno=int(os.environ[control_mod.ENV_CONTROL_FD]))
