@@ -9,6 +9,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import os
+import re
 import resource
 import signal
 import socket
@@ -188,24 +189,27 @@ def tether_command(*args: str) -> list[str]:
 
 @contextlib.contextmanager
 def server_process(
-    *args: str, cwd: Path = EXAMPLES, env: dict[str, str] | None = None, timeout: float = 20.0
+    *args: str, cwd: Path = EXAMPLES, env: dict[str, str] | None = None, timeout: float = 20.0,
+    stdout: Path | None = None,
 ) -> Iterator[ServerProcess]:
     """Run ``tether serve ARGS --port 0`` as a real process; yield once it listens.
 
     The process is killed on exit if the test did not stop it.
     """
     with tether_process("serve", *args, "--port", "0", cwd=cwd,
-                        env={**os.environ, **(env or {})}, timeout=timeout) as running:
+                        env={**os.environ, **(env or {})}, timeout=timeout,
+                        stdout=stdout) as running:
         yield running
 
 
 @contextlib.contextmanager
 def tether_process(
     *args: str, cwd: Path, env: dict[str, str], timeout: float = 20.0,
-    max_fds: int | None = None,
+    max_fds: int | None = None, stdout: Path | None = None,
 ) -> Iterator[ServerProcess]:
     """Run ``python -m tether ARGS`` (serve, proxy) with exactly ``env``; yield once it
-    serves (``port`` read from its log). ``max_fds``: its ``ulimit -n``.
+    serves (``port`` read from its log). ``max_fds``: its ``ulimit -n``; ``stdout``:
+    a file that gets its standard output (the access log), else it is dropped.
 
     On exit: a graceful stop, a kill if that hangs, and any worker still alive
     (workers run in sessions of their own) is killed too.
@@ -215,17 +219,23 @@ def tether_process(
         if max_fds is not None:
             resource.setrlimit(resource.RLIMIT_NOFILE, (max_fds, max_fds))
 
-    proc = subprocess.Popen(
-        tether_command(*args),
-        cwd=cwd, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True,
-        preexec_fn=limit_fds if max_fds is not None else None,
-    )
+    with contextlib.ExitStack() as files:
+        out = (subprocess.DEVNULL if stdout is None
+               else files.enter_context(stdout.open("w", encoding="utf-8")))
+        proc = subprocess.Popen(
+            tether_command(*args),
+            cwd=cwd, env=env, stdout=out, stderr=subprocess.PIPE, text=True,
+            preexec_fn=limit_fds if max_fds is not None else None,
+        )
     running = ServerProcess(proc)
     reader = threading.Thread(target=running._read, daemon=True)
     reader.start()
     try:
         line = running.wait_for_line("serving on http", timeout)
-        running.port = int(line.rsplit(":", 1)[1])
+        # the last ":PORT" of the address (a --log-format json line goes on after it)
+        served = re.search(r"serving on \S+:(\d+)", line)
+        assert served is not None, line
+        running.port = int(served.group(1))
         yield running
     finally:
         _stop_tree(proc)

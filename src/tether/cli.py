@@ -19,7 +19,7 @@ from tether import __version__
 from tether.config import STOP_MARGIN, RequestLimits, ServerConfig
 from tether.envfile import load_env_file
 from tether.errors import ConfigError
-from tether.logs import LEVELS, configure_logging
+from tether.logs import LEVELS, LOG_FORMATS, LogConfigError, configure_for
 from tether.migrating import MigratingCommand
 from tether.proctitle import supervisor_title
 from tether.registry import DEFAULT_URL, Provider, RegistryError, Unreachable, open_registry
@@ -94,6 +94,19 @@ def _env(name: str) -> str:
               envvar=_env("ACCESS_LOG"), help="One line per request on stdout.")
 @click.option("--log-level", type=click.Choice(list(LEVELS)), default="info",
               show_default=True, envvar=_env("LOG_LEVEL"))
+@click.option("--log-config", default=None, envvar=_env("LOG_CONFIG"),
+              type=click.Path(exists=True, dir_okay=False, resolve_path=True),
+              help="Logging configuration applied in every process: dictConfig as .json "
+                   "or .yaml/.yml (needs PyYAML), else INI fileConfig (see docs/logging.md).")
+@click.option("--log-format", type=click.Choice(list(LOG_FORMATS)), default="text",
+              show_default=True, envvar=_env("LOG_FORMAT"),
+              help="json: one JSON object per line (access lines with their fields).")
+@click.option("--access-log-format", default=None, envvar=_env("ACCESS_LOG_FORMAT"),
+              help="%-style format of access lines, e.g. '%(client)s \"%(method)s "
+                   "%(path)s\" %(status)s %(bytes)s %(duration).1fms' (docs/logging.md).")
+@click.option("--access-log-exclude", multiple=True, envvar=_env("ACCESS_LOG_EXCLUDE"),
+              metavar="PATH", help="Leave requests for PATH out of the access log "
+                                   "(exact path, e.g. /healthz; repeatable).")
 @click.option("--graceful-timeout", default=30.0, show_default=True, type=float,
               envvar=_env("GRACEFUL_TIMEOUT"),
               help="Seconds a stop waits for in-flight requests before cancelling them.")
@@ -217,7 +230,10 @@ def serve(**opts: Any) -> None:
     """
     env_file: str | None = opts.pop("env_file", None)
     config = build_config(opts)
-    configure_logging(config.log_level, access_log=config.access_log)
+    try:
+        configure_for(config)
+    except LogConfigError as exc:
+        raise click.UsageError(str(exc)) from exc
     if env_file is not None:
         try:
             skipped = load_env_file(env_file)

@@ -20,6 +20,7 @@ from tether.server.wire import invalid_default_header
 
 LifespanMode = Literal["auto", "on", "off"]
 LogLevel = Literal["critical", "error", "warning", "info", "debug", "trace"]
+LogFormat = Literal["text", "json"]
 
 
 @dataclass(frozen=True, slots=True)
@@ -131,6 +132,16 @@ class ServerConfig:
     proxy_headers: bool = True
     #: peers whose proxy headers are believed: addresses and networks, or "*"
     forwarded_allow_ips: str = DEFAULT_TRUST
+    # -- logging (docs/logging.md) -------------------------------------------------------
+    #: logging configuration file applied in every process: dictConfig as .json or
+    #: .yaml/.yml, anything else an INI fileConfig (uvicorn's rule)
+    log_config: str | None = None
+    #: "text" (tether's lines) or "json" (one JSON object per line)
+    log_format: LogFormat = "text"
+    #: %-style format of an access line over its fields (None: tether's line)
+    access_log_format: str | None = None
+    #: request paths (scope["path"], exact) whose requests leave no access line
+    access_log_exclude: tuple[str, ...] = ()
     # -- deadlines and cancellation ------------------------------------------------------
     #: server cap on every request's deadline, seconds (None: only the client's)
     request_timeout: float | None = None
@@ -206,6 +217,13 @@ class ServerConfig:
         return TrustList.parse(self.forwarded_allow_ips) if self.proxy_headers else None
 
     @property
+    def access_fields(self) -> bool:
+        """Whether access records carry their fields (``extra``): only when a handler
+        may read them, so tether's default line costs no dict per request."""
+        return (self.log_format == "json" or self.access_log_format is not None
+                or self.log_config is not None)
+
+    @property
     def stop_budget(self) -> StopBudget:
         """The one stop budget: every timer of a stop, in the worker and the supervisor."""
         return StopBudget(graceful=self.graceful_timeout, cancel=self.force_exit_timeout,
@@ -234,6 +252,15 @@ class ServerConfig:
             TrustList.parse(self.forwarded_allow_ips)
         except ValueError as exc:
             raise ConfigError(f"--forwarded-allow-ips: {exc}") from None
+        if self.log_format not in ("text", "json"):
+            raise ConfigError(f"--log-format must be text or json, not {self.log_format!r}")
+        if self.log_format == "json" and self.access_log_format is not None:
+            raise ConfigError("--access-log-format applies to text lines; a --log-format "
+                              "json line already has every field")
+        for path in self.access_log_exclude:
+            if not path.startswith("/"):
+                raise ConfigError(f"--access-log-exclude must be a path starting with '/', "
+                                  f"got {path!r}")
         _positive("--keep-alive-timeout", self.limits.keep_alive_timeout)
         _positive("--header-timeout", self.limits.header_timeout)
         _positive("--body-timeout", self.limits.body_timeout)
@@ -326,6 +353,7 @@ class ServerConfig:
         for name in ("reload_dirs", "reload_includes", "reload_excludes"):
             fields[name] = tuple(fields[name])
         fields["headers"] = tuple(tuple(pair) for pair in fields["headers"])
+        fields["access_log_exclude"] = tuple(fields["access_log_exclude"])
         return cls(**fields)
 
 

@@ -589,8 +589,10 @@ class RequestCycle:
         if not state.access_log:
             return
         scope = self.scope
+        if state.access_exclude and scope["path"] in state.access_exclude:
+            return  # --access-log-exclude (health probes): counted above, not logged
         target = scope["raw_path"].decode("latin-1")
         if scope["query_string"]:
             target += "?" + scope["query_string"].decode("latin-1")
         state.log_access(self.client_label, scope["method"], target, status,
-                         self.bytes_sent, seconds)
+                         self.bytes_sent, seconds, self.deadline, self.cancel_reason)

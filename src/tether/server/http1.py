@@ -47,6 +47,8 @@ error_log = logging.getLogger("tether.error")
 HIGH_WATER: Final = 64 * 1024
 
 _RETRY_AFTER: Final = b"retry-after: " + wire.RETRY_AFTER + b"\r\n"
+#: longest request target a refused request's access line shows (a 414's is long)
+_LOGGED_TARGET_MAX: Final = 256
 _WELL_FORMED_VERSION: Final = re.compile(rb" HTTP/[0-9]\.[0-9]\r?\n")
 _OWS: Final = b" \t"
 
@@ -380,6 +382,7 @@ class HttpProtocol(asyncio.Protocol):
     def _reject(self, rejection: RequestRejected) -> None:
         """Answer bad input: now, after the requests ahead of it, or by ending the
         request it belongs to if the application is already running it."""
+        self._note_request(rejection)
         self._in_head = False
         parsing = self.parsing
         if parsing is not None and parsing is self.cycle:
@@ -462,15 +465,18 @@ class HttpProtocol(asyncio.Protocol):
         error_log.warning(
             "%d %s (client %s)", rejection.status, rejection.detail, self.client_label
         )
+        size = 0
         if not self.closed:
             extra = b"upgrade: websocket\r\n" if rejection.status == 426 else b""
-            self.transport.write(
-                wire.error_response(
-                    rejection.status, rejection.detail, self.state.default_head, extra
-                )
+            out = wire.error_response(
+                rejection.status, rejection.detail, self.state.default_head, extra
             )
+            self.transport.write(out)
+            size = len(out)
         self.state.http.observe(rejection.status, 0.0)
-        self.state.log_access(self.client_label, "-", "-", rejection.status, 0, 0.0)
+        self.state.log_access(self.client_label, rejection.method or "-",
+                              rejection.target or "-", rejection.status, size, 0.0,
+                              NO_DEADLINE, None)
         self.close()
 
     def _answer_server_options(self) -> None:
@@ -479,6 +485,28 @@ class HttpProtocol(asyncio.Protocol):
         if not self.closed:
             self.transport.write(wire.server_options_response(self.state.default_head))
         self.close()
+    def _note_request(self, rejection: RequestRejected) -> None:
+        """Put on ``rejection`` the method and target of the request it refuses, as far
+        as they were read: the access line says what was refused, not ``"- -"``. Called
+        when the rejection is found (a pipelined one is answered later, when the head
+        being parsed is another one). ``_url`` is emptied at each message's begin, so a
+        non-empty one belongs to the head being parsed."""
+        if rejection.method is not None:
+            return
+        parsing = self.parsing
+        if parsing is not None:
+            scope = parsing.scope
+            rejection.method = scope["method"]
+            target = scope["raw_path"] + (b"?" + scope["query_string"]
+                                          if scope["query_string"] else b"")
+        elif self._url:
+            rejection.method = self.parser.get_method().decode("latin-1")
+            target = self._url
+        else:
+            return
+        if len(target) > _LOGGED_TARGET_MAX:  # a 414's target: enough to recognise it
+            target = target[:_LOGGED_TARGET_MAX] + b"..."
+        rejection.target = target.decode("latin-1")
 
     def body_consumed(self, cycle: RequestCycle) -> None:
         self._update_reading()
@@ -551,6 +579,8 @@ class HttpProtocol(asyncio.Protocol):
             self._reject(RequestRejected(408, "Request body not received in time"))
         elif self._in_head:
             # A slow client (slowloris): answer 408 so it knows why, then close.
-            self.reject(RequestRejected(408, "Request head not received in time"))
+            rejection = RequestRejected(408, "Request head not received in time")
+            self._note_request(rejection)
+            self.reject(rejection)
         else:
             self.close()

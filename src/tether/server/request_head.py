@@ -47,6 +47,10 @@ class RequestRejected(Exception):
         super().__init__(detail)
         self.status = status
         self.detail = detail
+        #: the refused request's method and target for the access log, when the
+        #: protocol had read them (filled in by the connection, not by the rules)
+        self.method: str | None = None
+        self.target: str | None = None
 
 
 class ServerOptions(RequestRejected):

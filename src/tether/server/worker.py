@@ -30,7 +30,7 @@ from tether.asgi import ASGIApp
 from tether.config import SECRET_FIELDS, ServerConfig
 from tether.errors import AppImportError, LifespanFailure
 from tether.importer import load_app
-from tether.logs import configure_logging
+from tether.logs import LogConfigError, configure_for
 from tether.loops import loop_factory
 from tether.server import control as control_mod
 from tether.server import frameworks, wire
@@ -76,6 +76,8 @@ class Worker:
             config.limits,
             root_path=config.root_path,
             access_log=config.access_log,
+            access_fields=config.access_fields,
+            access_exclude=frozenset(config.access_log_exclude),
             app_state=self.lifespan.state,
             request_timeout=config.request_timeout,
             cancel_on_disconnect=config.cancel_on_disconnect,
@@ -436,7 +438,13 @@ def worker_main() -> None:
     if title:
         setproctitle(title)  # first: `ps` says what this is even while the app imports
     config = ServerConfig.from_json(os.environ[control_mod.ENV_CONFIG])
-    configure_logging(config.log_level, access_log=config.access_log)
+    try:
+        configure_for(config)
+    except LogConfigError as exc:
+        # The supervisor checked the file at start; it changed since (a reload).
+        # A dictConfig may have failed halfway: set tether's own handlers again.
+        configure_for(replace(config, log_config=None))
+        logger.error("%s; this worker keeps tether's default logging", exc)
     fds = os.environ[control_mod.ENV_LISTEN_FDS].split(",")
     socks = [socket.socket(fileno=int(fd)) for fd in fds]
     control_sock = socket.socket(fileno=int(os.environ[control_mod.ENV_CONTROL_FD]))
