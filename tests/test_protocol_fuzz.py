@@ -1005,8 +1005,8 @@ REJECTION_CASES = [
     pytest.param(b"GET /\x00 HTTP/1.1\r\n\r\n", 400, id="nul-in-target-400"),
     pytest.param(
         b"GET /ws HTTP/1.1\r\nHost: x\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n"
-        b"Sec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\nSec-WebSocket-Version: 13\r\n\r\n",
-        426, id="websocket-426",
+        b"Sec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\nSec-WebSocket-Version: 8\r\n\r\n",
+        426, id="websocket-version-426",
     ),
 ]
 
@@ -1022,6 +1022,7 @@ def test_rejections(data: bytes, status: int, pieces: int) -> None:
     assert outcome.closed_by_server, "connection not closed after a rejection"
     if status == 426:
         assert responses[0].headers.get(b"upgrade") == b"websocket"
+        assert responses[0].headers.get(b"sec-websocket-version") == b"13"
 
 
 @pytest.mark.parametrize(("data", "status"), REJECTION_CASES)

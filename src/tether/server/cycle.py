@@ -455,6 +455,12 @@ class RequestCycle:
 
     # -- running the application ----------------------------------------------------
 
+    @property
+    def request_line(self) -> str:
+        """``METHOD /path`` for log lines (a WebSocket scope has no method: GET)."""
+        scope = self.scope
+        return f"{scope.get('method', 'GET')} {scope['path']}"
+
     async def run_asgi(self, app: ASGIApp) -> None:
         state = self.channel.state
         gate = state.admission
@@ -489,9 +495,8 @@ class RequestCycle:
                 # Raised after the response was sent (a background task): the client
                 # got that response, so this ending is neither answered nor counted.
                 error_log.warning(
-                    "%s raised after the response was sent (client %s, %s %s): %s",
-                    type(exc).__name__, self.channel.client_label, self.scope["method"],
-                    self.scope["path"], exc,
+                    "%s raised after the response was sent (client %s, %s): %s",
+                    type(exc).__name__, self.channel.client_label, self.request_line, exc,
                 )
                 ending = NOTHING
             if ending.app_error:
@@ -499,8 +504,8 @@ class RequestCycle:
                     ending = NOTHING  # a write to a client already gone
                 else:
                     error_log.error(
-                        "Exception in ASGI application (client %s, %s %s)",
-                        self.channel.client_label, self.scope["method"], self.scope["path"],
+                        "Exception in ASGI application (client %s, %s)",
+                        self.channel.client_label, self.request_line,
                         exc_info=exc,
                     )
             self._end(ending, exc)
@@ -508,8 +513,8 @@ class RequestCycle:
             if not self.response_complete and not self.disconnected:
                 what = "completing" if self.status else "starting"
                 error_log.error(
-                    "ASGI application returned without %s a response (client %s, %s %s)",
-                    what, self.channel.client_label, self.scope["method"], self.scope["path"],
+                    "ASGI application returned without %s a response (client %s, %s)",
+                    what, self.channel.client_label, self.request_line,
                 )
                 self._fail_unanswered(500, "Internal Server Error")
         finally:
@@ -562,5 +567,5 @@ class RequestCycle:
         target = scope["raw_path"].decode("latin-1")
         if scope["query_string"]:
             target += "?" + scope["query_string"].decode("latin-1")
-        state.log_access(self.channel.client_label, scope["method"], target, status,
+        state.log_access(self.channel.client_label, scope.get("method", "GET"), target, status,
                          self.bytes_sent, seconds)

@@ -39,6 +39,7 @@ from tether.server.cycle import RequestCycle, build_scope
 from tether.server.framing import Framing
 from tether.server.request_head import RequestRejected
 from tether.server.state import ServerState, TimerKind
+from tether.server.websocket import WebSocketCycle, handshake
 from tether.tls import tls_extension
 
 error_log = logging.getLogger("tether.error")
@@ -47,6 +48,8 @@ error_log = logging.getLogger("tether.error")
 HIGH_WATER: Final = 64 * 1024
 
 _RETRY_AFTER: Final = b"retry-after: " + wire.RETRY_AFTER + b"\r\n"
+#: what a 426 names: the protocol and version to upgrade to (RFC 6455 4.2.2)
+_UPGRADE_WEBSOCKET: Final = b"upgrade: websocket\r\nsec-websocket-version: 13\r\n"
 _WELL_FORMED_VERSION: Final = re.compile(rb" HTTP/[0-9]\.[0-9]\r?\n")
 _OWS: Final = b" \t"
 
@@ -73,6 +76,7 @@ TIMER_NONE: Final = TimerKind.NONE
 TIMER_HEAD: Final = TimerKind.HEAD
 TIMER_BODY: Final = TimerKind.BODY
 TIMER_KEEPALIVE: Final = TimerKind.KEEPALIVE
+TIMER_PING: Final = TimerKind.PING
 _LENGTH: Final = Framing.LENGTH
 _CHUNKED: Final = Framing.CHUNKED
 
@@ -99,6 +103,8 @@ class HttpProtocol(asyncio.Protocol):
         self.client_label = "-"
         self.cycle: RequestCycle | None = None
         self.parsing: RequestCycle | None = None
+        #: the WebSocket session this connection became (its bytes go there)
+        self.upgraded: WebSocketCycle | None = None
         self.pipeline: deque[RequestCycle | RequestRejected] = deque()
         self.closed = False
         self.read_paused = False
@@ -156,6 +162,9 @@ class HttpProtocol(asyncio.Protocol):
         return False
 
     def data_received(self, data: bytes) -> None:
+        if self.upgraded is not None:
+            self.upgraded.feed(data)
+            return
         head_before = self._head_number if self._in_head else -1
         try:
             self.parser.feed_data(data)
@@ -167,9 +176,15 @@ class HttpProtocol(asyncio.Protocol):
                 error_log.error("internal error parsing request from %s", self.client_label,
                                 exc_info=cause)
                 self._reject(RequestRejected(500, "Internal server error"))
-        except httptools.HttpParserUpgrade:
-            # The request carrying the Upgrade header is complete and being served;
-            # tether does not switch protocols, so nothing after it is read.
+        except httptools.HttpParserUpgrade as exc:
+            if self.upgraded is not None:
+                # A WebSocket: the rest of this read (and every later one) is frames.
+                offset = exc.args[0] if exc.args else len(data)
+                if offset < len(data):
+                    self.upgraded.feed(data[offset:])
+                return
+            # Another protocol (h2c...): the request carrying the Upgrade header is
+            # complete and served as HTTP/1.1; nothing after it is read.
             self._pause_reading()
         except httptools.HttpParserError as exc:
             detail = exc.args[0] if exc.args else "malformed request"
@@ -263,9 +278,10 @@ class HttpProtocol(asyncio.Protocol):
         http_version: str = parser.get_http_version()
         if http_version != "1.1" or self._hosts != 1:
             request_head.check_head(http_version, self._chunked_request, self._hosts)
-        if self._upgrade is not None and b"websocket" in self._upgrade and parser.should_upgrade():
-            raise RequestRejected(426, "WebSocket is not supported by this server")
         method_bytes: bytes = parser.get_method()
+        if self._upgrade is not None and self._upgrade == b"websocket" and parser.should_upgrade():
+            self._start_websocket(http_version, method_bytes)
+            return
         if method_bytes == b"CONNECT":
             # A 2xx to CONNECT would make the connection a tunnel, which an ASGI
             # server cannot be; refuse it rather than drop the bytes that follow.
@@ -301,6 +317,33 @@ class HttpProtocol(asyncio.Protocol):
         else:
             self.pipeline.append(cycle)
             self._pause_reading()
+
+    def _start_websocket(self, http_version: str, method: bytes) -> None:
+        """A WebSocket upgrade: the same scope and request cycle as any request (its
+        deadline bounds the handshake), served as a session (``websocket.py``)."""
+        if method != b"GET" or http_version != "1.1":
+            raise RequestRejected(400, "WebSocket handshake failed: must be GET over HTTP/1.1")
+        protocol, response = handshake(self.state, self._headers, self._url)
+        if self.cycle is not None or self.pipeline:
+            raise RequestRejected(400, "WebSocket upgrade pipelined behind another request")
+        path, raw_path, query = request_head.split_target(self._url, method)
+        state = self.state
+        if self._deadline_headers or state.request_timeout is not None:
+            deadline = request_head.request_deadline(
+                self._deadline_headers, state.request_timeout, self.limits.max_deadline)
+        else:
+            deadline = NO_DEADLINE
+        scope = build_scope(
+            state, http_version, "GET", self.scheme, path, raw_path, query, self._headers,
+            self.client, self.server, self.extensions, deadline,
+        )
+        cycle = WebSocketCycle(self, scope, http_version, deadline,
+                               protocol, response)
+        self.parsing = cycle
+        self.upgraded = cycle
+        self._clear_timer()  # the handshake is bounded by the deadline and admission
+        self.cycle = cycle
+        cycle.start()
 
     def on_body(self, body: bytes) -> None:
         cycle = self.parsing
@@ -445,7 +488,7 @@ class HttpProtocol(asyncio.Protocol):
             "%d %s (client %s)", rejection.status, rejection.detail, self.client_label
         )
         if not self.closed:
-            extra = b"upgrade: websocket\r\n" if rejection.status == 426 else b""
+            extra = _UPGRADE_WEBSOCKET if rejection.status == 426 else b""
             self.transport.write(
                 wire.error_response(
                     rejection.status, rejection.detail, self.state.date_header, extra
@@ -471,6 +514,8 @@ class HttpProtocol(asyncio.Protocol):
             return
         parsing = self.parsing
         if parsing is not None and parsing.buffered > HIGH_WATER:
+            return
+        if self.upgraded is not None and not self.upgraded.may_read():
             return
         self.read_paused = False
         self.transport.resume_reading()
@@ -504,9 +549,34 @@ class HttpProtocol(asyncio.Protocol):
     def _clear_timer(self) -> None:
         self.timer_kind = TIMER_NONE
 
+    def websocket_opened(self, cycle: WebSocketCycle) -> None:
+        """The application accepted: the session is open; ping it from now on."""
+        interval = self.state.websocket.ping_interval
+        if interval is not None:
+            self._set_timer(TIMER_PING, interval)
+
+    def pause_reading(self) -> None:
+        """Stop reading until the session's queued messages are taken."""
+        self._pause_reading()
+
+    def going_away(self, code: int, reason: str) -> None:
+        """The worker is leaving: an open WebSocket session is closed with ``code``."""
+        if self.upgraded is not None:
+            self.upgraded.going_away(code, reason)
+
     def check_timer(self, now: float) -> None:
         kind = self.timer_kind
         if kind is TIMER_NONE or now < self.timer_at or self.closed:
+            return
+        if kind is TIMER_PING:
+            upgraded = self.upgraded
+            after = None if upgraded is None else upgraded.on_ping_timer(
+                now, self.state.websocket)
+            if after is None:
+                self.timer_kind = TIMER_NONE
+                self.transport.abort()  # the peer is gone: its handler ends (1006)
+            else:
+                self.timer_at = now + after
             return
         if kind is TIMER_HEAD and self.cycle is not None:
             return  # a pipelined head: the requests ahead of it are answered first

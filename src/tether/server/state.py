@@ -17,12 +17,13 @@ from typing import TYPE_CHECKING, Any, Protocol
 
 from tether.admission import AdmissionGate
 from tether.asgi import ASGIApp
-from tether.config import RequestLimits
+from tether.config import RequestLimits, WebSocketSettings
 from tether.metrics import HttpMetrics
 from tether.server import wire
 
 if TYPE_CHECKING:
     from tether.server.cycle import RequestCycle
+    from tether.server.websocket import WebSocketCycle
 
 access_log = logging.getLogger("tether.access")
 
@@ -34,6 +35,7 @@ class TimerKind(enum.Enum):
     HEAD = "head"  # a request head must complete (slowloris protection) -> 408
     BODY = "body"  # the next piece of a request body must arrive -> 408
     KEEPALIVE = "keep-alive"  # an idle keep-alive connection may wait this long
+    PING = "ping"  # an open WebSocket: the next ping is due, or its pong is late
 
 
 class Connection(Protocol):
@@ -41,8 +43,12 @@ class Connection(Protocol):
 
     cycle: RequestCycle | None  # the request being answered, if any
     transport: asyncio.Transport
+    upgraded: WebSocketCycle | None  # the WebSocket session it became, if any
 
     def check_timer(self, now: float) -> None: ...
+
+    def going_away(self, code: int, reason: str) -> None:
+        """The worker is leaving: close an open WebSocket session with ``code``."""
 
     def close(self) -> None: ...
 
@@ -61,6 +67,7 @@ class ServerState:
         request_timeout: float | None = None,
         cancel_on_disconnect: bool = True,
         admission: AdmissionGate | None = None,
+        websocket: WebSocketSettings | None = None,
     ) -> None:
         self.app = app
         self.limits = limits
@@ -71,6 +78,9 @@ class ServerState:
         self.request_timeout = request_timeout
         self.cancel_on_disconnect = cancel_on_disconnect
         self.admission = admission
+        self.websocket = websocket if websocket is not None else WebSocketSettings()
+        #: WebSocket sessions: opened, messages_in/out, closed_<code>
+        self.websocket_counts: Counter[str] = Counter()
         #: what cancellation and admission did (the supervisor shows them in /status)
         self.counters: Counter[str] = Counter()
         #: responses by status class and duration (Prometheus, via the supervisor)

@@ -38,6 +38,7 @@ from tether.server.fdlimit import FdLimitWatch
 from tether.server.http1 import HttpProtocol
 from tether.server.lifespan import Lifespan
 from tether.server.state import ServerState
+from tether.server.websocket import GOING_AWAY, SERVICE_RESTART
 from tether.tls import server_context
 
 logger = logging.getLogger("tether.server")
@@ -79,6 +80,7 @@ class Worker:
             cancel_on_disconnect=config.cancel_on_disconnect,
             admission=None if config.limit_concurrency is None
             else AdmissionGate(config.limit_concurrency),
+            websocket=config.websocket,
         )
         if config.framework_handlers:
             frameworks.install(app, self.state.counters)
@@ -161,7 +163,17 @@ class Worker:
         # with Connection: close rather than reset).
         forced = False
         cancelled = 0
-        if not await self._wait_idle(graceful_until) and state.tasks:
+        # WebSocket sessions never end by themselves. A reload closes them with 1012
+        # (Service Restart) once the requests in flight are done, and their clients
+        # reconnect to the new worker; a stop leaves the application the grace
+        # period, then closes them with 1001 (Going Away). Never 1006: a close frame.
+        if not serve_backlog and await self._wait_requests(graceful_until):
+            self._close_websockets(SERVICE_RESTART, "server restarting")
+        idle = await self._wait_idle(graceful_until)
+        if not idle and self._close_websockets(GOING_AWAY, "server stopping"):
+            # half the cancel budget for the closing handshakes and handlers to end
+            idle = await self._wait_idle(loop.time() + budget.cancel / 2)
+        if not idle and state.tasks:
             forced = True
             cancelled = len(state.tasks)
             for task in list(state.tasks):
@@ -195,6 +207,27 @@ class Worker:
                     logger.warning("accept during drain failed: %s", exc)
                     break
                 await loop.connect_accepted_socket(self._protocol, sock=conn, ssl=self.ssl)
+
+    def _close_websockets(self, code: int, reason: str) -> bool:
+        """Close every open WebSocket session with ``code``; False if there was none."""
+        sessions = [conn for conn in self.state.connections if conn.upgraded is not None]
+        for conn in sessions:
+            conn.going_away(code, reason)
+        return bool(sessions)
+
+    async def _wait_requests(self, deadline: float) -> bool:
+        """Wait until no HTTP request is in flight (WebSocket sessions may stay), until
+        the loop time ``deadline`` (or a force stop)."""
+        loop = asyncio.get_running_loop()
+        state = self.state
+        while any(conn.cycle is not None and conn.upgraded is None
+                  for conn in state.connections):
+            if self.force_requested.is_set() or loop.time() >= deadline:
+                return False
+            with contextlib.suppress(TimeoutError):
+                async with asyncio.timeout(0.02):
+                    await self.force_requested.wait()
+        return True
 
     async def _wait_idle(self, deadline: float) -> bool:
         """Wait until no request runs and no connection is open, until the loop time
