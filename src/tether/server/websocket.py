@@ -33,7 +33,7 @@ Rules:
 from __future__ import annotations
 
 import logging
-from collections import deque
+from collections import Counter, deque
 from typing import TYPE_CHECKING, Any, Final, Protocol
 
 from websockets.extensions.permessage_deflate import ServerPerMessageDeflateFactory
@@ -46,6 +46,7 @@ from tether.asgi import Message
 from tether.config import WebSocketSettings
 from tether.deadline import NO_DEADLINE, Deadline, set_deadline
 from tether.errors import ClientDisconnected
+from tether.metrics import series
 from tether.server import wire
 from tether.server.cycle import Channel, RequestCycle
 from tether.server.request_head import RequestRejected
@@ -86,6 +87,17 @@ class WebSocketChannel(Channel, Protocol):
     def pause_reading(self) -> None: ...
 
     def websocket_opened(self, cycle: WebSocketCycle) -> None: ...
+
+
+def websocket_values(counts: Counter[str]) -> dict[str, float]:
+    """The Prometheus series of a worker's WebSocket counts (``ServerState.websocket_counts``)."""
+    out: dict[str, float] = {}
+    for key, value in counts.items():
+        if key.startswith("closed_"):
+            out[series("tether_websocket_closes_total", code=key[7:])] = value
+        elif key in ("messages_in", "messages_out"):
+            out[series("tether_websocket_messages_total", direction=key[9:])] = value
+    return out
 
 
 def websocket_scope(scope: dict[str, Any]) -> dict[str, Any]:
@@ -290,6 +302,11 @@ class WebSocketCycle(RequestCycle):
             self.close_reason = reason
             self.channel.state.websocket_counts[f"closed_{code}"] += 1
             self.wake()
+
+    @property
+    def is_open(self) -> bool:
+        """Accepted and not ended (for the sessions gauge)."""
+        return self.opened and self.close_code is None
 
     # -- events from the connection ------------------------------------------------------
 

@@ -38,7 +38,7 @@ from tether.server.fdlimit import FdLimitWatch
 from tether.server.http1 import HttpProtocol
 from tether.server.lifespan import Lifespan
 from tether.server.state import ServerState
-from tether.server.websocket import GOING_AWAY, SERVICE_RESTART
+from tether.server.websocket import GOING_AWAY, SERVICE_RESTART, websocket_values
 from tether.tls import server_context
 
 logger = logging.getLogger("tether.server")
@@ -355,7 +355,8 @@ class Worker:
         while True:
             control.send(
                 "heartbeat", requests=state.total_requests, in_flight=len(state.tasks),
-                connections=len(state.connections), metrics=self.metric_counters(),
+                connections=len(state.connections), websockets=self.websocket_sessions(),
+                metrics=self.metric_counters(),
                 gauges=self.metric_gauges(),
                 status=metrics.PROCESS.status(),
             )
@@ -372,13 +373,20 @@ class Worker:
         out = metrics.counter_values(self.counters())
         out.update(self.state.http.values())
         out.update(metrics.PROCESS.counters)
+        out.update(websocket_values(self.state.websocket_counts))
         return out
+
+    def websocket_sessions(self) -> int:
+        """Open WebSocket sessions: accepted and not closed."""
+        return sum(1 for conn in self.state.connections
+                   if conn.upgraded is not None and conn.upgraded.is_open)
 
     def metric_gauges(self) -> metrics.Values:
         state = self.state
         return {
             "tether_http_requests_in_flight": len(state.tasks),
             "tether_http_connections": len(state.connections),
+            "tether_websocket_sessions": self.websocket_sessions(),
             **metrics.PROCESS.gauges(),
         }
 
