@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import asyncio
 import base64
+import logging
 import os
 import socket
 import struct
@@ -265,3 +266,38 @@ async def test_fastapi_and_starlette_routes_unchanged(fastapi_server: RunningSer
         await ws.send(b"abc")
         assert await ws.recv() == b"cba"
     await wait_for(lambda: ws_app.SEEN.get("starlette") == ["done"], 5, "the loop to end")
+
+
+async def test_the_app_closing_ends_the_session_cleanly(caplog: pytest.LogCaptureFixture) -> None:
+    caplog.set_level(logging.INFO, "tether")
+    async with serve(ws_app.app) as server, websockets.connect(_url(server, "/bye")) as ws:
+        assert await ws.recv() == "bye"
+        with pytest.raises(ConnectionClosed) as closed:
+            await ws.recv()
+        assert closed.value.rcvd is not None
+        assert (closed.value.rcvd.code, closed.value.rcvd.reason) == (1000, "done")
+    assert not [r for r in caplog.records if r.levelno >= logging.WARNING]
+
+
+async def test_a_deadline_bounds_the_handshake_not_the_session() -> None:
+    deadline = {"x-request-timeout-ms": "200"}
+    async with serve(ws_app.app) as server:
+        with pytest.raises(InvalidStatus) as late:
+            async with websockets.connect(_url(server, "/slow-accept"),
+                                          additional_headers=deadline):
+                pass
+        assert late.value.response.status_code == 504
+        async with websockets.connect(_url(server, "/echo"), additional_headers=deadline) as ws:
+            await asyncio.sleep(0.4)  # the handshake's deadline passes; the session stays
+            await ws.send("after the deadline")
+            assert await ws.recv() == "after the deadline"
+
+
+async def test_open_sessions_do_not_hold_admission_slots() -> None:
+    async with serve(ws_app.app, limit_concurrency=1) as server:
+        sessions = [await websockets.connect(_url(server, "/echo")) for _ in range(3)]
+        raw = await raw_exchange(server.port,
+                                 b"GET / HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n")
+        assert status_of(raw) == 200
+        for ws in sessions:
+            await ws.close()

@@ -44,7 +44,8 @@ async def app(scope: Scope, receive: Receive, send: Send) -> None:
     ``/teapot``: answers the handshake with its own HTTP response; ``/blocked``:
     accepts, then waits on something else than the client; ``/record``: echoes and
     marks how the session ended; ``/pid``: sends its worker's pid, then echoes;
-    ``/crash``: accepts, then raises. Plain HTTP requests get 200 "http"."""
+    ``/crash``: accepts, then raises; ``/bye``: says bye and closes (1000, "done");
+    ``/slow-accept``: accepts after 0.5 s. Plain HTTP requests get 200 "http"."""
     if scope["type"] == "lifespan":
         while True:
             message = await receive()
@@ -67,6 +68,8 @@ async def app(scope: Scope, receive: Receive, send: Send) -> None:
                     "headers": [(b"content-type", b"text/plain")]})
         await send({"type": "websocket.http.response.body", "body": b"no websocket for you"})
         return
+    if path == "/slow-accept":
+        await asyncio.sleep(0.5)  # longer than the test's handshake deadline
     offered = scope["subprotocols"]
     await send({"type": "websocket.accept", "subprotocol": offered[0] if offered else None,
                 "headers": [(b"x-session", b"tether")]})
@@ -76,6 +79,10 @@ async def app(scope: Scope, receive: Receive, send: Send) -> None:
         except asyncio.CancelledError:
             mark("blocked", "cancelled")
             raise
+        return
+    if path == "/bye":
+        await send({"type": "websocket.send", "text": "bye"})
+        await send({"type": "websocket.close", "code": 1000, "reason": "done"})
         return
     if path == "/crash":
         raise RuntimeError("a bug after accept")

@@ -161,6 +161,7 @@ class RequestCycle:
         "head",
         "head_request",
         "head_written",
+        "holds_admission",
         "http_version",
         "keep_alive",
         "logged",
@@ -216,6 +217,8 @@ class RequestCycle:
         self.deadline = deadline
         self.deadline_handle: asyncio.TimerHandle | None = None
         self.task: asyncio.Task[None] | None = None
+        #: holds a slot of the admission gate (--limit-concurrency)
+        self.holds_admission = False
         #: why tether cancelled the handler (None: not cancelled, or a stop)
         self.cancel_reason: CancelReason | None = None
 
@@ -464,7 +467,7 @@ class RequestCycle:
     async def run_asgi(self, app: ASGIApp) -> None:
         state = self.channel.state
         gate = state.admission
-        admitted = False
+        admitted = False  # admitted by the gate (it may have been let go of since)
         try:
             if self.deadline.at is not None:
                 set_deadline(self.deadline)  # this task's context: the app inherits it
@@ -473,7 +476,7 @@ class RequestCycle:
                 if outcome is not Outcome.ADMITTED:
                     self._end(REFUSALS[outcome])  # the handler never runs
                     return
-                admitted = True
+                admitted = self.holds_admission = True
             elif self.deadline.expired:
                 self._end(REFUSALS[Outcome.EXPIRED])
                 return
@@ -518,13 +521,20 @@ class RequestCycle:
                 )
                 self._fail_unanswered(500, "Internal Server Error")
         finally:
-            if admitted:
-                assert gate is not None
-                gate.leave()
+            if self.holds_admission:
+                self.leave_admission()
             if not self.logged:
                 self._log()
             if self.task is not None:
                 state.tasks.discard(self.task)
+
+    def leave_admission(self) -> None:
+        """Give the admission slot back (at the end of the handler, or earlier: a
+        WebSocket session holds it for its handshake only)."""
+        gate = self.channel.state.admission
+        if self.holds_admission and gate is not None:
+            self.holds_admission = False
+            gate.leave()
 
     def _end(self, ending: Ending, exc: BaseException | None = None) -> None:
         """Carry out an ending from the table in ``outcomes.py``."""

@@ -167,6 +167,7 @@ class WebSocketCycle(RequestCycle):
         "close_code",
         "close_reason",
         "connect_delivered",
+        "connection_done",
         "handshake_response",
         "opened",
         "pending",
@@ -207,6 +208,7 @@ class WebSocketCycle(RequestCycle):
         #: why the session ended, as the application is told (None: still open)
         self.close_code: int | None = None
         self.close_reason = ""
+        self.connection_done = False
         self.ping_outstanding = False
         self.ping_sent_at = 0.0
         self.reported = False
@@ -288,10 +290,9 @@ class WebSocketCycle(RequestCycle):
                 self._connection_done()
 
     def _connection_done(self) -> None:
-        if self.close_code is None:
-            self._ended(ABNORMAL, "")
-        if not self.response_complete:
-            self._response_done()
+        self._ended(ABNORMAL, "")
+        if not self.connection_done:
+            self.connection_done = True
             self.channel.response_complete(self)  # closes the connection
 
     def _ended(self, code: int, reason: str) -> None:
@@ -301,6 +302,7 @@ class WebSocketCycle(RequestCycle):
             self.close_code = code
             self.close_reason = reason
             self.channel.state.websocket_counts[f"closed_{code}"] += 1
+            self._response_done()  # the session is complete: what comes after is late
             self.wake()
 
     @property
@@ -313,11 +315,11 @@ class WebSocketCycle(RequestCycle):
     def on_disconnect(self) -> None:
         """The TCP connection is gone. A handler waiting in receive() is told (1006);
         one blocked elsewhere is cancelled, as an HTTP handler is."""
-        if self.close_code is None:
+        waiting = self.waiter is not None and not self.waiter.done()
+        if self.opened and self.close_code is None:
             self.close_code = ABNORMAL
             self.channel.state.websocket_counts[f"closed_{ABNORMAL}"] += 1
-        waiting = self.waiter is not None and not self.waiter.done()
-        if waiting or self.response_complete:
+        if waiting or (self.response_complete and self.opened):
             self.disconnected = True
             self._cancel_flush()
             self.wake()
@@ -457,6 +459,7 @@ class WebSocketCycle(RequestCycle):
             self.deadline_handle.cancel()
             self.deadline_handle = None
         set_deadline(NO_DEADLINE)
+        self.leave_admission()  # the handshake took a slot; the session does not
         self._flush()
         self.channel.state.websocket_counts["opened"] += 1
         self.channel.websocket_opened(self)
