@@ -11,10 +11,13 @@ import signal
 import time
 from pathlib import Path
 
+import httpx
 import websockets
+from prometheus_client.parser import text_string_to_metric_families
 from websockets.exceptions import ConnectionClosed
 
-from tests.support import server_process
+from tests.support import server_process, wait_for
+from tether import metrics
 
 APPS = Path(__file__).resolve().parent / "apps"
 SESSIONS = 100
@@ -75,3 +78,33 @@ async def test_stop_ends_sessions_with_1001_within_the_stop_budget() -> None:
         # the stop budget (graceful 1 + cancel 1 + lifespan 1 + margin 2) bounds it
         assert time.monotonic() - started < 5
         assert "1006" not in server.output()
+
+
+def _scrape(admin: str) -> dict[str, float]:
+    text = httpx.get(f"{admin}/metrics", timeout=5).text
+    return {metrics.series(s.name, **s.labels): s.value
+            for family in text_string_to_metric_families(text) for s in family.samples}
+
+
+async def test_sessions_messages_and_closes_are_counted() -> None:
+    with server_process("ws_app:app", "--admin-port", "0", cwd=APPS) as server:
+        admin = server.wait_for_line("admin listening on http://").rsplit(" ", 1)[1].strip()
+        url = f"ws://127.0.0.1:{server.port}/echo"
+        sessions = [await websockets.connect(url) for _ in range(3)]
+        for ws in sessions:
+            for _ in range(4):
+                await ws.send("ping")
+                await ws.recv()
+        await wait_for(lambda: _scrape(admin).get("tether_websocket_sessions") == 3, 10,
+                       "three open sessions in the gauge")
+        status = (await asyncio.to_thread(httpx.get, f"{admin}/status", timeout=5)).json()
+        assert sum(w["websockets"] for w in status["workers"]) == 3
+        for ws in sessions:
+            await ws.close(4000, "done here")
+        await wait_for(
+            lambda: _scrape(admin).get('tether_websocket_closes_total{code="4000"}') == 3, 10,
+            "three closes with 4000 counted")
+        values = _scrape(admin)
+        assert values['tether_websocket_messages_total{direction="in"}'] == 12
+        assert values['tether_websocket_messages_total{direction="out"}'] == 12
+        assert values["tether_websocket_sessions"] == 0
