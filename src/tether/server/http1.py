@@ -324,6 +324,10 @@ class HttpProtocol(asyncio.Protocol):
         if method != b"GET" or http_version != "1.1":
             raise RequestRejected(400, "WebSocket handshake failed: must be GET over HTTP/1.1")
         protocol, response = handshake(self.state, self._headers, self._url)
+        if self.state.draining:
+            # This worker is leaving: a session opened now would be closed at once.
+            # The client retries, and reaches a worker that stays.
+            raise RequestRejected(503, "Service restarting: open the WebSocket again")
         if self.cycle is not None or self.pipeline:
             raise RequestRejected(400, "WebSocket upgrade pipelined behind another request")
         path, raw_path, query = request_head.split_target(self._url, method)
