@@ -19,6 +19,7 @@ import signal
 import socket
 import ssl
 import sys
+from collections.abc import Callable
 from dataclasses import dataclass, replace
 from typing import Any
 
@@ -218,23 +219,21 @@ class Worker:
     async def _wait_requests(self, deadline: float) -> bool:
         """Wait until no HTTP request is in flight (WebSocket sessions may stay), until
         the loop time ``deadline`` (or a force stop)."""
-        loop = asyncio.get_running_loop()
-        state = self.state
-        while any(conn.cycle is not None and conn.upgraded is None
-                  for conn in state.connections):
-            if self.force_requested.is_set() or loop.time() >= deadline:
-                return False
-            with contextlib.suppress(TimeoutError):
-                async with asyncio.timeout(0.02):
-                    await self.force_requested.wait()
-        return True
+        return await self._wait_until(
+            lambda: not any(conn.cycle is not None and conn.upgraded is None
+                            for conn in self.state.connections), deadline)
 
     async def _wait_idle(self, deadline: float) -> bool:
         """Wait until no request runs and no connection is open, until the loop time
         ``deadline`` (or a force stop)."""
-        loop = asyncio.get_running_loop()
         state = self.state
-        while state.connections or state.tasks:
+        return await self._wait_until(lambda: not (state.connections or state.tasks), deadline)
+
+    async def _wait_until(self, done: Callable[[], bool], deadline: float) -> bool:
+        """Wait until ``done()``; False if the loop time ``deadline`` or a force stop
+        comes first."""
+        loop = asyncio.get_running_loop()
+        while not done():
             if self.force_requested.is_set() or loop.time() >= deadline:
                 return False
             with contextlib.suppress(TimeoutError):
