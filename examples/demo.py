@@ -11,7 +11,10 @@ deadline) while the demo performs and narrates the five field-report scenarios:
 3. ``kill -9`` of an ``orders`` provider, and its return on a new port (report 5);
 4. clients that disconnect mid-request: the cancellation travels proxy -> front ->
    orders (report 1);
-5. a graceful stop of a provider with requests in flight (report 2).
+5. a graceful stop of a provider with requests in flight (report 2);
+6. a FastAPI service moved from uvicorn unchanged (``whoami``), behind the proxy: it
+   sees the real client's address (the demo's client uses 127.0.0.2), and a
+   ``tether.ServiceUnavailable`` it lets escape is a 503 with ``Retry-After``.
 
 It ends with a table read from the processes' own ``/metrics`` and exits non-zero
 if any request that should have succeeded failed. ``QUICK=1`` (or ``--quick``)
@@ -22,6 +25,8 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import http.client
+import json
 import os
 import shutil
 import signal
@@ -227,6 +232,26 @@ def cancelled(procs: list[Proc]) -> int:
                    for p in procs))
 
 
+#: the source address the demo's client uses towards the proxy (any 127/8 address is
+#: this machine), so the app behind the proxy can tell it from the proxy's own
+WHOAMI_CLIENT = "127.0.0.2"
+
+
+def ask_whoami(proxy_port: int) -> tuple[dict[str, Any], tuple[int, str | None]]:
+    """``GET /whoami`` and ``/whoami/inventory`` through the proxy, from 127.0.0.2."""
+    conn = http.client.HTTPConnection("127.0.0.1", proxy_port, timeout=5,
+                                      source_address=(WHOAMI_CLIENT, 0))
+    try:
+        conn.request("GET", "/whoami")
+        seen: dict[str, Any] = json.loads(conn.getresponse().read())
+        conn.request("GET", "/whoami/inventory")
+        response = conn.getresponse()
+        response.read()
+        return seen, (response.status, response.getheader("retry-after"))
+    finally:
+        conn.close()
+
+
 async def main() -> int:
     tmp = Path(tempfile.mkdtemp(prefix="tether-demo-"))
     registry = f"sqlite:///{tmp}/registry.db"
@@ -237,16 +262,18 @@ async def main() -> int:
         orders_a = serve("orders-a", "orders:app", registry, "orders")
         orders_b = serve("orders-b", "orders:app", registry, "orders")
         front = serve("front", "front:app", registry, "front")
+        whoami = serve("whoami", "whoami:app", registry, "whoami")
         proxy = Proc("proxy", "proxy", "--listen", "127.0.0.1:0", "--route", "/=front",
-                     "--registry", registry, env={})
-        procs += [orders_a, orders_b, front, proxy]
+                     "--route", "/whoami=whoami", "--registry", registry, env={})
+        procs += [orders_a, orders_b, front, whoami, proxy]
         for p in procs:
             console.print(f"  {p.name:<9} http://{p.address}  2 workers, admin {p.admin}")
         await until(lambda: total(front.metrics(), "tether_cluster_providers",
                                   state="alive") >= 2, 20, "front to see both orders")
         await until(lambda: total(proxy.metrics(), "tether_cluster_providers",
-                                  state="alive") >= 1, 20, "the proxy to see front")
-        console.print("  the proxy sees front alive; front sees both orders providers alive\n")
+                                  state="alive") >= 2, 20, "the proxy to see front and whoami")
+        console.print("  the proxy sees front and whoami alive; front sees both orders "
+                      "providers alive\n")
 
         traffic = Traffic(f"http://{proxy.address}")
         traffic.start(limit_seconds=150, limit_requests=200_000)
@@ -256,7 +283,7 @@ async def main() -> int:
             console=console, transient=True,
         )
         with progress:
-            step = progress.add_task("", total=5)
+            step = progress.add_task("", total=6)
 
             async def show() -> None:
                 while True:
@@ -338,6 +365,15 @@ async def main() -> int:
             console.print(f"   {completed}/{IN_FLIGHT} in-flight requests completed; "
                           f"orders-b exited with status {code}")
             progress.advance(step)
+
+            console.print("[bold]6.[/] a FastAPI service moved from uvicorn (whoami), "
+                          "behind the proxy; the client connects from 127.0.0.2")
+            seen, unavailable = await asyncio.to_thread(ask_whoami, proxy.port)
+            events.append(f"whoami saw client {seen.get('client')}")
+            console.print(f"   the app saw client {seen.get('client')} "
+                          f"(scheme {seen.get('scheme')}); /whoami/inventory answered "
+                          f"{unavailable[0]} with Retry-After {unavailable[1]}")
+            progress.advance(step)
             await pace()
             await traffic.finish()
             ticker.cancel()
@@ -361,6 +397,10 @@ async def main() -> int:
             ("in-flight requests completed during the stop", f"{completed}/{IN_FLIGHT}"),
             ("connection reuse proxy -> front", f"{reuse(proxy_m):.4f}"),
             ("connection reuse front -> orders", f"{reuse(front_m):.4f}"),
+            ("client the FastAPI app saw (sent from 127.0.0.2)",
+             str(seen.get("client"))),
+            ("FastAPI app's ServiceUnavailable", f"{unavailable[0]}, Retry-After "
+                                                 f"{unavailable[1]}"),
         ]
         for label, value in rows:
             table.add_row(label, value)
@@ -369,6 +409,7 @@ async def main() -> int:
         if c["sent"] - c["ok"]:
             console.print(f"not ok: {({k: v for k, v in c.items() if k not in ('sent', 'ok')})}")
         problems = (c["sent"] - c["ok"]) + (IN_FLIGHT - completed) + (reached < DISCONNECTS)
+        problems += (seen.get("client") != WHOAMI_CLIENT) + (unavailable != (503, "1"))
         console.print("[green]all good[/]" if not problems else "[red]PROBLEMS: see above[/]")
         return 1 if problems else 0
     finally:

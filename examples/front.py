@@ -3,7 +3,8 @@
 ``GET /order/<id>`` -> ``orders`` ``/orders/<id>`` (provider chosen by p2c, retried
 elsewhere when one dies, under the caller's deadline). ``GET /slow`` -> ``orders``
 ``/orders/slow``. ``GET /cluster``: this worker's view of the ``orders`` providers.
-``GET /healthz``: 200 (what the proxy's cluster probes).
+``GET /healthz``: 200 (for a cluster with ``health_path="/healthz"``; ``tether proxy``
+probes with ``OPTIONS *``, which tether serve answers without the app).
 The registry URL comes from ``DEMO_REGISTRY``.
 """
 

@@ -56,8 +56,8 @@ class FakeClient:
     async def deadline_scope(self) -> AsyncIterator[None]:
         yield
 
-    async def probe(self, url: str, timeout: float) -> int:
-        address = url.split("/")[2]
+    async def probe(self, origin_url: str, target: str, timeout: float) -> int:
+        address = origin_url.split("/")[2]
         self.probed[address] += 1
         if not self.healthy.get(address, True):
             raise ConnectError("refused", target=address, phase="connect")

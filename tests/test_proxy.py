@@ -218,7 +218,7 @@ def _healthz_or(answer: bytes | None) -> Responder:
     ok = b"HTTP/1.1 200 OK\r\nContent-Length: 3\r\n\r\nok\n"
 
     def respond(method: str, target: str) -> bytes | None:
-        return ok if target.endswith("/healthz") else answer
+        return ok if target == "*" or target.endswith("/healthz") else answer
 
     return respond
 
@@ -497,17 +497,19 @@ async def test_forwarded_headers_and_via(upstream_a: Tether) -> None:
 async def test_the_client_cannot_forge_this_hop(upstream_a: Tether) -> None:
     """A Host cannot add Forwarded parameters (one that is not host[:port] is 400,
     as nginx answers); X-Forwarded-Proto/-Host describe the hop the proxy received,
-    whatever the client claimed."""
+    whatever the client claimed. (The client connects from 127.0.0.2: 127.0.0.1 is
+    a trusted proxy by default, whose X-Forwarded-Proto the proxy would believe.)"""
     with proxy("--route", f"/api={upstream_a.address}") as px:
         forged = 'x";for=10.0.0.1;by="y'
-        async with httpx.AsyncClient(timeout=HTTP_TIMEOUT) as client:
+        untrusted = httpx.AsyncHTTPTransport(local_address="127.0.0.2")
+        async with httpx.AsyncClient(timeout=HTTP_TIMEOUT, transport=untrusted) as client:
             r = await client.get(f"{px.url}/api/echo", headers={"Host": forged})
             assert r.status_code == 400
             r = await client.get(f"{px.url}/api/echo", headers={
                 "Host": "shop.example:8443", "X-Forwarded-Proto": "https",
                 "X-Forwarded-Host": "evil"})
         seen = headers_of(r.json())
-        assert seen["forwarded"] == ['for=127.0.0.1;proto=http;host="shop.example:8443"']
+        assert seen["forwarded"] == ['for=127.0.0.2;proto=http;host="shop.example:8443"']
         assert seen["x-forwarded-proto"] == ["http"]
         assert seen["x-forwarded-host"] == ["shop.example:8443"]
 

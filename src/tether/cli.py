@@ -19,6 +19,8 @@ from tether.config import STOP_MARGIN, RequestLimits, ServerConfig, WebSocketSet
 from tether.errors import ConfigError
 from tether.logs import LEVELS, configure_logging
 from tether.registry import DEFAULT_URL, Provider, RegistryError, Unreachable, open_registry
+from tether.registry.urls import redact
+from tether.server.forwarded import DEFAULT_TRUST
 from tether.server.sockets import BindError, adopt_fd, bind_tcp, bind_unix
 from tether.server.supervisor import run_supervisor
 from tether.server.worker import EXIT_ERROR, server_ssl_context
@@ -52,6 +54,14 @@ def _env(name: str) -> str:
               show_default=True, envvar=_env("LIFESPAN"), help="ASGI lifespan handling.")
 @click.option("--root-path", default="", envvar=_env("ROOT_PATH"),
               help="ASGI root_path, for an app mounted below a prefix.")
+@click.option("--proxy-headers/--no-proxy-headers", default=True, show_default=True,
+              envvar=_env("PROXY_HEADERS"),
+              help="Take the client, scheme and host from X-Forwarded-For/-Proto/-Host/"
+                   "-Prefix or Forwarded, when the peer is in --forwarded-allow-ips.")
+@click.option("--forwarded-allow-ips", default=DEFAULT_TRUST, show_default=True,
+              envvar=[_env("FORWARDED_ALLOW_IPS"), "FORWARDED_ALLOW_IPS"],
+              help="Comma list of proxy addresses and networks whose proxy headers are "
+                   "believed; '*' for any (also read from $FORWARDED_ALLOW_IPS).")
 @click.option("--loop", type=click.Choice(["auto", "asyncio", "uvloop"]), default="auto",
               show_default=True, envvar=_env("LOOP"),
               help="Event loop: uvloop when installed (auto), or stdlib asyncio.")
@@ -262,10 +272,13 @@ def registry() -> None:
 @click.option("--registry", "url", default=DEFAULT_URL, show_default=True,
               envvar=_env("REGISTRY"), help="Registry URL.")
 def registry_ls(service: str | None, url: str) -> None:
-    """List registered providers (of SERVICE, or of every service)."""
+    """List registered providers (of SERVICE, or of every service).
+
+    Names the registry read on stderr; a sqlite file that does not exist is an
+    error (only `tether serve --registry` creates one)."""
 
     async def main() -> list[tuple[Provider, float]]:
-        reg = open_registry(url)
+        reg = open_registry(url, create=False)
         try:
             return await reg.list(service)
         finally:
@@ -274,7 +287,10 @@ def registry_ls(service: str | None, url: str) -> None:
     try:
         rows = asyncio.run(main())
     except (ConfigError, RegistryError) as exc:
-        raise click.ClickException(str(exc)) from exc
+        raise click.ClickException(f"registry {redact(url)}: {exc}") from exc
+    # On stderr: the table on stdout stays the same for scripts that read it.
+    click.echo(f"registry {redact(url)}: {len(rows)} provider{'' if len(rows) == 1 else 's'}",
+               err=True)
     click.echo(f"{'SERVICE':<20} {'ADDRESS':<24} {'TTL LEFT':>8}  METADATA")
     for provider, left in rows:
         meta = " ".join(f"{k}={v}" for k, v in provider.metadata)
@@ -286,10 +302,14 @@ def registry_ls(service: str | None, url: str) -> None:
 @click.option("--registry", "url", default=DEFAULT_URL, show_default=True,
               envvar=_env("REGISTRY"), help="Registry URL.")
 def registry_watch(service: str, url: str) -> None:
-    """Print every snapshot of SERVICE's providers as it arrives (Ctrl-C to stop)."""
+    """Print every snapshot of SERVICE's providers as it arrives (Ctrl-C to stop).
+
+    Names the registry watched on stderr; a sqlite file that does not exist is an
+    error (only `tether serve --registry` creates one)."""
 
     async def main() -> None:
-        reg = open_registry(url)
+        reg = open_registry(url, create=False)
+        click.echo(f"watching {service} in registry {redact(url)}", err=True)
         try:
             async for event in reg.watch(service):
                 stamp = time.strftime("%H:%M:%S")
@@ -307,24 +327,35 @@ def registry_watch(service: str, url: str) -> None:
     except KeyboardInterrupt:
         pass
     except (ConfigError, RegistryError) as exc:
-        raise click.ClickException(str(exc)) from exc
+        raise click.ClickException(f"registry {redact(url)}: {exc}") from exc
 
 
 main.add_command(status_command)
 
 
+def _listen_option(ctx: click.Context, param: click.Parameter, value: str) -> tuple[str, int]:
+    from tether.proxy_config import parse_listen
+
+    try:
+        return parse_listen(value)
+    except ConfigError as exc:
+        raise click.BadParameter(str(exc)) from None
+
+
 @main.command()
 @click.option("--listen", default="127.0.0.1:8080", show_default=True,
-              envvar=_env("LISTEN"), metavar="HOST:PORT", help="Address to serve on.")
-@click.option("--route", "routes", multiple=True, metavar="PREFIX=UPSTREAM",
+              envvar=_env("LISTEN"), metavar="HOST:PORT", callback=_listen_option,
+              help="Address to serve on; a PORT alone means 127.0.0.1:PORT.")
+@click.option("--route", "routes", multiple=True, metavar="PREFIX=UPSTREAM[,strip_prefix]",
               help="Forward paths under PREFIX to a registry service, or to a static "
-                   "list host:port[,host:port...] (http:// or https:// allowed). Repeat.")
+                   "list host:port[,host:port...] (http:// or https:// allowed). "
+                   "',strip_prefix' sends /7 for PREFIX/7. Repeat.")
 @click.option("--registry", "proxy_registry", default=None, envvar=_env("REGISTRY"),
               help="Registry URL where the routes' services are found.")
 @click.option("--config", "config_path", default=None, envvar=_env("PROXY_CONFIG"),
               type=click.Path(dir_okay=False),
               help="TOML file with routes and upstreams (see docs/proxy.md).")
-def proxy(listen: str, routes: tuple[str, ...], proxy_registry: str | None,
+def proxy(listen: tuple[str, int], routes: tuple[str, ...], proxy_registry: str | None,
           config_path: str | None, **opts: Any) -> None:
     """Run a reverse proxy: longest-prefix routes to services' clusters.
 
@@ -339,14 +370,12 @@ def proxy(listen: str, routes: tuple[str, ...], proxy_registry: str | None,
         build_proxy_config(routes, proxy_registry, config_path)  # fail here, not in workers
     except ConfigError as exc:
         raise click.UsageError(str(exc)) from exc
-    host, sep, port = listen.rpartition(":")
-    if not sep or not port.isdigit():
-        raise click.UsageError(f"--listen must be HOST:PORT, got {listen!r}")
+    host, port = listen
     os.environ[ENV_CONFIG] = ProxyConfig.inputs_to_json(routes, proxy_registry, config_path)
     if opts.get("service") is not None:
         opts["registry"] = proxy_registry
-    opts.update(app="tether.proxy:from_environment", factory=True, host=host.strip("[]"),
-                port=int(port), lifespan="on", app_dir=None, uds=None, fd=None)
+    opts.update(app="tether.proxy:from_environment", factory=True, host=host,
+                port=port, lifespan="on", app_dir=None, uds=None, fd=None)
     serve.callback(**opts)  # type: ignore[misc]
 
 

@@ -14,6 +14,7 @@ from typing import Literal
 
 from tether.errors import ConfigError
 from tether.loops import LoopName
+from tether.server.forwarded import DEFAULT_TRUST, TrustList
 
 LifespanMode = Literal["auto", "on", "off"]
 LogLevel = Literal["critical", "error", "warning", "info", "debug", "trace"]
@@ -138,6 +139,11 @@ class ServerConfig:
     #: (see StopBudget: the supervisor kills a worker STOP_MARGIN after both)
     force_exit_timeout: float = 5.0
     app_dir: str | None = None
+    # -- proxy headers (docs/server.md, "Behind a proxy") ---------------------------------
+    #: believe X-Forwarded-* and Forwarded from trusted peers (uvicorn's --proxy-headers)
+    proxy_headers: bool = True
+    #: peers whose proxy headers are believed: addresses and networks, or "*"
+    forwarded_allow_ips: str = DEFAULT_TRUST
     # -- deadlines and cancellation ------------------------------------------------------
     #: server cap on every request's deadline, seconds (None: only the client's)
     request_timeout: float | None = None
@@ -192,6 +198,11 @@ class ServerConfig:
         return self.ssl_certfile is not None
 
     @property
+    def forwarded_trust(self) -> TrustList | None:
+        """The peers whose proxy headers are believed (None: --no-proxy-headers)."""
+        return TrustList.parse(self.forwarded_allow_ips) if self.proxy_headers else None
+
+    @property
     def stop_budget(self) -> StopBudget:
         """The one stop budget: every timer of a stop, in the worker and the supervisor."""
         return StopBudget(graceful=self.graceful_timeout, cancel=self.force_exit_timeout,
@@ -216,6 +227,10 @@ class ServerConfig:
             raise ConfigError(
                 f"--root-path must start with '/' and not end with one, got {self.root_path!r}"
             )
+        try:
+            TrustList.parse(self.forwarded_allow_ips)
+        except ValueError as exc:
+            raise ConfigError(f"--forwarded-allow-ips: {exc}") from None
         _positive("--keep-alive-timeout", self.limits.keep_alive_timeout)
         _positive("--header-timeout", self.limits.header_timeout)
         _positive("--body-timeout", self.limits.body_timeout)

@@ -16,10 +16,10 @@ Rules, in order:
    decides where the proxy connects. ``OPTIONS *`` is answered by the proxy.
 2. Request headers: drop the hop-by-hop ones (RFC 9110 section 7.6.1: Connection,
    the headers it names, Proxy-Connection, Keep-Alive, TE, Transfer-Encoding,
-   Upgrade, Proxy-Authorization/-Authenticate); append the client to ``Forwarded``
-   and ``X-Forwarded-For``, set ``X-Forwarded-Proto`` and ``X-Forwarded-Host`` if
-   absent, append ``Via``. The deadline header is not copied: the client writes a
-   fresh one with the time actually left.
+   Upgrade, Proxy-Authorization/-Authenticate); append the peer the request came
+   from to ``Forwarded`` and ``X-Forwarded-For``, set ``X-Forwarded-Proto`` (the
+   client's scheme) and ``X-Forwarded-Host``, append ``Via``. The deadline header
+   is not copied: the client writes a fresh one with the time actually left.
 3. Bodies stream both ways with back-pressure; nothing holds a whole body, except
    a request body of at most :data:`BUFFER_LIMIT` bytes with a Content-Length,
    kept so an idempotent request can be retried on another provider.
@@ -125,13 +125,19 @@ def request_headers(
             chain.append(value)
         else:
             out.append((name, value))
-    client = scope.get("client")
+    # X-Forwarded-For and Forwarded are chains: each proxy appends the peer it
+    # received the request from (the upstream decides how many hops to trust). When
+    # the server's proxy headers named an earlier client, the peer is in
+    # extensions["tether"]["transport"]: appending the named client instead would
+    # drop a hop and make the upstream trust what this proxy trusted.
+    transport = scope.get("extensions", {}).get("tether", {}).get("transport") or scope
+    client = transport.get("client")
     client_host = client[0] if client else "unknown"
+    # Proto is the scheme the client used (as the server resolved it: a trusted
+    # proxy in front may have ended TLS), set, never taken from the client's headers;
+    # the Forwarded element describes this hop, so it has the hop's own scheme.
     proto = scope.get("scheme", "http")
-    # X-Forwarded-For and Forwarded are chains: each proxy appends its hop (the
-    # upstream decides how many hops to trust). Proto and Host describe the hop
-    # this proxy received, so they are set, never taken from the client.
-    forwarded = f"for={_node(client_host)};proto={proto}"
+    forwarded = f"for={_node(client_host)};proto={transport.get('scheme', proto)}"
     out.append(("x-forwarded-proto", proto))
     if host is not None:
         out.append(("x-forwarded-host", host))

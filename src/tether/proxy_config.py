@@ -23,6 +23,7 @@ TOML (``--config tether.toml``)::
     upstream = "orders"        # a name from [upstreams], or a registry service
     timeout = 2.0              # optional: at most this long per request
     strip_prefix = false       # optional: send /7 instead of /api/orders/7
+                               # (on the command line: --route /api/orders=orders,strip_prefix)
 
     [[routes]]
     prefix = "/static"
@@ -33,6 +34,7 @@ TOML (``--config tether.toml``)::
     scheme = "https"
     sni = "orders.internal"    # the TLS server name sent and verified
     ca = "/etc/tether/ca.pem"  # CA bundle to verify the upstream with
+    health_path = "*"          # the probe: OPTIONS * (default), or GET of a path
 """
 
 from __future__ import annotations
@@ -46,6 +48,15 @@ from urllib.parse import quote
 from tether.errors import ConfigError
 
 BALANCERS: Final = ("p2c", "round_robin")
+#: What may follow a ``--route`` upstream after a comma to strip the prefix: the
+#: TOML route key's name (spelt with ``-`` too, as flags are).
+STRIP_PREFIX_WORDS: Final = frozenset({"strip_prefix", "strip-prefix"})
+#: ``--listen PORT`` alone binds this host, as ``tether status --admin PORT`` reads it.
+DEFAULT_LISTEN_HOST: Final = "127.0.0.1"
+#: The health probe by default: a question to the server itself (RFC 9110 section
+#: 9.3.7) that ``tether serve`` answers without the application and leaves out of
+#: its access log. An application's own health path (``/healthz``) is opt-in.
+DEFAULT_HEALTH_PATH: Final = "*"
 
 
 @dataclass(frozen=True)
@@ -63,7 +74,8 @@ class Upstream:
     ca: str | None = None
     verify: bool = True
     balancer: str = "p2c"
-    health_path: str | None = "/healthz"
+    #: what a probe asks: ``*`` for ``OPTIONS *``, or a path for ``GET path``
+    health_path: str | None = DEFAULT_HEALTH_PATH
     connect_timeout: float = 5.0
     #: longest wait for the response head, and between body chunks (nginx: 60 s)
     read_timeout: float = 60.0
@@ -84,6 +96,10 @@ class Upstream:
             raise ConfigError(f"{where}: scheme must be http or https, got {self.scheme!r}")
         if self.scheme == "http" and (self.sni or self.ca):
             raise ConfigError(f"{where}: sni and ca need scheme = \"https\"")
+        if self.health_path is not None and self.health_path != "*" \
+                and not self.health_path.startswith("/"):
+            raise ConfigError(f"{where}: health_path must be \"*\" (OPTIONS *) or a path "
+                              f"starting with '/', got {self.health_path!r}")
         if self.balancer not in BALANCERS:
             raise ConfigError(f"{where}: balancer must be one of {', '.join(BALANCERS)}")
         for name in ("connect_timeout", "read_timeout"):
@@ -202,16 +218,46 @@ def _static_providers(target: str) -> tuple[str, tuple[str, ...]] | None:
 
 
 def parse_route_flag(flag: str) -> tuple[Route, Upstream | None]:
-    """``PREFIX=SERVICE`` or ``PREFIX=host:port[,host:port...]`` (a static upstream)."""
+    """``PREFIX=SERVICE`` or ``PREFIX=host:port[,host:port...]`` (a static upstream),
+    optionally followed by ``,strip_prefix`` (the TOML route key of that name)."""
     prefix, sep, target = flag.partition("=")
+    items = [item.strip() for item in target.split(",")]
+    strip = any(item in STRIP_PREFIX_WORDS for item in items)
+    target = ",".join(item for item in items if item not in STRIP_PREFIX_WORDS)
     if not sep or not prefix or not target:
-        raise ConfigError(f"--route must be PREFIX=SERVICE or PREFIX=host:port,..., got {flag!r}")
+        raise ConfigError("--route must be PREFIX=SERVICE or PREFIX=host:port,... "
+                          f"(then ,strip_prefix if wanted), got {flag!r}")
     static = _static_providers(target)
     if static is None:
-        return Route(prefix, target), None
+        if "," in target:
+            raise ConfigError(f"--route {flag!r}: {target!r} is neither a service name nor "
+                              "host:port,...; the only option is strip_prefix")
+        return Route(prefix, target, strip_prefix=strip), None
     scheme, providers = static
     name = f"static:{prefix}"
-    return Route(prefix, name), Upstream(name, providers=providers, scheme=scheme)
+    upstream = Upstream(name, providers=providers, scheme=scheme)
+    return Route(prefix, name, strip_prefix=strip), upstream
+
+
+def parse_listen(value: str) -> tuple[str, int]:
+    """``--listen``: ``HOST:PORT``, ``[IPv6]:PORT``, or ``PORT`` alone for
+    :data:`DEFAULT_LISTEN_HOST` (never every interface by accident)."""
+    value = value.strip()
+    if value.isdigit():
+        host, port = DEFAULT_LISTEN_HOST, value
+    else:
+        host, sep, port = value.rpartition(":")
+        if not sep or not port.isdigit() or not host:
+            raise ConfigError(f"{value!r} is not HOST:PORT or PORT (such as 127.0.0.1:8080, "
+                              "[::1]:8080, 0.0.0.0:8080 or 8080)")
+        if host.startswith("[") and host.endswith("]"):
+            host = host[1:-1]
+        elif ":" in host:
+            raise ConfigError(f"{value!r}: write an IPv6 address in brackets, "
+                              f"[{host}]:{port}")
+    if int(port) > 65535:
+        raise ConfigError(f"{value!r}: port {port} is not a port number (0-65535)")
+    return host, int(port)
 
 
 _ROUTE_KEYS: Final = frozenset(f.name for f in fields(Route)) | {"providers", "service"}

@@ -10,6 +10,7 @@ send are shown as missing, never an error.
 from __future__ import annotations
 
 import asyncio
+import os
 import sys
 import time
 from collections.abc import Mapping
@@ -25,6 +26,9 @@ from tether.client import Client, HTTPError
 from tether.errors import TetherError
 
 MISSING: Final = "-"
+#: Columns of a view written to a pipe or a file (no terminal to fit): wide enough
+#: that no table is cut. Tables take only the width they need, so this adds nothing.
+PIPE_WIDTH: Final = 10_000
 TIMES: Final = "\u00d7"  # the multiplication sign, as in "alive x2"
 
 # Healthiest first: a provider's states are listed in this order.
@@ -264,6 +268,16 @@ async def _watch(admin_url: str, interval: float, live: Live) -> None:
         await asyncio.sleep(max(0.0, interval - (time.monotonic() - started)))
 
 
+def output_console() -> Console:
+    """A console for stdout: a terminal keeps its width; a pipe or a file gets
+    :data:`PIPE_WIDTH` columns, unless ``COLUMNS`` says otherwise (rich would crop
+    provider addresses at 80 columns, whatever reads the pipe)."""
+    console = Console()
+    if console.is_terminal or "COLUMNS" in os.environ:
+        return console
+    return Console(width=PIPE_WIDTH)
+
+
 def run(admin_url: str, *, once: bool, interval: float = 1.0,
         console: Console | None = None) -> int:
     """Show the status of the supervisor at ``admin_url``; return the exit status.
@@ -271,7 +285,7 @@ def run(admin_url: str, *, once: bool, interval: float = 1.0,
     ``once``: print one view and return 0, or 1 with an error on stderr if the admin
     endpoint cannot be read. Otherwise redraw every ``interval`` seconds until Ctrl-C.
     """
-    console = console or Console()
+    console = console or output_console()
     if once:
         try:
             status = asyncio.run(fetch_status(admin_url))

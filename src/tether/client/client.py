@@ -41,6 +41,7 @@ from tether.client.models import (
     Response,
     Timeout,
     encode_body,
+    origin_form,
     parse_url,
 )
 from tether.client.pool import ConnectionPool
@@ -155,7 +156,8 @@ class Client:
 
         Providers come from the client's ``registry=`` or a static
         ``providers=["host:port", ...]``. Options: ``balancer`` ("p2c" or
-        "round_robin"), ``health_path`` ("/healthz"; None for a plain connect),
+        "round_robin"), ``health_path`` ("/healthz"; "*" for ``OPTIONS *``, which
+        tether serve answers itself; None for a plain connect),
         ``probe_timeout``, ``scheme``, ``retry_budget_percent``, ``max_attempts``,
         and ``config=ClusterConfig(...)`` for heartbeats, backoff, eviction, ejection
         and the empty-snapshot policy (see docs/cluster.md).
@@ -304,13 +306,17 @@ class Client:
         key = self._key(origin, sni_hostname or self.sni_hostname)
         return await self._send(method, key, head, body, timeouts, url, declared, self._pool)
 
-    async def _probe(self, url: str, timeout: float) -> int:
-        """``GET url`` on the probes' own pool (every phase bounded by ``timeout``);
-        the status code. For clusters: see :class:`ClientLink`."""
-        origin, target = parse_url(url, None)
-        head, _ = self._head("GET", origin, target, None, None, None)
+    async def _probe(self, origin_url: str, target: str, timeout: float) -> int:
+        """``GET target`` (``OPTIONS *`` for ``*``) at ``origin_url`` on the probes'
+        own pool (every phase bounded by ``timeout``); the status code. For
+        clusters: see :class:`ClientLink`."""
+        origin, _ = parse_url(origin_url, None)
+        target = origin_form(target)  # never glued to the origin and parsed again
+        method = "OPTIONS" if target == "*" else "GET"
+        url = f"{origin_url}{target}" if target != "*" else origin_url
+        head, _ = self._head(method, origin, target, None, None, None)
         key = self._key(origin, self.sni_hostname)
-        response = await self._send("GET", key, head, None, Timeout.of(timeout), url, None,
+        response = await self._send(method, key, head, None, Timeout.of(timeout), url, None,
                                     self._probes)
         await response.aread()
         return response.status_code

@@ -69,9 +69,11 @@ class ClientLink:
     #: bound the block by the current deadline; cancelling it closes the connection
     #: in flight
     deadline_scope: Callable[[], AbstractAsyncContextManager[None]]
-    #: ``GET url`` (timeout in seconds) on a connection reserved for probes, never
-    #: waiting behind the requests' pool; returns the status code
-    probe: Callable[[str, float], Awaitable[int]]
+    #: ``probe(origin_url, target, timeout)``: ``GET target`` (``OPTIONS *`` when the
+    #: target is ``*``) at ``origin_url`` (``http://host:port``), bounded by timeout
+    #: seconds, on a connection reserved for probes, never waiting behind the
+    #: requests' pool; returns the status code
+    probe: Callable[[str, str, float], Awaitable[int]]
     #: a provider left: close its idle connections now, its busy ones once released
     retire: Callable[[str, int], None]
     #: a provider is about to be probed: its connections may be pooled again, and its
@@ -118,6 +120,9 @@ class Cluster:
         self.name = name
         self.registry = registry
         self.static = list(providers) if providers is not None else None
+        if health_path is not None and health_path != "*" and not health_path.startswith("/"):
+            raise ValueError(f"service {name!r}: health_path must be '*' (OPTIONS *) or a "
+                             f"path starting with '/', not {health_path!r}")
         self.health_path = health_path
         self.probe_timeout = probe_timeout
         self.scheme = scheme
@@ -254,7 +259,7 @@ class Cluster:
                 # On the probes' own connection: a probe that queued behind this
                 # client's busy pool would fail for the client's congestion (issue 12).
                 status = await self.link.probe(
-                    f"{self.scheme}://{address}{self.health_path}", self.probe_timeout)
+                    f"{self.scheme}://{address}", self.health_path, self.probe_timeout)
                 ok = status < 500
             error: BaseException | None = None
         except (HTTPError, OSError, TimeoutError) as exc:

@@ -18,6 +18,7 @@ import asyncio
 import contextlib
 import json
 import os
+import pathlib
 import sqlite3
 import time
 import uuid
@@ -62,9 +63,14 @@ def _data_version(db: sqlite3.Connection) -> int:
 
 
 class SQLiteRegistry:
-    def __init__(self, path: str, *, url: str = "") -> None:
+    """``create``: make the file (and its directory) when it is not there, as a
+    server registering itself must. A reader (``tether registry ls``) passes False:
+    a mistyped path is then an error naming it, not a new, empty registry."""
+
+    def __init__(self, path: str, *, url: str = "", create: bool = True) -> None:
         self.path = path
         self.url = url or f"sqlite:///{path}"
+        self.create = create
         self._executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="tether-sqlite")
         self._conn: sqlite3.Connection | None = None
         self._kept: list[KeptRegistration] = []
@@ -85,10 +91,20 @@ class SQLiteRegistry:
             raise RegistryUnreachable(f"sqlite registry {self.path}: {exc}") from exc
 
     def _connect(self) -> sqlite3.Connection:
-        directory = os.path.dirname(os.path.abspath(self.path))
-        os.makedirs(directory, exist_ok=True)
-        conn = sqlite3.connect(self.path, timeout=5.0, isolation_level=None,
-                               check_same_thread=False)
+        if self.create:
+            directory = os.path.dirname(os.path.abspath(self.path))
+            os.makedirs(directory, exist_ok=True)
+            conn = sqlite3.connect(self.path, timeout=5.0, isolation_level=None,
+                                   check_same_thread=False)
+        else:
+            if not os.path.isfile(self.path):
+                raise RegistryError(
+                    f"no registry file {os.path.abspath(self.path)} (tether serve "
+                    "--registry creates it when it registers)")
+            # mode=rw: never create it, even if it vanished since the check.
+            conn = sqlite3.connect(f"{pathlib.Path(self.path).absolute().as_uri()}?mode=rw",
+                                   uri=True, timeout=5.0, isolation_level=None,
+                                   check_same_thread=False)
         conn.execute("PRAGMA journal_mode=WAL")
         conn.execute("PRAGMA busy_timeout=5000")
         conn.execute(SCHEMA)

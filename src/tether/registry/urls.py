@@ -72,13 +72,16 @@ def etcd_endpoints(url: str) -> tuple[list[tuple[str, int]], str]:
     return endpoints, prefix
 
 
-def open_registry(url: str) -> Registry:
-    """A registry client for ``url``; raises ConfigError for an unknown or bad URL."""
+def open_registry(url: str, *, create: bool = True) -> Registry:
+    """A registry client for ``url``; raises ConfigError for an unknown or bad URL.
+
+    ``create=False`` is for readers: a sqlite file that does not exist is then a
+    RegistryError naming it (at the first read), not a new, empty registry."""
     scheme = url.split(":", 1)[0].lower()
     if scheme == "sqlite":
         from tether.registry.sqlite import SQLiteRegistry
 
-        return SQLiteRegistry(sqlite_path(url), url=url)
+        return SQLiteRegistry(sqlite_path(url), url=url, create=create)
     if scheme == "etcd":
         endpoints, prefix = etcd_endpoints(url)  # validate before importing anything
         credentials = etcd_credentials(url)

@@ -24,7 +24,7 @@ from __future__ import annotations
 import asyncio
 import logging
 from time import perf_counter
-from typing import Any, Final, Protocol
+from typing import TYPE_CHECKING, Any, Final, Protocol
 
 from tether.admission import Outcome
 from tether.asgi import ASGI_VERSION, ASGIApp, Message
@@ -47,6 +47,9 @@ from tether.server.outcomes import (
 from tether.server.request_head import RequestRejected
 from tether.server.state import ServerState
 
+if TYPE_CHECKING:
+    from tether.server.forwarded import ForwardedView
+
 error_log = logging.getLogger("tether.error")
 
 _DISCONNECT: Final = {"type": "http.disconnect"}
@@ -62,8 +65,10 @@ class Channel(Protocol):
     state: ServerState
     loop: asyncio.AbstractEventLoop
     client_label: str
-    #: the transport's write buffer is full: ``send()`` waits on ``drain()``
-    write_paused: bool
+
+    @property
+    def write_paused(self) -> bool:
+        """The transport's write buffer is full: ``send()`` waits on ``drain()``."""
 
     def send_head(self, cycle: RequestCycle, body: bytes, more: bool) -> None:
         """Write the response head (``cycle.head``) with the first body piece; the
@@ -94,6 +99,52 @@ class Channel(Protocol):
 
     def response_complete(self, cycle: RequestCycle) -> None:
         """The last response byte of ``cycle`` has been written."""
+
+
+class ForwardedChannel:
+    """A channel as one request forwarded by a trusted proxy sees it: the
+    connection's own, except that its log lines name the client the proxy headers
+    gave. Only such requests get one (``RequestCycle.set_forwarded``), so every
+    other request reads the connection's label with no per-request work."""
+
+    __slots__ = ("channel", "client_label", "loop", "state")
+
+    def __init__(self, channel: Channel, client_label: str) -> None:
+        self.channel = channel
+        self.client_label = client_label
+        self.state = channel.state
+        self.loop = channel.loop
+
+    @property
+    def write_paused(self) -> bool:
+        return self.channel.write_paused
+
+    def send_head(self, cycle: RequestCycle, body: bytes, more: bool) -> None:
+        self.channel.send_head(cycle, body, more)
+
+    def send_body(self, cycle: RequestCycle, body: bytes, more: bool) -> None:
+        self.channel.send_body(cycle, body, more)
+
+    def send_error(self, cycle: RequestCycle, status: int, detail: str, retry_after: bool) -> None:
+        self.channel.send_error(cycle, status, detail, retry_after)
+
+    def send_continue(self, cycle: RequestCycle) -> None:
+        self.channel.send_continue(cycle)
+
+    def cut(self, cycle: RequestCycle) -> None:
+        self.channel.cut(cycle)
+
+    def reject(self, rejection: RequestRejected) -> None:
+        self.channel.reject(rejection)
+
+    def body_consumed(self, cycle: RequestCycle) -> None:
+        self.channel.body_consumed(cycle)
+
+    async def drain(self) -> None:
+        await self.channel.drain()
+
+    def response_complete(self, cycle: RequestCycle) -> None:
+        self.channel.response_complete(cycle)
 
 
 def build_scope(
@@ -221,6 +272,27 @@ class RequestCycle:
         self.holds_admission = False
         #: why tether cancelled the handler (None: not cancelled, or a stop)
         self.cancel_reason: CancelReason | None = None
+
+    def set_forwarded(self, view: ForwardedView) -> None:
+        """Apply what a trusted proxy's headers say (``forwarded.resolve``): the
+        scope's client, scheme, server and a root_path prefix, and the client in
+        this request's log lines. What the connection itself saw stays in
+        ``extensions["tether"]["transport"]`` (``tether proxy`` appends that hop to
+        the chains it forwards). Any protocol calls it before ``start()``."""
+        scope = self.scope
+        scope["extensions"]["tether"]["transport"] = {
+            "client": scope["client"], "scheme": scope["scheme"], "server": scope["server"]}
+        if view.client is not None and view.client_label is not None:
+            scope["client"] = view.client
+            self.channel = ForwardedChannel(self.channel, view.client_label)
+        if view.scheme is not None:
+            scope["scheme"] = view.scheme
+        if view.server is not None:
+            scope["server"] = view.server
+        if view.prefix is not None and view.raw_prefix is not None:
+            scope["root_path"] = view.prefix + scope["root_path"]
+            scope["path"] = view.prefix + scope["path"]
+            scope["raw_path"] = view.raw_prefix + scope["raw_path"]
 
     # -- events from the channel ----------------------------------------------------
 

@@ -33,11 +33,11 @@ from typing import Any, Final, cast
 
 import httptools
 
-from tether.deadline import GRPC_HEADER_BYTES, HEADER_BYTES, NO_DEADLINE
-from tether.server import framing, request_head, wire
+from tether.deadline import GRPC_HEADER_BYTES, HEADER_BYTES, NO_DEADLINE, Deadline
+from tether.server import forwarded, framing, request_head, wire
 from tether.server.cycle import RequestCycle, build_scope
 from tether.server.framing import Framing
-from tether.server.request_head import RequestRejected
+from tether.server.request_head import RequestRejected, ServerOptions
 from tether.server.state import ServerState, TimerKind
 from tether.server.websocket import WebSocketCycle, handshake
 from tether.tls import tls_extension
@@ -59,7 +59,7 @@ _valid_hosts: set[bytes] = set()
 _VALID_HOSTS_MAX: Final = 1024
 
 # The request fields the server itself reads, by lower-case name.
-_HOST, _CONTENT_LENGTH, _TRANSFER_ENCODING, _EXPECT, _UPGRADE, _DEADLINE = range(6)
+_HOST, _CONTENT_LENGTH, _TRANSFER_ENCODING, _EXPECT, _UPGRADE, _DEADLINE, _FORWARDED = range(7)
 _SPECIAL_FIELDS: Final = {
     b"host": _HOST,
     b"content-length": _CONTENT_LENGTH,
@@ -68,6 +68,7 @@ _SPECIAL_FIELDS: Final = {
     b"upgrade": _UPGRADE,
     HEADER_BYTES: _DEADLINE,
     GRPC_HEADER_BYTES: _DEADLINE,
+    **dict.fromkeys(forwarded.FIELD_NAMES, _FORWARDED),
 }
 
 # Enum members bound once: attribute access on an Enum class costs ~90 ns on 3.11,
@@ -122,8 +123,14 @@ class HttpProtocol(asyncio.Protocol):
         self._upgrade: bytes | None = None
         self._chunked_request = False
         self._hosts = 0
-        self._deadline_headers: list[tuple[bytes, bytes]] = []
+        # Deadline fields, and proxy headers from a trusted peer: kept in one list so
+        # a request with neither costs one check (deadline_from_headers and
+        # forwarded.resolve each skip the other's names).
+        self._fields: list[tuple[bytes, bytes]] = []
         self._head_number = 0
+        #: the trust list when the peer's proxy headers are believed, else None
+        #: (decided once, when it connects: nothing per request for anyone else)
+        self.proxy_trust: forwarded.TrustList | None = None
 
     # -- asyncio.Protocol ---------------------------------------------------------
 
@@ -136,6 +143,9 @@ class HttpProtocol(asyncio.Protocol):
         self.client = _addr(peer)
         self.server = _addr(sock) or ((sock, None) if isinstance(sock, str) and sock else None)
         self.client_label = f"{self.client[0]}:{self.client[1]}" if self.client else "unix"
+        trust = self.state.forwarded_trust
+        if trust is not None and trust.trusts(self.client[0] if self.client else None):
+            self.proxy_trust = trust
         sslobj = transport.get_extra_info("ssl_object")
         if sslobj is not None:
             self.scheme = "https"
@@ -225,8 +235,8 @@ class HttpProtocol(asyncio.Protocol):
         self._upgrade = None
         self._chunked_request = False
         self._hosts = 0
-        if self._deadline_headers:
-            self._deadline_headers = []
+        if self._fields:
+            self._fields = []
         if self.timer_kind is not TIMER_HEAD:
             self.timer_kind = TIMER_HEAD
             self.timer_at = self.loop.time() + self.limits.header_timeout
@@ -268,8 +278,8 @@ class HttpProtocol(asyncio.Protocol):
             self._expect_100 = value.lower() == b"100-continue"
         elif special == _UPGRADE:
             self._upgrade = value.lower()
-        else:
-            self._deadline_headers.append((name, value))
+        elif special == _DEADLINE or self.proxy_trust is not None:
+            self._fields.append((name, value))
         self._headers.append((name, value))
 
     def on_headers_complete(self) -> None:
@@ -288,11 +298,9 @@ class HttpProtocol(asyncio.Protocol):
             raise RequestRejected(501, "CONNECT is not supported by this server")
         path, raw_path, query = request_head.split_target(self._url, method_bytes)
         state = self.state
-        if self._deadline_headers or state.request_timeout is not None:
-            deadline = request_head.request_deadline(
-                self._deadline_headers, state.request_timeout, self.limits.max_deadline)
-        else:
-            deadline = NO_DEADLINE
+        fields = self._fields
+        deadline = self._deadline() if fields or state.request_timeout is not None \
+            else NO_DEADLINE
         scope = build_scope(
             state, http_version, method_bytes.decode("ascii"), self.scheme, path, raw_path,
             query, self._headers, self.client, self.server, self.extensions, deadline,
@@ -301,6 +309,8 @@ class HttpProtocol(asyncio.Protocol):
         # RFC 9110 section 10.1.1: a server ignores Expect from an HTTP/1.0 client.
         expect_100 = self._expect_100 and http_version == "1.1"
         cycle = RequestCycle(self, scope, keep_alive, expect_100, http_version, deadline)
+        if fields and self.proxy_trust is not None:
+            self._apply_forwarded(cycle, self.scheme)
         self.parsing = cycle
         if self._content_length == 0 or (
             self._content_length is None and not self._chunked_request
@@ -318,6 +328,19 @@ class HttpProtocol(asyncio.Protocol):
             self.pipeline.append(cycle)
             self._pause_reading()
 
+    def _deadline(self) -> Deadline:
+        """The request's deadline: its deadline headers, narrowed by the server's cap."""
+        state = self.state
+        return request_head.request_deadline(
+            self._fields, state.request_timeout, self.limits.max_deadline)
+
+    def _apply_forwarded(self, cycle: RequestCycle, scheme: str) -> None:
+        """What a trusted proxy's headers say about the request (server/forwarded.py)."""
+        assert self.proxy_trust is not None
+        view = self.proxy_trust.view(tuple(self._fields), scheme)
+        if view is not None:
+            cycle.set_forwarded(view)
+
     def _start_websocket(self, http_version: str, method: bytes) -> None:
         """A WebSocket upgrade: the same scope and request cycle as any request (its
         deadline bounds the handshake), served as a session (``websocket.py``)."""
@@ -331,18 +354,14 @@ class HttpProtocol(asyncio.Protocol):
         if self.cycle is not None or self.pipeline:
             raise RequestRejected(400, "WebSocket upgrade pipelined behind another request")
         path, raw_path, query = request_head.split_target(self._url, method)
-        state = self.state
-        if self._deadline_headers or state.request_timeout is not None:
-            deadline = request_head.request_deadline(
-                self._deadline_headers, state.request_timeout, self.limits.max_deadline)
-        else:
-            deadline = NO_DEADLINE
+        deadline = self._deadline()
         scope = build_scope(
-            state, http_version, "GET", self.scheme, path, raw_path, query, self._headers,
-            self.client, self.server, self.extensions, deadline,
+            self.state, http_version, "GET", self.scheme, path, raw_path, query,
+            self._headers, self.client, self.server, self.extensions, deadline,
         )
-        cycle = WebSocketCycle(self, scope, http_version, deadline,
-                               protocol, response)
+        cycle = WebSocketCycle(self, scope, http_version, deadline, protocol, response)
+        if self._fields and self.proxy_trust is not None:
+            self._apply_forwarded(cycle, scope["scheme"])
         self.parsing = cycle
         self.upgraded = cycle
         self._clear_timer()  # the handshake is bounded by the deadline and admission
@@ -488,6 +507,9 @@ class HttpProtocol(asyncio.Protocol):
         self.close()
 
     def reject(self, rejection: RequestRejected) -> None:
+        if type(rejection) is ServerOptions:
+            self._answer_server_options()
+            return
         error_log.warning(
             "%d %s (client %s)", rejection.status, rejection.detail, self.client_label
         )
@@ -500,6 +522,13 @@ class HttpProtocol(asyncio.Protocol):
             )
         self.state.http.observe(rejection.status, 0.0)
         self.state.log_access(self.client_label, "-", "-", rejection.status, 0, 0.0)
+        self.close()
+
+    def _answer_server_options(self) -> None:
+        """``OPTIONS *`` (see request_head.ServerOptions): no warning, no access-log
+        line, no request counted; the connection ends after the answer."""
+        if not self.closed:
+            self.transport.write(wire.server_options_response(self.state.date_header))
         self.close()
 
     def body_consumed(self, cycle: RequestCycle) -> None:

@@ -12,7 +12,8 @@ Rules of this file (h11's habit: the rules first, then the code):
   target without ``%`` or ``#`` is split with two ``partition`` calls.
 
     request line   -> check_version (505), split_target (400 unless origin-,
-                      absolute- or asterisk-form; fragment dropped)
+                      absolute- or asterisk-form; fragment dropped; OPTIONS * is
+                      ServerOptions: 200 from the server itself)
     header fields  -> field_value (OWS trimmed), content_length (400/413),
                       transfer_coding (501 unknown), check_framing (400 on HTTP/1.0),
                       check_hosts (400: none on 1.1, or two), check_host (400)
@@ -46,6 +47,17 @@ class RequestRejected(Exception):
         super().__init__(detail)
         self.status = status
         self.detail = detail
+
+
+class ServerOptions(RequestRejected):
+    """``OPTIONS *``: a question to the server itself, not to a resource (RFC 9110
+    section 9.3.7, "a ping"), answered 200 without the application and left out of
+    the access log: ``tether proxy`` probes its providers with it, and an
+    application's log should not fill with probes it never saw. Raised like a
+    rejection so it is answered in request order by the same path."""
+
+    def __init__(self) -> None:
+        super().__init__(200, "OPTIONS *")
 
 
 def check_version(http_version: str) -> None:
@@ -125,7 +137,8 @@ def split_target(target: bytes, method: bytes) -> tuple[str, bytes, bytes]:
     characters already. Absolute-form (``http://h/a``, section 3.2.2) is accepted,
     as a server must, and yields only its path: the host it names is never used to
     decide where anything connects, and one with userinfo (``http://u@h/``) is
-    refused. Asterisk-form (``*``) is for OPTIONS only. Anything else, such as
+    refused. Asterisk-form (``*``) is for OPTIONS only, and the server answers it
+    (:class:`ServerOptions`): it never reaches the application. Anything else, such as
     ``*@127.0.0.1:9/secret`` (which a proxy gluing strings would have turned into
     userinfo), is 400, as nginx answers. A ``#fragment`` is never part of a target
     (clients must not send it, servers drop it): it reaches neither path nor query.
@@ -140,7 +153,7 @@ def split_target(target: bytes, method: bytes) -> tuple[str, bytes, bytes]:
     elif target == b"*":
         if method != b"OPTIONS":
             raise RequestRejected(400, "Invalid request target: '*' is for OPTIONS only")
-        raw_path, query = b"*", b""
+        raise ServerOptions()
     else:
         try:
             url = httptools.parse_url(target)

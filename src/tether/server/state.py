@@ -20,6 +20,7 @@ from tether.asgi import ASGIApp
 from tether.config import RequestLimits, WebSocketSettings
 from tether.metrics import HttpMetrics
 from tether.server import wire
+from tether.server.forwarded import TrustList
 
 if TYPE_CHECKING:
     from tether.server.cycle import RequestCycle
@@ -68,6 +69,7 @@ class ServerState:
         cancel_on_disconnect: bool = True,
         admission: AdmissionGate | None = None,
         websocket: WebSocketSettings | None = None,
+        forwarded_trust: TrustList | None = None,
     ) -> None:
         self.app = app
         self.limits = limits
@@ -81,6 +83,8 @@ class ServerState:
         self.websocket = websocket if websocket is not None else WebSocketSettings()
         #: WebSocket sessions: opened, messages_in/out, closed_<code>
         self.websocket_counts: Counter[str] = Counter()
+        #: whose proxy headers are believed (None: --no-proxy-headers)
+        self.forwarded_trust = forwarded_trust
         #: what cancellation and admission did (the supervisor shows them in /status)
         self.counters: Counter[str] = Counter()
         #: responses by status class and duration (Prometheus, via the supervisor)

@@ -82,6 +82,7 @@ class Worker:
             admission=None if config.limit_concurrency is None
             else AdmissionGate(config.limit_concurrency),
             websocket=config.websocket,
+            forwarded_trust=config.forwarded_trust,
         )
         if config.framework_handlers:
             frameworks.install(app, self.state.counters)
