@@ -25,6 +25,8 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import contextlib
+import os
 import statistics
 import sys
 import tempfile
@@ -45,6 +47,7 @@ STOP_TIMEOUT: Final = 10.0  # seconds a server gets to exit after SIGTERM
 LOAD_GRACE: Final = 30.0  # seconds a load may run past warmup + duration (handshakes, close)
 OUTPUT_TAIL_LINES: Final = 20
 TARGET: Final = "bench.apps:websocket_echo"
+CLOCK_TICKS: Final = os.sysconf("SC_CLK_TCK")
 
 # -- what is benchmarked ----------------------------------------------------------------
 
@@ -130,6 +133,7 @@ class Summary:
     round_trips_per_sec: float | None
     mb_per_sec: float | None
     p99_ms: float | None
+    cpu_us: float | None  # server CPU microseconds per round trip
     rtps_rounds: list[float]
     errors: list[str]
 
@@ -162,7 +166,7 @@ def bench_one(server: str, size: int, rnd: int, opts: Options, workdir: Path) ->
                 )
             except BenchError as exc:
                 raise BenchError(f"failed to start: {exc}") from exc
-            run.result = _load(port, size, opts)
+            run.result = _load(port, size, opts, harness.ProcessFamily(proc.pid))
             status = proc.poll()
             if status is not None:
                 raise BenchError(f"exited with status {status} during the run")
@@ -174,11 +178,22 @@ def bench_one(server: str, size: int, rnd: int, opts: Options, workdir: Path) ->
     return run
 
 
-def _load(port: int, size: int, opts: Options) -> LoadResult:
+def server_cpu_seconds(family: harness.ProcessFamily) -> float:
+    """CPU seconds (user + system) used so far by a server and its workers."""
+    ticks = 0
+    for pid in family.pids():
+        with contextlib.suppress(OSError):
+            fields = harness.proc_stat(pid)
+            ticks += int(fields[11]) + int(fields[12])
+    return ticks / CLOCK_TICKS
+
+
+def _load(port: int, size: int, opts: Options, family: harness.ProcessFamily) -> LoadResult:
     async def bounded() -> LoadResult:
         return await asyncio.wait_for(
             echo_load(HOST, port, size=size, connections=opts.connections,
-                      duration=opts.duration, warmup=opts.warmup),
+                      duration=opts.duration, warmup=opts.warmup,
+                      cpu_seconds=lambda: server_cpu_seconds(family)),
             opts.warmup + opts.duration + LOAD_GRACE)
 
     try:
@@ -224,7 +239,8 @@ def progress_line(run: Run, rounds: int) -> str:
         return f"{head} FAILED: {(run.error or '').splitlines()[0]}"
     r = run.result
     return (f"{head} {r.round_trips_per_sec:>9,.0f} round trips/s {r.mb_per_sec:8.1f} MB/s"
-            f"  p99 {r.p99_ms:7.2f} ms")
+            f"  p99 {r.p99_ms:7.2f} ms  server CPU "
+            f"{num_text(r.server_cpu_us_per_round_trip, '.1f')} us/round trip")
 
 
 def summarize(runs: list[Run], opts: Options) -> list[Summary]:
@@ -239,31 +255,44 @@ def summarize(runs: list[Run], opts: Options) -> list[Summary]:
                 round_trips_per_sec=statistics.median(rtps) if rtps else None,
                 mb_per_sec=statistics.median([r.mb_per_sec for r in ok]) if ok else None,
                 p99_ms=statistics.median([r.p99_ms for r in ok]) if ok else None,
+                cpu_us=_median([r.server_cpu_us_per_round_trip for r in ok]),
                 rtps_rounds=rtps,
                 errors=[r.error for r in mine if r.error is not None],
             ))
     return summaries
 
 
+def _median(values: list[float | None]) -> float | None:
+    known = [v for v in values if v is not None]
+    return statistics.median(known) if known else None
+
+
 def ratio_lines(summaries: list[Summary], opts: Options) -> list[str]:
-    """tether/<peer> round trips/s per size, then tether/(uvicorn's best)."""
+    """Per size, tether against each peer and against uvicorn's best implementation:
+    round trips/s (tether/peer) and server CPU per round trip (peer/tether), so that
+    above 1 means tether is better in both columns."""
     by_key = {(s.size, s.server): s for s in summaries}
     lines = []
     for size in opts.sizes:
         subject = by_key.get((size, SUBJECT))
-        mine = None if subject is None else subject.round_trips_per_sec
-        peers = [p for p in opts.servers if p != SUBJECT]
-        for peer in peers:
-            theirs = by_key[(size, peer)].round_trips_per_sec
-            label = f"{size_text(size):>6}  {SUBJECT}/{peer:<26}"
-            lines.append(f"{label}n/a (no result for one of them)" if mine is None or not theirs
-                         else f"{label}{mine / theirs:5.2f}")
+        if subject is None:
+            continue
+        peers = [(p, p) for p in opts.servers if p != SUBJECT]
         uvicorns = [(by_key[(size, u)].round_trips_per_sec or 0.0, u)
                     for u in UVICORNS if u in opts.servers]
-        if mine is not None and uvicorns and max(uvicorns)[0] > 0:
-            best, name = max(uvicorns)
-            lines.append(f"{size_text(size):>6}  {SUBJECT}/uvicorn's best ({name}): "
-                         f"{mine / best:5.2f}  (target >= 1.20)")
+        if uvicorns and max(uvicorns)[0] > 0:
+            best = max(uvicorns)[1]
+            peers.append((f"uvicorn's best ({best})", best))
+        for label, peer in peers:
+            other = by_key[(size, peer)]
+            head = f"{size_text(size):>6}  {SUBJECT}/{label:<32}"
+            if subject.round_trips_per_sec is None or not other.round_trips_per_sec:
+                lines.append(f"{head}n/a (no result for one of them)")
+                continue
+            cpu = ("-" if subject.cpu_us is None or other.cpu_us is None
+                   else f"{other.cpu_us / subject.cpu_us:5.2f}")
+            lines.append(f"{head}{subject.round_trips_per_sec / other.round_trips_per_sec:5.2f}"
+                         f"   CPU {cpu}")
     return lines
 
 
@@ -276,15 +305,18 @@ def report(summaries: list[Summary], runs: list[Run], opts: Options) -> str:
         + (", median of rounds" if opts.rounds > 1 else ""),
         "",
         f"{'size':>6}  {'server':<19}{'round trips/s':>14}  {'(min-max)':<16}"
-        f"{'MB/s':>7}{'p99 ms':>9}{'ok':>5}",
+        f"{'MB/s':>7}{'p99 ms':>9}{'CPU us/rt':>11}{'ok':>5}",
     ]
     for s in summaries:
         state = "" if s.rounds_ok == s.rounds else f"  {s.rounds - s.rounds_ok} FAILED"
         lines.append(
             f"{size_text(s.size):>6}  {s.server:<19}{num_text(s.round_trips_per_sec, ',.0f'):>14}"
             f"  {range_text(s.rtps_rounds, ',.0f'):<16}{num_text(s.mb_per_sec, '.1f'):>7}"
-            f"{num_text(s.p99_ms, '.2f'):>9}{s.rounds_ok:>3}/{s.rounds}{state}")
-    lines += ["", "ratios of round trips/s (above 1: tether is faster)",
+            f"{num_text(s.p99_ms, '.2f'):>9}{num_text(s.cpu_us, '.1f'):>11}"
+            f"{s.rounds_ok:>3}/{s.rounds}{state}")
+    lines += ["", "ratios (above 1: tether is better): round trips/s tether/peer, then server "
+              "CPU per round trip peer/tether; the issue's target: >= 1.20 against "
+              "uvicorn's best",
               *ratio_lines(summaries, opts)]
     failed = [r for r in runs if r.error is not None]
     if failed:

@@ -18,6 +18,7 @@ import asyncio
 import contextlib
 import os
 import time
+from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Final, cast
 
@@ -47,6 +48,16 @@ class LoadResult:
     mb_per_sec: float  # payload megabytes (10^6) echoed per second, each way
     p50_ms: float
     p99_ms: float
+    #: CPU seconds the server's processes used during the window (None: not sampled)
+    server_cpu_seconds: float | None = None
+
+    @property
+    def server_cpu_us_per_round_trip(self) -> float | None:
+        """The server's CPU cost of one echo: steadier than round trips/s on a shared
+        machine, where other load takes wall-clock time but not this process's CPU."""
+        if self.server_cpu_seconds is None or not self.round_trips:
+            return None
+        return self.server_cpu_seconds / self.round_trips * 1e6
 
 
 class _EchoClient(asyncio.Protocol):
@@ -161,10 +172,12 @@ def _percentile(sorted_values: list[float], fraction: float) -> float:
 
 
 async def echo_load(
-    host: str, port: int, *, size: int, connections: int, duration: float, warmup: float
+    host: str, port: int, *, size: int, connections: int, duration: float, warmup: float,
+    cpu_seconds: Callable[[], float] | None = None,
 ) -> LoadResult:
     """Open ``connections`` sessions to ``ws://host:port/``, echo ``size``-byte messages
     for ``warmup`` then ``duration`` seconds; the round trips of the second window.
+    ``cpu_seconds``, sampled as the window opens and closes, is the server's CPU time.
     Raises LoadError when a connection fails (the whole run is then worthless)."""
     loop = asyncio.get_running_loop()
     payload = os.urandom(size)
@@ -178,11 +191,14 @@ async def echo_load(
             clients.append(client)
         await asyncio.wait_for(asyncio.gather(*(c.opened for c in clients)), HANDSHAKE_TIMEOUT)
         await _watch(stats, warmup)
+        cpu_before = None if cpu_seconds is None else cpu_seconds()
         stats.measuring = True
         started = time.perf_counter()
         await _watch(stats, duration)
         stats.measuring = False
         elapsed = time.perf_counter() - started
+        cpu_used = None if cpu_seconds is None or cpu_before is None \
+            else cpu_seconds() - cpu_before
     except TimeoutError as exc:
         raise LoadError(f"no handshake within {HANDSHAKE_TIMEOUT:.0f}s") from exc
     finally:
@@ -204,6 +220,7 @@ async def echo_load(
         mb_per_sec=count * size / elapsed / 1e6,
         p50_ms=_percentile(latencies, 0.50) * 1000,
         p99_ms=_percentile(latencies, 0.99) * 1000,
+        server_cpu_seconds=cpu_used,
     )
 
 

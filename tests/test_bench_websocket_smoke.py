@@ -28,9 +28,9 @@ def test_bench_websocket_runs_every_server_and_prints_ratios(tmp_path: Path) -> 
 
     output = done.stdout + done.stderr
     for size in ("1 KB", "64 KB"):
-        assert re.search(rf"^\s*{size}\s+tether/uvicorn-sansio\s+\d+\.\d+$", done.stdout, re.M), \
-            output
-        assert re.search(rf"^\s*{size}\s+tether/uvicorn's best \(uvicorn-\w+\):\s+\d+\.\d+",
+        ratio = rf"^\s*{size}\s+tether/uvicorn-sansio\s+\d+\.\d+\s+CPU\s+\d+\.\d+$"
+        assert re.search(ratio, done.stdout, re.M), output
+        assert re.search(rf"^\s*{size}\s+tether/uvicorn's best \(uvicorn-[\w-]+\)\s+\d+\.\d+",
                          done.stdout, re.M), output
     data = json.loads(results.read_text())
     assert {run["server"] for run in data["runs"]} == {
@@ -41,5 +41,6 @@ def test_bench_websocket_runs_every_server_and_prints_ratios(tmp_path: Path) -> 
     for run in tether_runs:
         assert run["error"] is None, output
         assert run["result"]["round_trips"] > 0, output
+        assert run["result"]["server_cpu_seconds"] > 0, output
     # exit status 1 means some peer failed: shown in the output, not a harness fault
     assert done.returncode in (0, 1), output
