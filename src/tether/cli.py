@@ -13,11 +13,15 @@ import time
 from typing import Any
 
 import click
+from setproctitle import setproctitle
 
 from tether import __version__
 from tether.config import STOP_MARGIN, RequestLimits, ServerConfig, WebSocketSettings
+from tether.envfile import load_env_file
 from tether.errors import ConfigError
 from tether.logs import LEVELS, configure_logging
+from tether.migrating import MigratingCommand
+from tether.proctitle import supervisor_title
 from tether.registry import DEFAULT_URL, Provider, RegistryError, Unreachable, open_registry
 from tether.registry.urls import redact
 from tether.server.forwarded import DEFAULT_TRUST
@@ -37,7 +41,7 @@ def _env(name: str) -> str:
     return f"TETHER_{name}"
 
 
-@main.command()
+@main.command(cls=MigratingCommand)
 @click.argument("app", envvar=_env("APP"))
 @click.option("--host", default="127.0.0.1", show_default=True, envvar=_env("HOST"),
               help="Address to bind (IPv4, IPv6 or a name).")
@@ -112,6 +116,20 @@ def _env(name: str) -> str:
                    f"shutdown; a worker still there {STOP_MARGIN:g} s later is killed.")
 @click.option("--app-dir", default=None, envvar=_env("APP_DIR"),
               help="Directory put first on sys.path to find APP (default: current).")
+@click.option("--env-file", default=None, type=click.Path(exists=True, dir_okay=False),
+              envvar=_env("ENV_FILE"),
+              help="Load KEY=VALUE lines (dotenv) into the environment the app sees, before "
+                   "the workers start. Variables already set win; TETHER_* lines are "
+                   "skipped (options come from flags and the real environment).")
+@click.option("--header", "headers", multiple=True, metavar="NAME:VALUE",
+              help="Send this header with every response (repeatable); the app's own "
+                   "header of the same name wins.")
+@click.option("--server-header/--no-server-header", default=True, show_default=True,
+              envvar=_env("SERVER_HEADER"),
+              help="Send 'server: tether' (the app's own server header wins).")
+@click.option("--date-header/--no-date-header", default=True, show_default=True,
+              envvar=_env("DATE_HEADER"),
+              help="Send a 'date' header (the app's own date header wins).")
 @click.option("--request-timeout", default=None, type=float, envvar=_env("REQUEST_TIMEOUT"),
               help="Cap every request's deadline at this many seconds (504 when it passes).")
 @click.option("--cancel-on-disconnect/--no-cancel-on-disconnect", default=True,
@@ -155,6 +173,21 @@ def _env(name: str) -> str:
                    "--admin-token-file: a command line is visible to local users.")
 @click.option("--admin-token-file", default=None, type=click.Path(dir_okay=False),
               help="Read the admin token from this file.")
+@click.option("--reload", is_flag=True, default=False, envvar=_env("RELOAD"),
+              help="Development only, not for production: watch the app's files and "
+                   "roll the workers (nothing in flight fails) when one changes; a change "
+                   "that does not import keeps the old workers serving.")
+@click.option("--reload-dir", "reload_dirs", multiple=True, envvar=_env("RELOAD_DIR"),
+              type=click.Path(file_okay=False), metavar="DIR",
+              help="Directory to watch with --reload (repeatable; default: --app-dir or "
+                   "the current directory).")
+@click.option("--reload-include", "reload_includes", multiple=True,
+              envvar=_env("RELOAD_INCLUDE"), metavar="GLOB",
+              help="Files whose change reloads, besides *.py (repeatable).")
+@click.option("--reload-exclude", "reload_excludes", multiple=True,
+              envvar=_env("RELOAD_EXCLUDE"), metavar="GLOB",
+              help="Files or directories that never reload (repeatable; default: .*, "
+                   ".py[cod], .sw.*, ~*).")
 @click.option("--pid-file", default=None, envvar=_env("PID_FILE"),
               help="Write the supervisor's PID here (for tether reload/stop).")
 @click.option("--registry", default=None, envvar=_env("REGISTRY"),
@@ -195,8 +228,18 @@ def serve(**opts: Any) -> None:
     accept from them. SIGHUP reloads the workers one at a time; SIGTERM or
     SIGINT stops gracefully; a second SIGINT, or SIGQUIT, stops at once.
     """
+    env_file: str | None = opts.pop("env_file", None)
     config = build_config(opts)
     configure_logging(config.log_level, access_log=config.access_log)
+    if env_file is not None:
+        try:
+            skipped = load_env_file(env_file)
+        except ConfigError as exc:
+            raise click.UsageError(str(exc)) from exc
+        if skipped:
+            click.echo(f"tether: --env-file {env_file}: skipped {', '.join(skipped)} "
+                       "(tether's options are not read from the file)", err=True)
+    setproctitle(supervisor_title(config.app, config.service))
     try:
         server_ssl_context(config)  # fail now, with the reason, not in every worker
     except ConfigError as exc:
@@ -342,7 +385,7 @@ def _listen_option(ctx: click.Context, param: click.Parameter, value: str) -> tu
         raise click.BadParameter(str(exc)) from None
 
 
-@main.command()
+@main.command(cls=MigratingCommand)
 @click.option("--listen", default="127.0.0.1:8080", show_default=True,
               envvar=_env("LISTEN"), metavar="HOST:PORT", callback=_listen_option,
               help="Address to serve on; a PORT alone means 127.0.0.1:PORT.")
@@ -379,11 +422,13 @@ def proxy(listen: tuple[str, int], routes: tuple[str, ...], proxy_registry: str 
     serve.callback(**opts)  # type: ignore[misc]
 
 
-# Every `serve` option except those naming the app and the address (--listen does).
+# Every `serve` option except those naming the app and the address (--listen does),
+# and --reload (the proxy's code is not the user's to edit).
 proxy.params.extend(
     p for p in serve.params
     if p.name not in {"app", "host", "port", "uds", "fd", "factory", "lifespan", "app_dir",
-                      "registry"}
+                      "registry", "reload", "reload_dirs", "reload_includes",
+                      "reload_excludes"}
 )
 
 
@@ -441,6 +486,15 @@ def build_config(opts: dict[str, Any]) -> ServerConfig:
         meta.append((key, value))
     opts["meta"] = tuple(meta)
     opts["admin_allow_hosts"] = tuple(opts.get("admin_allow_hosts", ()))
+    for name in ("reload_dirs", "reload_includes", "reload_excludes"):
+        opts[name] = tuple(opts.get(name, ()))
+    headers = []
+    for item in opts.pop("headers", ()):
+        name, sep, value = item.partition(":")
+        if not sep or not name.strip():
+            raise click.UsageError(f"--header must be NAME:VALUE, got {item!r}")
+        headers.append((name.strip(), value.strip()))
+    opts["headers"] = tuple(headers)
     opts["admin_token"] = _secret(opts, "admin_token", "admin_token_file")
     opts["ssl_keyfile_password"] = _secret(
         opts, "ssl_keyfile_password", "ssl_keyfile_password_file")

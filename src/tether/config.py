@@ -9,12 +9,14 @@ from __future__ import annotations
 
 import ipaddress
 import json
+import os
 from dataclasses import asdict, dataclass, field
 from typing import Literal
 
 from tether.errors import ConfigError
 from tether.loops import LoopName
 from tether.server.forwarded import DEFAULT_TRUST, TrustList
+from tether.server.wire import invalid_default_header
 
 LifespanMode = Literal["auto", "on", "off"]
 LogLevel = Literal["critical", "error", "warning", "info", "debug", "trace"]
@@ -175,6 +177,15 @@ class ServerConfig:
     #: bearer token every admin request must carry; required beyond loopback
     admin_token: str | None = None
     pid_file: str | None = None
+    # -- --reload (development) --------------------------------------------------------
+    #: watch the app's files and roll the workers on a change (server/reloader.py)
+    reload: bool = False
+    #: directories watched (default: --app-dir, or the current directory)
+    reload_dirs: tuple[str, ...] = ()
+    #: glob patterns of files whose change reloads, besides *.py
+    reload_includes: tuple[str, ...] = ()
+    #: glob patterns (or directories) of files that never reload
+    reload_excludes: tuple[str, ...] = ()
     # -- service registry ---------------------------------------------------------------
     #: registry URL (sqlite:///path.db, etcd://host:port/prefix); None: do not register
     registry: str | None = None
@@ -192,6 +203,13 @@ class ServerConfig:
     ssl_ca_certs: str | None = None
     ssl_cert_reqs: Literal["none", "optional", "required"] = "none"
     ssl_ciphers: str | None = None
+    # -- response headers (uvicorn's --header, --server-header, --date-header) ----------
+    #: (name, value) headers added to every response unless the app sends that name
+    headers: tuple[tuple[str, str], ...] = ()
+    #: send ``server: tether`` unless the app sends its own server header
+    server_header: bool = True
+    #: send a ``date`` header unless the app sends its own
+    date_header: bool = True
 
     @property
     def tls(self) -> bool:
@@ -266,6 +284,12 @@ class ServerConfig:
                 f"--admin-host {self.admin_host} is reachable beyond this machine: set an "
                 "admin token (--admin-token-file or TETHER_ADMIN_TOKEN); see docs/security.md"
             )
+        if not self.reload and (self.reload_dirs or self.reload_includes or
+                                self.reload_excludes):
+            raise ConfigError("--reload-dir, --reload-include and --reload-exclude need --reload")
+        for directory in self.reload_dirs:
+            if not os.path.isdir(directory):
+                raise ConfigError(f"--reload-dir {directory!r} is not a directory")
         if (self.registry is None) != (self.service is None):
             raise ConfigError("--registry and --service go together")
         _positive("--registry-ttl", self.registry_ttl)
@@ -293,6 +317,11 @@ class ServerConfig:
             raise ConfigError(
                 f"--limit-request-body must be non-negative, got {self.limits.request_body}"
             )
+        # -- response headers --
+        for header, header_value in self.headers:
+            reason = invalid_default_header(header, header_value)
+            if reason is not None:
+                raise ConfigError(f"--header {header}:{header_value}: {reason}")
 
 
     def to_json(self) -> str:
@@ -315,6 +344,9 @@ class ServerConfig:
         fields["limits"] = RequestLimits(**fields["limits"])
         fields["websocket"] = WebSocketSettings(**fields["websocket"])
         fields["meta"] = tuple(tuple(pair) for pair in fields["meta"])
+        for name in ("reload_dirs", "reload_includes", "reload_excludes"):
+            fields[name] = tuple(fields[name])
+        fields["headers"] = tuple(tuple(pair) for pair in fields["headers"])
         return cls(**fields)
 
 

@@ -27,6 +27,9 @@ ENV_LISTEN_FDS = "TETHER_WORKER_LISTEN_FDS"
 ENV_CONTROL_FD = "TETHER_WORKER_CONTROL_FD"
 ENV_WORKER_ID = "TETHER_WORKER_ID"
 ENV_SUPERVISOR_PID = "TETHER_SUPERVISOR_PID"
+#: the worker's process title (tether.proctitle; the worker's copy of the config
+#: lacks the service name)
+ENV_WORKER_TITLE = "TETHER_WORKER_TITLE"
 
 Message = dict[str, Any]
 

@@ -101,52 +101,6 @@ class Channel(Protocol):
         """The last response byte of ``cycle`` has been written."""
 
 
-class ForwardedChannel:
-    """A channel as one request forwarded by a trusted proxy sees it: the
-    connection's own, except that its log lines name the client the proxy headers
-    gave. Only such requests get one (``RequestCycle.set_forwarded``), so every
-    other request reads the connection's label with no per-request work."""
-
-    __slots__ = ("channel", "client_label", "loop", "state")
-
-    def __init__(self, channel: Channel, client_label: str) -> None:
-        self.channel = channel
-        self.client_label = client_label
-        self.state = channel.state
-        self.loop = channel.loop
-
-    @property
-    def write_paused(self) -> bool:
-        return self.channel.write_paused
-
-    def send_head(self, cycle: RequestCycle, body: bytes, more: bool) -> None:
-        self.channel.send_head(cycle, body, more)
-
-    def send_body(self, cycle: RequestCycle, body: bytes, more: bool) -> None:
-        self.channel.send_body(cycle, body, more)
-
-    def send_error(self, cycle: RequestCycle, status: int, detail: str, retry_after: bool) -> None:
-        self.channel.send_error(cycle, status, detail, retry_after)
-
-    def send_continue(self, cycle: RequestCycle) -> None:
-        self.channel.send_continue(cycle)
-
-    def cut(self, cycle: RequestCycle) -> None:
-        self.channel.cut(cycle)
-
-    def reject(self, rejection: RequestRejected) -> None:
-        self.channel.reject(rejection)
-
-    def body_consumed(self, cycle: RequestCycle) -> None:
-        self.channel.body_consumed(cycle)
-
-    async def drain(self) -> None:
-        await self.channel.drain()
-
-    def response_complete(self, cycle: RequestCycle) -> None:
-        self.channel.response_complete(cycle)
-
-
 def build_scope(
     state: ServerState,
     http_version: str,
@@ -202,6 +156,7 @@ class RequestCycle:
         "cancel_reason",
         "channel",
         "chunked",
+        "client_label",
         "deadline",
         "deadline_handle",
         "disconnected",
@@ -237,6 +192,9 @@ class RequestCycle:
         deadline: Deadline = NO_DEADLINE,
     ) -> None:
         self.channel = channel
+        #: who the client is in log lines (a trusted proxy's headers may say otherwise
+        #: than the connection: set_forwarded)
+        self.client_label = channel.client_label
         self.scope = scope
         #: the connection may carry another request after this one (HTTP/1.x)
         self.keep_alive = keep_alive
@@ -284,7 +242,7 @@ class RequestCycle:
             "client": scope["client"], "scheme": scope["scheme"], "server": scope["server"]}
         if view.client is not None and view.client_label is not None:
             scope["client"] = view.client
-            self.channel = ForwardedChannel(self.channel, view.client_label)
+            self.client_label = view.client_label
         if view.scheme is not None:
             scope["scheme"] = view.scheme
         if view.server is not None:
@@ -357,7 +315,7 @@ class RequestCycle:
         else:
             error_log.warning(
                 "%d %s (client %s)", rejection.status, rejection.detail,
-                self.channel.client_label,
+                self.client_label,
             )
             self.channel.cut(self)
         self.on_disconnect()
@@ -405,7 +363,7 @@ class RequestCycle:
 
     async def send(self, message: Message) -> None:
         if self.disconnected:
-            raise ClientDisconnected(f"client {self.channel.client_label} disconnected")
+            raise ClientDisconnected(f"client {self.client_label} disconnected")
         mtype = message["type"]
         if not self.status:
             if mtype != "http.response.start":
@@ -441,7 +399,7 @@ class RequestCycle:
         elif channel.write_paused:
             await channel.drain()
             if self.disconnected:
-                raise ClientDisconnected(f"client {channel.client_label} disconnected")
+                raise ClientDisconnected(f"client {self.client_label} disconnected")
 
     def _count_body(self, body: bytes) -> None:
         """Hold the application to the Content-Length it declared (or tether chose)."""
@@ -460,7 +418,7 @@ class RequestCycle:
         if not 100 <= status <= 999:
             raise RuntimeError(f"invalid HTTP status {status}")
         head = [wire.status_line(status)]
-        has_date = False
+        overridden = 0  # bits of the default headers (date, server...) the app sent
         render = wire.render_header
         for name, value in message.get("headers", ()):
             try:
@@ -478,11 +436,11 @@ class RequestCycle:
                     self.keep_alive = False
                 continue  # the protocol writes its connection management itself
             else:
-                has_date = True
+                overridden |= argument
             head.append(line)
         channel = self.channel
-        if not has_date:
-            head.append(channel.state.date_header)
+        state = channel.state
+        head.append(state.default_head if not overridden else state.defaults_without(overridden))
         self.status = status
         self.head = head
         self.no_body = not may_have_body(status, self.head_request)
@@ -522,7 +480,7 @@ class RequestCycle:
         """The head is on the wire and the body cannot be completed: cut it."""
         if not quiet:
             error_log.error("%s; closing connection (client %s)", reason,
-                            self.channel.client_label)
+                            self.client_label)
         self._response_done()
         self.keep_alive = False
         self._log()
@@ -571,7 +529,7 @@ class RequestCycle:
                 # got that response, so this ending is neither answered nor counted.
                 error_log.warning(
                     "%s raised after the response was sent (client %s, %s): %s",
-                    type(exc).__name__, self.channel.client_label, self.request_line, exc,
+                    type(exc).__name__, self.client_label, self.request_line, exc,
                 )
                 ending = NOTHING
             if ending.app_error:
@@ -580,7 +538,7 @@ class RequestCycle:
                 else:
                     error_log.error(
                         "Exception in ASGI application (client %s, %s)",
-                        self.channel.client_label, self.request_line,
+                        self.client_label, self.request_line,
                         exc_info=exc,
                     )
             self._end(ending, exc)
@@ -589,7 +547,7 @@ class RequestCycle:
                 what = "completing" if self.status else "starting"
                 error_log.error(
                     "ASGI application returned without %s a response (client %s, %s)",
-                    what, self.channel.client_label, self.request_line,
+                    what, self.client_label, self.request_line,
                 )
                 self._fail_unanswered(500, "Internal Server Error")
         finally:
@@ -649,5 +607,5 @@ class RequestCycle:
         target = scope["raw_path"].decode("latin-1")
         if scope["query_string"]:
             target += "?" + scope["query_string"].decode("latin-1")
-        state.log_access(self.channel.client_label, scope.get("method", "GET"), target, status,
+        state.log_access(self.client_label, scope.get("method", "GET"), target, status,
                          self.bytes_sent, seconds)

@@ -493,7 +493,7 @@ class HttpProtocol(asyncio.Protocol):
             cycle.bytes_sent += len(out)
 
     def send_error(self, cycle: RequestCycle, status: int, detail: str, retry_after: bool) -> None:
-        out = wire.error_response(status, detail, self.state.date_header,
+        out = wire.error_response(status, detail, self.state.default_head,
                                   _RETRY_AFTER if retry_after else b"")
         self.transport.write(out)
         cycle.bytes_sent += len(out)
@@ -517,7 +517,7 @@ class HttpProtocol(asyncio.Protocol):
             extra = _UPGRADE_WEBSOCKET if rejection.status == 426 else b""
             self.transport.write(
                 wire.error_response(
-                    rejection.status, rejection.detail, self.state.date_header, extra
+                    rejection.status, rejection.detail, self.state.default_head, extra
                 )
             )
         self.state.http.observe(rejection.status, 0.0)
@@ -528,7 +528,7 @@ class HttpProtocol(asyncio.Protocol):
         """``OPTIONS *`` (see request_head.ServerOptions): no warning, no access-log
         line, no request counted; the connection ends after the answer."""
         if not self.closed:
-            self.transport.write(wire.server_options_response(self.state.date_header))
+            self.transport.write(wire.server_options_response(self.state.default_head))
         self.close()
 
     def body_consumed(self, cycle: RequestCycle) -> None:

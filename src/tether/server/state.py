@@ -2,7 +2,7 @@
 counters, the open connections and running handlers, and the access log.
 
 The worker owns it: it sweeps ``connections`` for timeouts (one sweep per worker,
-no timer handle per request), refreshes ``date_header`` once a second, and flips
+no timer handle per request), refreshes the ``date`` line once a second, and flips
 ``draining`` when a stop begins. Must never hold per-request state.
 """
 
@@ -70,6 +70,7 @@ class ServerState:
         admission: AdmissionGate | None = None,
         websocket: WebSocketSettings | None = None,
         forwarded_trust: TrustList | None = None,
+        defaults: wire.ResponseDefaults | None = None,
     ) -> None:
         self.app = app
         self.limits = limits
@@ -93,9 +94,26 @@ class ServerState:
         self.tasks: set[asyncio.Task[None]] = set()
         self.total_requests = 0
         self.draining = False
-        self.date_header = wire.date_header()
+        #: the headers tether adds to every response (server, --header, date)
+        self.defaults = defaults if defaults is not None else wire.ResponseDefaults()
+        self.date_header = b""
+        self.default_head = b""
+        self.refresh_date()
         #: called with each completed response (worker counts, recycling)
         self.on_request_done: Callable[[], None] | None = None
+
+    def refresh_date(self) -> None:
+        """Render this second's ``date`` line and the default head that carries it
+        (the worker calls it once a second: no response formats a date)."""
+        self.date_header = wire.date_header() if self.defaults.date else b""
+        #: what a response gets after its own headers: the defaults, then the date
+        self.default_head = self.defaults.static + self.date_header
+
+    def defaults_without(self, overridden: int) -> bytes:
+        """The default head minus the headers the application sent itself (their
+        bits in ``overridden``, from wire.render_header): the application's wins."""
+        date = b"" if overridden & wire.DATE_BIT else self.date_header
+        return self.defaults.without(overridden) + date
 
     def log_access(
         self, client: str, method: str, target: str, status: int, size: int, seconds: float

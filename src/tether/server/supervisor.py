@@ -23,15 +23,18 @@ import time
 from collections import Counter
 from collections.abc import Iterable
 from dataclasses import dataclass, field, replace
+from pathlib import Path
 from typing import Any
 
 from tether import admin, metrics
 from tether.backoff import Backoff
 from tether.config import SECRET_ENV, SECRET_FIELDS, ServerConfig
 from tether.errors import ConfigError
+from tether.proctitle import worker_title
 from tether.registry import Registration, Registry, RegistryError, open_registry
 from tether.registry.urls import redact
 from tether.server import control as control_mod
+from tether.server import reloader
 from tether.server import sockets as sockets_mod
 from tether.server.control import ControlChannel
 from tether.server.lifecycle import (
@@ -138,6 +141,8 @@ class Supervisor:
         self._own: Counter[str] = Counter()
         self._drained = 0
         self._cancelled = 0
+        #: ends the --reload watch
+        self._stop_watching: asyncio.Event | None = None
 
     # -- running ---------------------------------------------------------------------
 
@@ -164,6 +169,8 @@ class Supervisor:
                 self._registering = asyncio.get_running_loop().create_task(
                     self._register_until_done())
         self._spawn_task(self._follow_reloads())
+        if self.config.reload:
+            self._spawn_task(self._reload_on_changes())
         await self._stop_requested.wait()
         return await self._stop()
 
@@ -173,6 +180,26 @@ class Supervisor:
             return
         self._pending_reloads += 1
         self._wakeup.set()
+
+    def request_code_reload(self, paths: list[Path], root: Path) -> None:
+        """--reload: files changed. One rolling reload, however many saves come
+        while one is pending (each new worker imports the newest code anyway)."""
+        if self.stopping:
+            return
+        logger.info("changes in %s: reloading", reloader.describe(paths, root))
+        self._pending_reloads = max(self._pending_reloads, 1)
+        self._wakeup.set()
+
+    async def _reload_on_changes(self) -> None:
+        config = self.config
+        dirs = reloader.watch_dirs(config.reload_dirs, config.app_dir)
+        accept = reloader.FileFilter(config.reload_includes, config.reload_excludes)
+        logger.info("watching %s for changes (--reload: for development, not production)",
+                    ", ".join(map(str, dirs)))
+        stop = asyncio.Event()
+        self._stop_watching = stop
+        await reloader.watch(dirs, accept, lambda paths: self.request_code_reload(
+            paths, dirs[0]), stop)
 
     def request_stop(self) -> None:
         """SIGTERM/SIGINT: graceful stop; a second one forces it."""
@@ -214,6 +241,8 @@ class Supervisor:
             control_mod.ENV_CONTROL_FD: str(child.fileno()),
             control_mod.ENV_WORKER_ID: str(worker_id),
             control_mod.ENV_SUPERVISOR_PID: str(os.getpid()),
+            control_mod.ENV_WORKER_TITLE: worker_title(
+                self.config.app, self.config.service, worker_id),
         }
         # A new session: a terminal's Ctrl-C reaches only the supervisor, which then
         # stops the workers in order instead of every process racing on its own.
@@ -538,6 +567,8 @@ class Supervisor:
         """
         self.stopping = True  # /readyz says 503 from now on
         self._wakeup.set()
+        if self._stop_watching is not None:
+            self._stop_watching.set()  # --reload: the watch ends before its task is cancelled
         await self._leave_registry()
         loop = asyncio.get_running_loop()
         stop_deadline = loop.time() + self.config.stop_budget.total

@@ -274,7 +274,7 @@ class WebSocketCycle(RequestCycle):
         if not self.reported:
             self.reported = True
             error_log.warning("WebSocket closed with %d: %s (client %s)", code, reason,
-                              self.channel.client_label)
+                              self.client_label)
         self._ended(code, reason)
 
     def _flush(self) -> None:
@@ -335,7 +335,7 @@ class WebSocketCycle(RequestCycle):
                 self.reported = True
                 error_log.warning("WebSocket client did not answer a ping within %gs; "
                                   "dropping it (client %s)", settings.ping_timeout,
-                                  self.channel.client_label)
+                                  self.client_label)
             return None
         interval = settings.ping_interval
         since = now - self.ping_sent_at
@@ -394,7 +394,7 @@ class WebSocketCycle(RequestCycle):
             return
         if self.close_code is not None or self.disconnected:
             raise ClientDisconnected(
-                f"WebSocket client {self.channel.client_label} disconnected"
+                f"WebSocket client {self.client_label} disconnected"
                 f" ({ABNORMAL if self.close_code is None else self.close_code})")
         protocol = self.protocol
         if mtype == "websocket.send":
@@ -501,7 +501,7 @@ class WebSocketCycle(RequestCycle):
     def _close_for(self, code: int, reason: str, quiet: bool) -> None:
         if not quiet:
             error_log.error("%s; closing WebSocket with %d (client %s)", reason, code,
-                            self.channel.client_label)
+                            self.client_label)
         if self.protocol.state is _OPEN:
             self.protocol.send_close(code, reason[:120])
             self._ended(code, reason)

@@ -1,5 +1,6 @@
 """Bytes tether writes on the wire that do not depend on a request: status lines,
-the Date header, canned error responses, and response-header validation.
+the Date header, the default response headers, canned error responses, and
+response-header validation.
 
 Must never allocate per request what can be computed once (status lines, the
 Date header, which changes once a second).
@@ -50,7 +51,21 @@ HEADER_PLAIN = 0
 HEADER_CONTENT_LENGTH = 1
 HEADER_TRANSFER_ENCODING = 2
 HEADER_CONNECTION = 3
-HEADER_DATE = 4
+#: a header tether would add itself (date, server, a --header name): the application's
+#: own wins, so the cycle leaves tether's out; the argument is the name's bit
+HEADER_DEFAULTED = 4
+
+# Every header name tether may add by default has one bit; render_header returns it so
+# the cycle learns which defaults the application overrode by OR-ing ints (no name
+# comparisons per response). --header names get the next bits at startup.
+DATE_BIT = 1
+SERVER_BIT = 2
+_default_bits: dict[bytes, int] = {b"date": DATE_BIT, b"server": SERVER_BIT}
+#: what ``--server-header`` sends (no version: it would tell scanners what to try)
+SERVER_HEADER = b"server: tether\r\n"
+#: names ``--header`` may not set: tether frames every response and manages the
+#: connection itself, and the date is ``--date-header``'s
+FORBIDDEN_DEFAULTS = frozenset({"content-length", "transfer-encoding", "connection", "date"})
 
 RenderedHeader = tuple[int, bytes, int]
 _rendered: dict[tuple[bytes, bytes], RenderedHeader] = {}
@@ -96,8 +111,9 @@ def _render(name: bytes, value: bytes) -> RenderedHeader:
         return HEADER_TRANSFER_ENCODING, line, int(b"chunked" in value.lower())
     if lname == b"connection":
         return HEADER_CONNECTION, line, int(b"close" in value.lower())
-    if lname == b"date":
-        return HEADER_DATE, line, 0
+    bit = _default_bits.get(lname)
+    if bit is not None:
+        return HEADER_DEFAULTED, line, bit
     return HEADER_PLAIN, line, 0
 
 
@@ -112,8 +128,71 @@ def error_body(detail: str) -> bytes:
     return detail.encode("utf-8", "replace") + b"\n"
 
 
-def error_response(status: int, detail: str, date: bytes, extra: bytes = b"") -> bytes:
-    """A complete ``text/plain`` response that closes the connection."""
+class ResponseDefaults:
+    """The header lines tether adds to every response it writes (``--server-header``,
+    ``--header``; the ``date`` line is the worker's, refreshed once a second).
+
+    Rendered to bytes once at startup: a response whose application sent none of
+    these names gets :attr:`static` appended whole. The rare response that sets one
+    itself gets :meth:`without` (the application's header wins, never a duplicate).
+    """
+
+    __slots__ = ("date", "lines", "static")
+
+    def __init__(
+        self, *, server: bool = True, date: bool = True,
+        headers: tuple[tuple[str, str], ...] = (),
+    ) -> None:
+        #: tether adds a ``date`` header (``--date-header``)
+        self.date = date
+        lines: list[tuple[int, bytes]] = []
+        names = {name.lower() for name, _ in headers}
+        if server and "server" not in names:  # --header server:X replaces ours
+            lines.append((SERVER_BIT, SERVER_HEADER))
+        for name, value in headers:
+            reason = invalid_default_header(name, value)
+            if reason is not None:
+                raise ValueError(reason)
+            lname = name.lower().encode("ascii")
+            lines.append((_default_bit(lname), f"{name}: {value}\r\n".encode("latin-1")))
+        #: (bit of the name, wire line) of each default header, in order
+        self.lines = tuple(lines)
+        #: every line at once: what almost every response gets
+        self.static = b"".join(line for _, line in lines)
+
+    def without(self, overridden: int) -> bytes:
+        """The default lines whose names are not in the ``overridden`` bit set."""
+        return b"".join(line for bit, line in self.lines if not bit & overridden)
+
+
+def invalid_default_header(name: str, value: str) -> str | None:
+    """Why ``--header NAME:VALUE`` may not be sent with every response, or None."""
+    try:
+        raw_name, raw_value = name.encode("ascii"), value.encode("latin-1")
+    except UnicodeEncodeError:
+        return f"header {name!r} must be ASCII (name) and Latin-1 (value)"
+    reason = invalid_header(raw_name, raw_value)
+    if reason is not None:
+        return reason
+    if name.lower() in FORBIDDEN_DEFAULTS:
+        return f"tether sets {name!r} itself" + (
+            " (use --date-header/--no-date-header)" if name.lower() == "date" else "")
+    return None
+
+
+def _default_bit(lname: bytes) -> int:
+    """The bit of a default header name, given a new one at startup if needed."""
+    bit = _default_bits.get(lname)
+    if bit is None:
+        bit = _default_bits[lname] = 1 << len(_default_bits)
+        _rendered.clear()  # results cached before may have this name as a plain header
+    return bit
+
+
+def error_response(status: int, detail: str, defaults: bytes, extra: bytes = b"") -> bytes:
+    """A complete ``text/plain`` response that closes the connection. ``defaults``
+    are the header lines every response carries (ServerState.default_head: date,
+    server, ``--header``)."""
     body = error_body(detail)
     return b"".join(
         (
@@ -122,7 +201,7 @@ def error_response(status: int, detail: str, date: bytes, extra: bytes = b"") ->
             b"content-length: %d\r\n" % len(body),
             b"connection: close\r\n",
             extra,
-            date,
+            defaults,
             b"\r\n",
             body,
         )
@@ -133,8 +212,9 @@ def error_response(status: int, detail: str, date: bytes, extra: bytes = b"") ->
 SERVER_OPTIONS_ALLOW = b"allow: GET, HEAD, POST, PUT, PATCH, DELETE, OPTIONS\r\n"
 
 
-def server_options_response(date: bytes) -> bytes:
+def server_options_response(defaults: bytes) -> bytes:
     """The server's own answer to ``OPTIONS *`` (RFC 9110 section 9.3.7): 200, the
-    methods served, no body; the connection closes after it, as after a rejection."""
+    methods served, no body; the connection closes after it, as after a rejection.
+    ``defaults``: the header lines every response carries (ServerState.default_head)."""
     return b"".join((STATUS_LINES[200], SERVER_OPTIONS_ALLOW, b"content-length: 0\r\n",
-                     b"connection: close\r\n", date, b"\r\n"))
+                     b"connection: close\r\n", defaults, b"\r\n"))

@@ -23,6 +23,8 @@ from collections.abc import Callable
 from dataclasses import dataclass, replace
 from typing import Any
 
+from setproctitle import setproctitle
+
 from tether import metrics
 from tether.admission import AdmissionGate
 from tether.asgi import ASGIApp
@@ -83,6 +85,8 @@ class Worker:
             else AdmissionGate(config.limit_concurrency),
             websocket=config.websocket,
             forwarded_trust=config.forwarded_trust,
+            defaults=wire.ResponseDefaults(server=config.server_header, date=config.date_header,
+                                           headers=config.headers),
         )
         if config.framework_handlers:
             frameworks.install(app, self.state.counters)
@@ -130,7 +134,7 @@ class Worker:
     def _sweep(self) -> None:
         loop = asyncio.get_running_loop()
         now = loop.time()
-        self.state.date_header = wire.date_header()
+        self.state.refresh_date()
         for conn in list(self.state.connections):
             conn.check_timer(now)
         if self._fd_watch is not None and self._fd_watch.check(
@@ -468,6 +472,9 @@ def run_worker(
 
 def worker_main() -> None:
     """Entry point of a worker process started by the supervisor (see control.py)."""
+    title = os.environ.get(control_mod.ENV_WORKER_TITLE)
+    if title:
+        setproctitle(title)  # first: `ps` says what this is even while the app imports
     config = ServerConfig.from_json(os.environ[control_mod.ENV_CONFIG])
     configure_logging(config.log_level, access_log=config.access_log)
     fds = os.environ[control_mod.ENV_LISTEN_FDS].split(",")
