@@ -45,7 +45,8 @@ async def app(scope: Scope, receive: Receive, send: Send) -> None:
     accepts, then waits on something else than the client; ``/record``: echoes and
     marks how the session ended; ``/pid``: sends its worker's pid, then echoes;
     ``/crash``: accepts, then raises; ``/bye``: says bye and closes (1000, "done");
-    ``/slow-accept``: accepts after 0.5 s. Plain HTTP requests get 200 "http"."""
+    ``/slow-accept``: accepts after 0.5 s; ``/reason``: echoes and marks the close
+    code and reason it was told. Plain HTTP requests get 200 "http"."""
     if scope["type"] == "lifespan":
         while True:
             message = await receive()
@@ -95,7 +96,10 @@ async def _echo(path: str, receive: Receive, send: Send) -> None:
     while True:
         message: Message = await receive()
         if message["type"] == "websocket.disconnect":
-            mark(path.strip("/"), str(message["code"]))
+            said = str(message["code"])
+            if path == "/reason":
+                said += f" {message.get('reason') or ''}"
+            mark(path.strip("/"), said)
             if path == "/record":
                 try:
                     await send({"type": "websocket.send", "text": "too late"})

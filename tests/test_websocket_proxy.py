@@ -1,0 +1,173 @@
+"""WebSocket through ``tether proxy``, on real processes: ``tether serve`` upstreams
+(tests/apps/ws_app.py), a ``tether proxy`` supervisor with its workers, and the
+``websockets`` library as the client.
+
+Proved here: messages and the subprotocol pass both ways; a close from either side
+reaches the other with its code and reason; an upstream's rolling reload ends every
+session through the proxy with 1012 and the clients reconnect to the new worker; a
+dead provider is skipped before the upgrade, no provider is 503 and an upstream's
+refusal reaches the client as it was; a client that vanishes ends the upstream
+handler within a second.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import os
+import signal
+import time
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+import websockets
+from websockets.exceptions import ConnectionClosed, InvalidStatus
+from websockets.typing import Subprotocol
+
+from tests.support import APPS, ServerProcess, free_port, server_process, tether_process, wait_for
+
+TIMEOUT = 20.0
+
+
+def _env() -> dict[str, str]:
+    """This environment without any TETHER_* variable (they would change the flags)."""
+    return {k: v for k, v in os.environ.items() if not k.startswith("TETHER_")}
+
+
+@contextlib.contextmanager
+def upstream(marks: Path, *extra: str) -> Iterator[ServerProcess]:
+    """``tether serve ws_app:app``; its handlers leave marks in ``marks``."""
+    with server_process("ws_app:app", "--no-access-log", *extra, cwd=APPS,
+                        env={"WS_MARKS": str(marks)}) as running:
+        yield running
+
+
+@contextlib.contextmanager
+def proxy(*providers: str) -> Iterator[ServerProcess]:
+    """``tether proxy`` routing every path to ``providers``."""
+    with tether_process("proxy", "--listen", "127.0.0.1:0", "--no-access-log",
+                        "--route", f"/={','.join(providers)}", cwd=APPS, env=_env()
+                        ) as running:
+        yield running
+
+
+def _address(server: ServerProcess) -> str:
+    return f"127.0.0.1:{server.port}"
+
+
+def _ws(server: ServerProcess, path: str) -> str:
+    return f"ws://127.0.0.1:{server.port}{path}"
+
+
+def _marks(folder: Path, name: str) -> list[str]:
+    return sorted(p.read_text() for p in folder.glob(f"{name}.*"))
+
+
+async def _close_code(ws: websockets.ClientConnection) -> tuple[int, str] | None:
+    """Wait for the session to end; the close frame received (None: none)."""
+    try:
+        while True:
+            await ws.recv()
+    except ConnectionClosed as closed:
+        return None if closed.rcvd is None else (closed.rcvd.code, closed.rcvd.reason)
+
+
+async def test_messages_subprotocol_and_headers_pass_both_ways(tmp_path: Path) -> None:
+    with upstream(tmp_path) as up, proxy(_address(up)) as px:
+        offered = [Subprotocol("chat.v2"), Subprotocol("chat.v1")]
+        async with websockets.connect(_ws(px, "/echo"), subprotocols=offered,
+                                      open_timeout=TIMEOUT, max_size=None) as ws:
+            assert ws.subprotocol == "chat.v2"  # the upstream's choice
+            assert ws.response is not None
+            assert ws.response.headers["x-session"] == "tether"
+            await ws.send("hello")
+            assert await ws.recv() == "hello"
+            big = os.urandom(4 * 1024 * 1024)  # over every high water mark on the way
+            await ws.send(big)
+            assert await asyncio.wait_for(ws.recv(), TIMEOUT) == big
+            for i in range(100):
+                await ws.send(f"message {i}")
+            assert [await ws.recv() for _ in range(100)] == [f"message {i}" for i in range(100)]
+
+
+async def test_a_close_from_either_side_reaches_the_other(tmp_path: Path) -> None:
+    with upstream(tmp_path) as up, proxy(_address(up)) as px:
+        ws = await websockets.connect(_ws(px, "/reason"), open_timeout=TIMEOUT)
+        await ws.send("x")
+        assert await ws.recv() == "x"
+        await ws.close(4000, "client done")
+        await wait_for(lambda: bool(_marks(tmp_path, "reason")), TIMEOUT,
+                       "the upstream handler to see the close")
+        assert _marks(tmp_path, "reason") == ["4000 client done"]
+
+        ws = await websockets.connect(_ws(px, "/bye"), open_timeout=TIMEOUT)
+        assert await ws.recv() == "bye"
+        assert await asyncio.wait_for(_close_code(ws), TIMEOUT) == (1000, "done")
+
+
+async def test_an_upstream_reload_ends_sessions_with_1012_and_they_reconnect(
+    tmp_path: Path
+) -> None:
+    sessions = 20
+    with upstream(tmp_path, "--graceful-timeout", "10") as up, proxy(_address(up)) as px:
+
+        async def session() -> tuple[websockets.ClientConnection, int]:
+            ws = await websockets.connect(_ws(px, "/pid"), open_timeout=TIMEOUT)
+            return ws, int(await asyncio.wait_for(ws.recv(), TIMEOUT))
+
+        opened = await asyncio.gather(*(session() for _ in range(sessions)))
+        old = {pid for _, pid in opened}
+        ending = [asyncio.create_task(_close_code(ws)) for ws, _ in opened]
+        up.proc.send_signal(signal.SIGHUP)
+        codes = await asyncio.wait_for(asyncio.gather(*ending), TIMEOUT)
+        assert {code for code, _ in filter(None, codes)} == {1012}
+        assert None not in codes
+
+        again = await asyncio.gather(*(session() for _ in range(sessions)))
+        assert not {pid for _, pid in again} & old  # all on the new worker
+        for ws, _ in again:
+            await ws.send("after the reload")
+            assert await ws.recv() == "after the reload"
+            await ws.close()
+
+
+async def test_a_dead_provider_is_skipped_before_the_upgrade(tmp_path: Path) -> None:
+    with upstream(tmp_path) as alive, upstream(tmp_path) as dying, \
+            proxy(_address(alive), _address(dying)) as px:
+        # both providers serve sessions, so the cluster has seen both alive
+        pids: set[int] = set()
+        async with asyncio.timeout(TIMEOUT):
+            while len(pids) < 2:
+                async with websockets.connect(_ws(px, "/pid")) as ws:
+                    pids.add(int(await ws.recv()))
+        dying.stop()
+        for i in range(10):  # the proxy meets the dead one, and goes to the other
+            async with websockets.connect(_ws(px, "/echo"), open_timeout=TIMEOUT) as ws:
+                await ws.send(f"#{i}")
+                assert await ws.recv() == f"#{i}"
+
+
+async def test_no_provider_is_503_and_a_refusal_passes_through(tmp_path: Path) -> None:
+    with proxy(f"127.0.0.1:{free_port()}") as px:
+        with pytest.raises(InvalidStatus) as refused:
+            await websockets.connect(_ws(px, "/echo"), open_timeout=TIMEOUT)
+        assert refused.value.response.status_code == 503
+    with upstream(tmp_path) as up, proxy(_address(up)) as px:
+        with pytest.raises(InvalidStatus) as refused:
+            await websockets.connect(_ws(px, "/teapot"), open_timeout=TIMEOUT)
+        assert refused.value.response.status_code == 418
+        assert refused.value.response.body == b"no websocket for you"
+
+
+async def test_a_vanished_client_ends_the_upstream_handler(tmp_path: Path) -> None:
+    with upstream(tmp_path) as up, proxy(_address(up)) as px:
+        ws = await websockets.connect(_ws(px, "/record"), open_timeout=TIMEOUT)
+        await ws.send("x")
+        assert await ws.recv() == "x"
+        gone = time.monotonic()
+        ws.transport.abort()  # a reset, no close frame
+        await wait_for(lambda: bool(_marks(tmp_path, "record")), 5,
+                       "the upstream handler to end")
+        assert time.monotonic() - gone < 1.0
+        assert _marks(tmp_path, "record") == ["1001"]  # told the client went away
