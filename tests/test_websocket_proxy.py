@@ -109,7 +109,7 @@ async def test_a_close_from_either_side_reaches_the_other(tmp_path: Path) -> Non
 async def test_an_upstream_reload_ends_sessions_with_1012_and_they_reconnect(
     tmp_path: Path
 ) -> None:
-    sessions = 20
+    sessions = 100
     with upstream(tmp_path, "--graceful-timeout", "10") as up, proxy(_address(up)) as px:
 
         async def session() -> tuple[websockets.ClientConnection, int]:
