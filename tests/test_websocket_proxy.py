@@ -7,7 +7,8 @@ reaches the other with its code and reason; an upstream's rolling reload ends ev
 session through the proxy with 1012 and the clients reconnect to the new worker; a
 dead provider is skipped before the upgrade, no provider is 503 and an upstream's
 refusal reaches the client as it was; a client that vanishes ends the upstream
-handler within a second.
+handler within a second; a client that floods a session without reading is held
+back (every hop's queue is bounded) and loses nothing.
 """
 
 from __future__ import annotations
@@ -171,3 +172,32 @@ async def test_a_vanished_client_ends_the_upstream_handler(tmp_path: Path) -> No
                        "the upstream handler to end")
         assert time.monotonic() - gone < 1.0
         assert _marks(tmp_path, "record") == ["1001"]  # told the client went away
+
+
+async def test_back_pressure_reaches_a_client_that_sends_without_reading(
+    tmp_path: Path
+) -> None:
+    """The client floods an echo session and reads nothing: each hop's queue fills to
+    its mark and stops reading, until the client's own sends stall. Nothing on the
+    way holds the flood; then every message comes back, in order."""
+    chunk_size, most = 1024 * 1024, 256
+    with upstream(tmp_path) as up, proxy(_address(up)) as px:
+        # no compression: the flood must weigh what it says on the wire
+        async with websockets.connect(_ws(px, "/echo"), open_timeout=TIMEOUT,
+                                      max_size=None, max_queue=1, compression=None) as ws:
+            noise = os.urandom(chunk_size - 4)
+            sent = 0
+            stalled: asyncio.Task[None] | None = None
+            while sent < most:
+                task = asyncio.create_task(ws.send(sent.to_bytes(4, "big") + noise))
+                done, _ = await asyncio.wait({task}, timeout=2.0)
+                sent += 1
+                if not done:
+                    stalled = task
+                    break
+            assert stalled is not None, f"{sent} MiB sent and none held back"
+            assert sent < 64, f"{sent} MiB were taken before the client was held back"
+            for i in range(sent):
+                message = await asyncio.wait_for(ws.recv(), TIMEOUT)
+                assert message[:4] == i.to_bytes(4, "big") and len(message) == chunk_size
+            await asyncio.wait_for(stalled, TIMEOUT)
