@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import json
 import os
 import signal
 import time
@@ -201,3 +202,43 @@ async def test_back_pressure_reaches_a_client_that_sends_without_reading(
                 message = await asyncio.wait_for(ws.recv(), TIMEOUT)
                 assert message[:4] == i.to_bytes(4, "big") and len(message) == chunk_size
             await asyncio.wait_for(stalled, TIMEOUT)
+
+
+async def test_handshake_headers_as_for_http_and_the_route_timeout_bounds_only_it(
+    tmp_path: Path
+) -> None:
+    with upstream(tmp_path) as up:
+        config = tmp_path / "proxy.toml"
+        config.write_text(f'[[routes]]\nprefix = "/"\ntimeout = 0.2\n'
+                          f'providers = ["{_address(up)}"]\n')
+        with tether_process("proxy", "--listen", "127.0.0.1:0", "--no-access-log",
+                            "--config", str(config), cwd=APPS, env=_env()) as px:
+            async with websockets.connect(
+                    _ws(px, "/headers"), open_timeout=TIMEOUT,
+                    additional_headers={"x-custom": "kept", "x-forwarded-proto": "forged"},
+            ) as ws:
+                assert ws.request is not None
+                key = ws.request.headers["sec-websocket-key"]
+                seen: dict[str, list[str]] = {}
+                for name, value in json.loads(await ws.recv()):
+                    seen.setdefault(name, []).append(value)
+                assert seen["x-custom"] == ["kept"]
+                assert seen["x-forwarded-proto"] == ["http"]  # this hop's, not the client's
+                assert seen["x-forwarded-for"] == ["127.0.0.1"]
+                assert seen["via"] == ["1.1 tether"]
+                assert seen["forwarded"][0].startswith("for=127.0.0.1;proto=http")
+                # the upstream hop has a handshake of its own
+                assert seen["sec-websocket-key"] != [key]
+                assert "x-request-timeout-ms" in seen  # the route's deadline travels
+                # the session outlives the route's timeout (0.2 s): it bounds the handshake
+                opened = time.monotonic()
+                for i in range(100_000):
+                    await ws.send(str(i))
+                    assert await ws.recv() == str(i)
+                    if time.monotonic() - opened > 0.6:
+                        break
+                assert time.monotonic() - opened > 0.6
+            # an upstream slower to accept than the route's timeout: 504
+            with pytest.raises(InvalidStatus) as late:
+                await websockets.connect(_ws(px, "/slow-accept"), open_timeout=TIMEOUT)
+            assert late.value.response.status_code == 504

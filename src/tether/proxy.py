@@ -332,10 +332,13 @@ class Proxy:
         target = route.upstream_path(scope["raw_path"].decode("latin-1") or path, path)
         if scope["query_string"]:
             target += "?" + scope["query_string"].decode("latin-1")
+        # X-Forwarded-Proto and Forwarded's proto name the HTTP scheme of the hop
+        # (http/https), which frameworks expect, not the ws/wss of the ASGI scope.
+        hop = {**scope, "scheme": "https" if scope["scheme"] == "wss" else "http"}
         await forward_websocket(
             scope, receive, send, cluster=self.clusters[route.upstream],
             upstream=route.upstream, target=target,
-            headers=request_headers(scope, received_headers(scope), route.host),
+            headers=request_headers(hop, received_headers(scope), route.host),
             timeout=route.timeout)
 
     @staticmethod
