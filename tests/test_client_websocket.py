@@ -63,6 +63,19 @@ async def test_echo_subprotocol_headers_and_close_against_tether_serve() -> None
         assert closed.value.code == 1000
 
 
+async def test_closing_the_client_drops_its_open_sessions() -> None:
+    ws_app.SEEN.clear()
+    async with tether_ws() as server:
+        client = Client(timeout=TIMEOUT)
+        ws = await client.websocket(f"ws://127.0.0.1:{server.port}/record")
+        await ws.send("x")
+        assert await ws.receive() == "x"
+        await client.aclose()
+        assert ws.close_code == 1006
+        await wait_for(lambda: ws_app.SEEN.get("record") == ["1006"], TIMEOUT,
+                       "the server's handler to see the client go")
+
+
 async def test_a_refused_handshake_is_the_servers_answer() -> None:
     async with tether_ws() as server, Client(timeout=TIMEOUT) as client:
         with pytest.raises(WebSocketRejected) as refused:

@@ -141,6 +141,8 @@ class Client:
         self._registry_arg = registry
         self._registry: Registry | None = None
         self._services: dict[str, Cluster] = {}
+        #: open WebSocket sessions: aclose() drops those still open
+        self._sessions: set[WebSocket] = set()
         metrics.PROCESS.add_status(self, Client._status_part)
 
     # -- lifecycle -----------------------------------------------------------------------
@@ -157,6 +159,8 @@ class Client:
                 await cluster.aclose()
         finally:
             # Even when the close itself is cancelled (Ctrl-C): no socket is left open.
+            for session in list(self._sessions):
+                session.abort()
             if self._registry is not None and isinstance(self._registry_arg, str):
                 await self._registry.close()  # we opened it, we close it
             await self._pool.aclose()
@@ -400,7 +404,15 @@ class Client:
             except BaseException:
                 conn.abort()  # includes cancellation: a half-open session is dropped
                 raise
-        return WebSocket(conn, url, write_timeout=timeouts.write, on_close=on_close)
+        session = WebSocket(conn, url, write_timeout=timeouts.write,
+                            on_close=lambda: self._session_ended(session, on_close))
+        self._sessions.add(session)
+        return session
+
+    def _session_ended(self, session: WebSocket, on_close: Callable[[], None] | None) -> None:
+        self._sessions.discard(session)
+        if on_close is not None:
+            on_close()
 
     def _websocket_headers(self, headers: HeaderTypes) -> list[tuple[str, str]]:
         """The client's and the call's headers (the call's replace the client's of the
