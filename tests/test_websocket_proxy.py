@@ -46,9 +46,9 @@ def upstream(marks: Path, *extra: str) -> Iterator[ServerProcess]:
 
 
 @contextlib.contextmanager
-def proxy(*providers: str) -> Iterator[ServerProcess]:
+def proxy(*providers: str, flags: tuple[str, ...] = ()) -> Iterator[ServerProcess]:
     """``tether proxy`` routing every path to ``providers``."""
-    with tether_process("proxy", "--listen", "127.0.0.1:0", "--no-access-log",
+    with tether_process("proxy", "--listen", "127.0.0.1:0", "--no-access-log", *flags,
                         "--route", f"/={','.join(providers)}", cwd=APPS, env=_env()
                         ) as running:
         yield running
@@ -242,3 +242,27 @@ async def test_handshake_headers_as_for_http_and_the_route_timeout_bounds_only_i
             with pytest.raises(InvalidStatus) as late:
                 await websockets.connect(_ws(px, "/slow-accept"), open_timeout=TIMEOUT)
             assert late.value.response.status_code == 504
+
+
+@pytest.mark.parametrize(("sig", "code"), [(signal.SIGHUP, 1012), (signal.SIGTERM, 1001)])
+async def test_the_proxys_own_reload_and_stop_end_both_sides_with_their_code(
+    tmp_path: Path, sig: signal.Signals, code: int
+) -> None:
+    sessions = 10
+    with upstream(tmp_path) as up, proxy(
+            _address(up), flags=("--graceful-timeout", "1", "--force-exit-timeout", "1")
+    ) as px:
+        opened = [await websockets.connect(_ws(px, "/reason"), open_timeout=TIMEOUT)
+                  for _ in range(sessions)]
+        for ws in opened:
+            await ws.send("x")
+            assert await ws.recv() == "x"
+        ending = [asyncio.create_task(_close_code(ws)) for ws in opened]
+        px.proc.send_signal(sig)
+        codes = await asyncio.wait_for(asyncio.gather(*ending), TIMEOUT)
+        assert [c for c, _ in filter(None, codes)] == [code] * sessions
+        await wait_for(lambda: len(_marks(tmp_path, "reason")) == sessions, TIMEOUT,
+                       "every upstream handler to see the close")
+        assert {m.split()[0] for m in _marks(tmp_path, "reason")} == {str(code)}
+        if sig == signal.SIGTERM:
+            assert await asyncio.to_thread(px.proc.wait, TIMEOUT) == 0, px.output()

@@ -105,7 +105,9 @@ class WebSocketConnection(asyncio.Protocol):
         self.closed = False  # the TCP connection is gone
         #: set once the session ended: (code, reason)
         self.ended: tuple[int, str] | None = None
-        self._waiter: asyncio.Future[None] | None = None
+        #: one per task waiting in wait() (a relay receives in one task while it
+        #: closes in another): every event wakes them all
+        self._waiters: set[asyncio.Future[None]] = set()
         self._read_paused = False
         self._write_paused = False
         self._drain_waiter: asyncio.Future[None] | None = None
@@ -238,11 +240,12 @@ class WebSocketConnection(asyncio.Protocol):
         """Until ``ready()`` (checked after every event); TimeoutError after ``timeout``."""
         async with asyncio.timeout(timeout):
             while not ready():
-                waiter = self._waiter = self.loop.create_future()
+                waiter = self.loop.create_future()
+                self._waiters.add(waiter)
                 try:
                     await waiter
                 finally:
-                    self._waiter = None
+                    self._waiters.discard(waiter)
 
     async def drain(self, timeout: float | None) -> None:
         if self._write_paused and not self.closed:
@@ -257,9 +260,9 @@ class WebSocketConnection(asyncio.Protocol):
                 self._drain_waiter = None
 
     def _wake(self) -> None:
-        waiter = self._waiter
-        if waiter is not None and not waiter.done():
-            waiter.set_result(None)
+        for waiter in self._waiters:
+            if not waiter.done():
+                waiter.set_result(None)
 
     def abort(self) -> None:
         """Drop the connection now (a cancelled handshake, an abandoned session)."""
