@@ -83,6 +83,7 @@ async def test_messages_subprotocol_and_headers_pass_both_ways(tmp_path: Path) -
             assert ws.subprotocol == "chat.v2"  # the upstream's choice
             assert ws.response is not None
             assert ws.response.headers["x-session"] == "tether"
+            assert ws.response.headers["via"] == "1.1 tether"
             await ws.send("hello")
             assert await ws.recv() == "hello"
             big = os.urandom(4 * 1024 * 1024)  # over every high water mark on the way

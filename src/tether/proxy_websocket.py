@@ -53,8 +53,12 @@ UPSTREAM_GONE: Final = 1014  # bad gateway
 _NOT_ON_THE_WIRE: Final = frozenset({1005, 1006, 1015})
 #: seconds the second half of the relay may take to end once the first has
 CLOSE_TIMEOUT: Final = 10.0
-#: upstream handshake response headers not passed on: the client's hop has its own
-_RESPONSE_DROP: Final = HANDSHAKE_HEADERS | {"date", "server", "content-length"}
+VIA: Final = "1.1 tether"
+#: upstream handshake response headers not passed on: hop-by-hop ones (as for HTTP),
+#: and those the client's hop has its own of (its handshake, framing, date, server)
+_RESPONSE_DROP: Final = HANDSHAKE_HEADERS | {
+    "date", "server", "content-length", "transfer-encoding", "keep-alive", "te", "trailer",
+    "proxy-connection", "proxy-authenticate"}
 
 
 def wire_code(code: int | None, gone: int) -> int:
@@ -87,9 +91,7 @@ async def forward_websocket(
                 target, headers=upstream_headers(headers), subprotocols=offered,
                 compression=False)
     except WebSocketRejected as exc:
-        await _deny(send, exc.status_code, exc.body, [
-            (n.lower().encode("latin-1"), v.encode("latin-1")) for n, v in exc.headers.items()
-            if n.lower() not in _RESPONSE_DROP and n.lower() != "transfer-encoding"])
+        await _deny(send, exc.status_code, exc.body, _passed_on(exc.headers.items()))
         return
     except TransportError as exc:
         _failed(path, upstream, exc)
@@ -116,8 +118,7 @@ async def forward_websocket(
         await _deny_text(send, 400, "bad request: cannot be forwarded\n")
         return
     try:
-        extra = [(n.lower().encode("latin-1"), v.encode("latin-1"))
-                 for n, v in session.headers.items() if n.lower() not in _RESPONSE_DROP]
+        extra = _passed_on(session.headers.items())
         await send({"type": "websocket.accept", "subprotocol": session.subprotocol,
                     "headers": extra})
         await _relay(receive, send, session)
@@ -172,6 +173,15 @@ async def _upstream_to_client(send: Send, session: WebSocket) -> None:
         await send({"type": "websocket.close",
                     "code": wire_code(session.close_code, UPSTREAM_GONE),
                     "reason": session.close_reason})
+
+
+def _passed_on(headers: list[tuple[str, str]]) -> list[tuple[bytes, bytes]]:
+    """The upstream's handshake response headers for the client, plus this hop's Via."""
+    out = [(n.lower().encode("latin-1"), v.encode("latin-1")) for n, v in headers
+           if n.lower() not in _RESPONSE_DROP and n.lower() != "via"]
+    via = [v for n, v in headers if n.lower() == "via"]
+    out.append((b"via", ", ".join([*via, VIA]).encode("latin-1")))
+    return out
 
 
 def _failed(path: str, upstream: str, exc: Exception) -> None:
