@@ -22,6 +22,7 @@ import time
 from collections.abc import Iterator
 from pathlib import Path
 
+import psutil
 import pytest
 import websockets
 from websockets.exceptions import ConnectionClosed, InvalidStatus
@@ -267,3 +268,36 @@ async def test_the_proxys_own_reload_and_stop_end_both_sides_with_their_code(
         assert {m.split()[0] for m in _marks(tmp_path, "reason")} == {str(code)}
         if sig == signal.SIGTERM:
             assert await asyncio.to_thread(px.proc.wait, TIMEOUT) == 0, px.output()
+
+
+async def test_an_upstream_that_stops_answering_pings_ends_the_session_with_1014(
+    tmp_path: Path
+) -> None:
+    """The upstream's worker is frozen (SIGSTOP: its host and network look alive, but
+    nothing answers): the proxy's pings go unanswered, and the client is closed with
+    1014 (bad gateway) within the ping timeout, not left on a dead session."""
+    with upstream(tmp_path) as up:
+        config = tmp_path / "proxy.toml"
+        config.write_text(
+            '[[routes]]\nprefix = "/"\nupstream = "up"\n\n'
+            f'[upstreams.up]\nproviders = ["{_address(up)}"]\n'
+            "ws_ping_interval = 0.2\nws_ping_timeout = 0.5\n")
+        with tether_process("proxy", "--listen", "127.0.0.1:0", "--no-access-log",
+                            "--config", str(config), cwd=APPS, env=_env()) as px:
+            async with websockets.connect(_ws(px, "/echo"), open_timeout=TIMEOUT) as ws:
+                await ws.send("x")
+                assert await ws.recv() == "x"
+                workers = psutil.Process(up.proc.pid).children(recursive=True)
+                assert workers
+                frozen = time.monotonic()
+                for worker in workers:
+                    worker.suspend()
+                try:
+                    ended = await asyncio.wait_for(_close_code(ws), TIMEOUT)
+                    took = time.monotonic() - frozen
+                finally:
+                    for worker in workers:
+                        with contextlib.suppress(psutil.NoSuchProcess):
+                            worker.resume()
+            assert ended is not None and ended[0] == 1014, ended
+            assert took < 3.0, f"the client was closed {took:.1f}s after the upstream froze"

@@ -335,11 +335,13 @@ class Proxy:
         # X-Forwarded-Proto and Forwarded's proto name the HTTP scheme of the hop
         # (http/https), which frameworks expect, not the ws/wss of the ASGI scope.
         hop = {**scope, "scheme": "https" if scope["scheme"] == "wss" else "http"}
+        upstream = self.config.upstreams[route.upstream]
         await forward_websocket(
             scope, receive, send, cluster=self.clusters[route.upstream],
             upstream=route.upstream, target=target,
             headers=request_headers(hop, received_headers(scope), route.host),
-            timeout=route.timeout)
+            timeout=route.timeout, ping=(upstream.ws_ping_interval or None,
+                                         upstream.ws_ping_timeout))
 
     @staticmethod
     def _failed(method: str, path: str, upstream: str, exc: Exception, started: bool) -> None:

@@ -22,6 +22,10 @@ hop-by-hop and forwarded headers, deadlines, 502/503/504):
    with 1014 (bad gateway); no code (1005) becomes 1000.
 5. Permessage-deflate is per hop: the client's hop negotiates it with tether serve;
    the upstream hop (a local network) goes uncompressed, sparing the proxy's CPU.
+6. Both hops are pinged: the client's by the server (``--ws-ping-interval``), the
+   upstream's by the proxy (the upstream's ``ws_ping_interval``): an upstream that
+   stops answering (a dead host or network) ends the session, and the client is
+   closed with 1014, never left waiting on a dead socket.
 """
 
 from __future__ import annotations
@@ -78,8 +82,10 @@ def upstream_headers(headers: list[tuple[str, str]]) -> list[tuple[str, str]]:
 async def forward_websocket(
     scope: Scope, receive: Receive, send: Send, *, cluster: Cluster, upstream: str,
     target: str, headers: list[tuple[str, str]], timeout: float | None,
+    ping: tuple[float | None, float] = (None, 20.0),
 ) -> None:
-    """Forward one WebSocket session (rules 1-5) to ``upstream``'s ``cluster``."""
+    """Forward one WebSocket session (rules 1-6) to ``upstream``'s ``cluster``;
+    ``ping``: the upstream session's ping interval (None: never) and timeout."""
     path = scope["path"]
     first = await receive()
     if first["type"] != "websocket.connect":
@@ -89,7 +95,7 @@ async def forward_websocket(
         async with deadline_after(timeout) if timeout is not None else _no_scope():
             session = await cluster.websocket(
                 target, headers=upstream_headers(headers), subprotocols=offered,
-                compression=False)
+                compression=False, ping_interval=ping[0], ping_timeout=ping[1])
     except WebSocketRejected as exc:
         await _deny(send, exc.status_code, exc.body, _passed_on(exc.headers.items()))
         return

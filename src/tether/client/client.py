@@ -333,6 +333,8 @@ class Client:
         max_size: int | None = MAX_SIZE,
         timeout: float | Timeout | _Unset | None = UNSET,
         sni_hostname: str | None = None,
+        ping_interval: float | None = None,
+        ping_timeout: float = 20.0,
     ) -> Connecting:
         """Open a WebSocket session to ``url`` (``ws://``, ``wss://``, or ``http(s)://``
         naming the same origins): ``async with client.websocket(url) as ws:``, or
@@ -345,15 +347,18 @@ class Client:
         not. ``subprotocols``: offered in order (the server's choice is
         ``ws.subprotocol``); ``compression``: offer permessage-deflate;
         ``max_size``: the largest message accepted (larger: the session closes with
-        1009). A refused handshake raises :class:`~tether.client.WebSocketRejected`
-        with the server's status, headers and body.
+        1009); ``ping_interval``: ping the server this often (None: never), and drop
+        the connection (1006) when a pong takes longer than ``ping_timeout``. A
+        refused handshake raises :class:`~tether.client.WebSocketRejected` with the
+        server's status, headers and body.
         """
         http_url = "http" + url[2:] if url.startswith(("ws://", "wss://")) else url
         origin, target = parse_url(self._absolute(http_url), params)
         return Connecting(functools.partial(
             self._websocket_to, origin, target, url, headers=headers,
             subprotocols=subprotocols, compression=compression, max_size=max_size,
-            timeout=timeout, sni_hostname=sni_hostname))
+            timeout=timeout, sni_hostname=sni_hostname, ping_interval=ping_interval,
+            ping_timeout=ping_timeout))
 
     async def _websocket_to(
         self,
@@ -367,6 +372,8 @@ class Client:
         max_size: int | None = MAX_SIZE,
         timeout: float | Timeout | _Unset | None = UNSET,
         sni_hostname: str | None = None,
+        ping_interval: float | None = None,
+        ping_timeout: float = 20.0,
         on_close: Callable[[], None] | None = None,
     ) -> WebSocket:
         """One WebSocket handshake to ``origin`` for the origin-form ``target`` (as
@@ -405,7 +412,8 @@ class Client:
                 conn.abort()  # includes cancellation: a half-open session is dropped
                 raise
         session = WebSocket(conn, url, write_timeout=timeouts.write,
-                            on_close=lambda: self._session_ended(session, on_close))
+                            on_close=lambda: self._session_ended(session, on_close),
+                            ping_interval=ping_interval, ping_timeout=ping_timeout)
         self._sessions.add(session)
         return session
 

@@ -22,6 +22,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import logging
 from collections import deque
 from collections.abc import AsyncIterator, Awaitable, Callable, Generator, Sequence
 from typing import Final, cast
@@ -44,6 +45,8 @@ from tether.client.errors import (
 )
 from tether.client.models import Headers, Origin
 
+logger = logging.getLogger("tether.client")
+
 #: received message bytes waiting for the caller after which reading pauses
 HIGH_WATER: Final = 1024 * 1024
 #: the largest message accepted by default (as ``tether serve --ws-max-size``)
@@ -57,6 +60,7 @@ _TEXT: Final = Opcode.TEXT
 _BINARY: Final = Opcode.BINARY
 _CONT: Final = Opcode.CONT
 _CLOSE: Final = Opcode.CLOSE
+_PONG: Final = Opcode.PONG
 _OPEN: Final = State.OPEN
 
 #: handshake headers the protocol writes itself: a caller's (or a proxied client's)
@@ -103,6 +107,7 @@ class WebSocketConnection(asyncio.Protocol):
         self.assembling: list[bytes] = []
         self.text = False
         self.closed = False  # the TCP connection is gone
+        self.pong_pending = False  # a keepalive ping is waiting for its pong
         #: set once the session ended: (code, reason)
         self.ended: tuple[int, str] | None = None
         #: one per task waiting in wait() (a relay receives in one task while it
@@ -174,6 +179,8 @@ class WebSocketConnection(asyncio.Protocol):
                     whole = b"".join(self.assembling)
                     self.assembling = []
                     self._deliver(whole, self.text)
+            elif opcode is _PONG:
+                self.pong_pending = False
             elif opcode is _CLOSE:
                 rcvd = protocol.close_rcvd
                 self._end(rcvd.code if rcvd is not None else 1005,
@@ -288,7 +295,8 @@ class WebSocket:
 
     def __init__(self, connection: WebSocketConnection, url: str, *,
                  write_timeout: float | None = None,
-                 on_close: Callable[[], None] | None = None) -> None:
+                 on_close: Callable[[], None] | None = None,
+                 ping_interval: float | None = None, ping_timeout: float = 20.0) -> None:
         self._conn = connection
         self.url = url
         response = connection.response
@@ -300,6 +308,32 @@ class WebSocket:
         self._write_timeout = write_timeout
         self._on_close = on_close
         self._done = False
+        self._keepalive: asyncio.Task[None] | None = None
+        if ping_interval:
+            self._keepalive = asyncio.get_running_loop().create_task(
+                self._ping_every(ping_interval, ping_timeout))
+
+    async def _ping_every(self, interval: float, timeout: float) -> None:
+        """Ping the server every ``interval`` seconds; a pong later than ``timeout``
+        means the peer (or the network to it) is gone: drop the connection (1006),
+        as ``tether serve`` does to a client (``--ws-ping-timeout``)."""
+        conn = self._conn
+        protocol = conn.protocol
+        assert protocol is not None
+        while True:
+            await asyncio.sleep(interval)  # a period, not a wait for an event
+            if conn.ended is not None or conn.closed or protocol.state is not _OPEN:
+                return
+            conn.pong_pending = True
+            protocol.send_ping(b"tether")
+            conn.flush()
+            try:
+                await conn.wait(lambda: not conn.pong_pending or conn.closed, timeout)
+            except TimeoutError:
+                logger.warning("WebSocket to %s: no pong within %gs; dropping the "
+                               "connection", conn.target, timeout)
+                conn.abort()
+                return
 
     @property
     def close_code(self) -> int | None:
@@ -377,6 +411,8 @@ class WebSocket:
         self._finished()
 
     def _finished(self) -> None:
+        if self._keepalive is not None:
+            self._keepalive.cancel()
         if not self._done:
             self._done = True
             if self._on_close is not None:
