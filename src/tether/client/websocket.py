@@ -115,7 +115,8 @@ class WebSocketConnection(asyncio.Protocol):
         self._waiters: set[asyncio.Future[None]] = set()
         self._read_paused = False
         self._write_paused = False
-        self._drain_waiter: asyncio.Future[None] | None = None
+        #: senders waiting for the transport to take more (any number of tasks)
+        self._drainers: set[asyncio.Future[None]] = set()
 
     # -- asyncio.Protocol ---------------------------------------------------------
 
@@ -143,18 +144,14 @@ class WebSocketConnection(asyncio.Protocol):
             rcvd = protocol.close_rcvd if protocol is not None else None
             self.ended = (rcvd.code, rcvd.reason) if rcvd is not None else (ABNORMAL, "")
         self._wake()
-        waiter = self._drain_waiter
-        if waiter is not None and not waiter.done():
-            waiter.set_result(None)
+        self._release_drainers()
 
     def pause_writing(self) -> None:
         self._write_paused = True
 
     def resume_writing(self) -> None:
         self._write_paused = False
-        waiter = self._drain_waiter
-        if waiter is not None and not waiter.done():
-            waiter.set_result(None)
+        self._release_drainers()
 
     # -- the protocol's events ----------------------------------------------------------
 
@@ -256,7 +253,8 @@ class WebSocketConnection(asyncio.Protocol):
 
     async def drain(self, timeout: float | None) -> None:
         if self._write_paused and not self.closed:
-            waiter = self._drain_waiter = self.loop.create_future()
+            waiter = self.loop.create_future()
+            self._drainers.add(waiter)
             try:
                 async with asyncio.timeout(timeout):
                     await waiter
@@ -264,7 +262,12 @@ class WebSocketConnection(asyncio.Protocol):
                 raise WriteTimeout("the peer does not take the message", target=self.target,
                                    phase="write") from None
             finally:
-                self._drain_waiter = None
+                self._drainers.discard(waiter)
+
+    def _release_drainers(self) -> None:
+        for waiter in self._drainers:
+            if not waiter.done():
+                waiter.set_result(None)
 
     def _wake(self) -> None:
         for waiter in self._waiters:
