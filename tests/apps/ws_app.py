@@ -8,6 +8,7 @@ from another process: ``<name>.<pid>`` files holding how a session ended.
 from __future__ import annotations
 
 import asyncio
+import json
 import os
 import time
 from pathlib import Path
@@ -45,7 +46,9 @@ async def app(scope: Scope, receive: Receive, send: Send) -> None:
     accepts, then waits on something else than the client; ``/record``: echoes and
     marks how the session ended; ``/pid``: sends its worker's pid, then echoes;
     ``/crash``: accepts, then raises; ``/bye``: says bye and closes (1000, "done");
-    ``/slow-accept``: accepts after 0.5 s. Plain HTTP requests get 200 "http"."""
+    ``/slow-accept``: accepts after 0.5 s; ``/headers``: sends the handshake's
+    headers as a JSON list of pairs, then echoes; ``/reason``: echoes and marks the close
+    code and reason it was told. Plain HTTP requests get 200 "http"."""
     if scope["type"] == "lifespan":
         while True:
             message = await receive()
@@ -86,6 +89,9 @@ async def app(scope: Scope, receive: Receive, send: Send) -> None:
         return
     if path == "/crash":
         raise RuntimeError("a bug after accept")
+    if path == "/headers":
+        await send({"type": "websocket.send", "text": json.dumps(
+            [[n.decode("latin-1"), v.decode("latin-1")] for n, v in scope["headers"]])})
     if path == "/pid":
         await send({"type": "websocket.send", "text": str(os.getpid())})
     await _echo(path, receive, send)
@@ -95,7 +101,10 @@ async def _echo(path: str, receive: Receive, send: Send) -> None:
     while True:
         message: Message = await receive()
         if message["type"] == "websocket.disconnect":
-            mark(path.strip("/"), str(message["code"]))
+            said = str(message["code"])
+            if path == "/reason":
+                said += f" {message.get('reason') or ''}"
+            mark(path.strip("/"), said)
             if path == "/record":
                 try:
                     await send({"type": "websocket.send", "text": "too late"})
