@@ -29,8 +29,11 @@ def mark(name: str, text: str) -> None:
     SEEN.setdefault(name, []).append(text)
     marks = os.environ.get("WS_MARKS")
     if marks:
-        path = Path(marks) / f"{name}.{os.getpid()}.{time.monotonic_ns()}"
-        path.write_text(text)
+        stem = f"{name}.{os.getpid()}.{time.monotonic_ns()}"
+        # written aside, then renamed: a reader never sees the mark half-written
+        aside = Path(marks) / f".writing-{stem}"
+        aside.write_text(text)
+        os.replace(aside, Path(marks) / stem)
 
 
 async def _http(send: Send, status: int, body: bytes) -> None:
