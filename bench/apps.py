@@ -102,3 +102,29 @@ async def json_bytes(scope: Scope, receive: Receive, send: Send) -> None:
         return
     await send({"type": "http.response.start", "status": 200, "headers": _DOCUMENT_HEADERS})
     await send({"type": "http.response.body", "body": DOCUMENT_BYTES})
+
+
+async def websocket_echo(scope: Scope, receive: Receive, send: Send) -> None:
+    """``bench/websocket.py``'s app: a WebSocket at any path that echoes every message
+    as it came (bytes or text); a plain request gets 200 "ok" (the readiness check)."""
+    if scope["type"] == "lifespan":
+        await _lifespan(receive, send)
+        return
+    if scope["type"] == "http":
+        await send({"type": "http.response.start", "status": 200, "headers": _OK_HEADERS})
+        await send({"type": "http.response.body", "body": b"ok"})
+        return
+    await receive()  # websocket.connect
+    await send({"type": "websocket.accept"})
+    while True:
+        message = await receive()
+        if message["type"] != "websocket.receive":
+            return
+        data = message.get("bytes")
+        if data is not None:
+            await send({"type": "websocket.send", "bytes": data})
+        else:
+            await send({"type": "websocket.send", "text": message["text"]})
+
+
+_OK_HEADERS: Final = [(b"content-type", b"text/plain"), (b"content-length", b"2")]

@@ -14,7 +14,10 @@ deadline) while the demo performs and narrates the five field-report scenarios:
 5. a graceful stop of a provider with requests in flight (report 2);
 6. a FastAPI service moved from uvicorn unchanged (``whoami``), behind the proxy: it
    sees the real client's address (the demo's client uses 127.0.0.2), and a
-   ``tether.ServiceUnavailable`` it lets escape is a 503 with ``Retry-After``.
+   ``tether.ServiceUnavailable`` it lets escape is a 503 with ``Retry-After``;
+7. a WebSocket stream through the proxy (``ticker``, numbered messages, read with
+   ``tether.Client``) across a rolling reload of its service: the session ends with
+   1012, the client reconnects from the next number, and no number is lost.
 
 It ends with a table read from the processes' own ``/metrics`` and exits non-zero
 if any request that should have succeeded failed. ``QUICK=1`` (or ``--quick``)
@@ -232,6 +235,65 @@ def cancelled(procs: list[Proc]) -> int:
                    for p in procs))
 
 
+class TickerStream:
+    """Reads ``ticker``'s numbered WebSocket stream through the proxy with
+    ``tether.Client``; when a session ends (1012 on a reload) it reconnects from the
+    next number it expects, and counts any number lost or repeated. Bounded: 60 s,
+    100,000 messages."""
+
+    def __init__(self, url: str) -> None:
+        self.url = url
+        self.next = 0
+        self.received = 0
+        self.since_reconnect = 0
+        self.reconnects = 0
+        self.gaps = 0
+        self.repeats = 0
+        self.errors = 0
+        self.closes: Counter[int | None] = Counter()
+        self._task: asyncio.Task[None] | None = None
+        self._stop = asyncio.Event()
+
+    def start(self) -> None:
+        self._task = asyncio.create_task(self._run())
+
+    async def _run(self) -> None:
+        deadline = time.monotonic() + 60
+        async with tether.Client(timeout=5) as client:
+            while not self._stop.is_set() and time.monotonic() < deadline \
+                    and self.received < 100_000:
+                try:
+                    async with client.websocket(f"{self.url}?from={self.next}") as ws:
+                        async for message in ws:
+                            self._count(json.loads(message)["seq"])
+                            if self._stop.is_set():
+                                break
+                        if not self._stop.is_set():
+                            self.closes[ws.close_code] += 1  # the server ended it
+                except (tether.TetherError, OSError):
+                    self.errors += 1  # a failed handshake: counted as a problem
+                    await asyncio.sleep(0.1)  # back off before trying again
+                    continue
+                if not self._stop.is_set():
+                    self.reconnects += 1
+                    self.since_reconnect = 0
+
+    def _count(self, seq: int) -> None:
+        if seq > self.next:
+            self.gaps += seq - self.next
+        elif seq < self.next:
+            self.repeats += 1
+            return
+        self.next = seq + 1
+        self.received += 1
+        self.since_reconnect += 1
+
+    async def finish(self) -> None:
+        self._stop.set()
+        if self._task is not None:
+            await asyncio.wait_for(self._task, 10)
+
+
 #: the source address the demo's client uses towards the proxy (any 127/8 address is
 #: this machine), so the app behind the proxy can tell it from the proxy's own
 WHOAMI_CLIENT = "127.0.0.2"
@@ -263,17 +325,20 @@ async def main() -> int:
         orders_b = serve("orders-b", "orders:app", registry, "orders")
         front = serve("front", "front:app", registry, "front")
         whoami = serve("whoami", "whoami:app", registry, "whoami")
+        ticks = serve("ticker", "ticker:app", registry, "ticker")
         proxy = Proc("proxy", "proxy", "--listen", "127.0.0.1:0", "--route", "/=front",
-                     "--route", "/whoami=whoami", "--registry", registry, env={})
-        procs += [orders_a, orders_b, front, whoami, proxy]
+                     "--route", "/whoami=whoami", "--route", "/ticks=ticker",
+                     "--registry", registry, env={})
+        procs += [orders_a, orders_b, front, whoami, ticks, proxy]
         for p in procs:
             console.print(f"  {p.name:<9} http://{p.address}  2 workers, admin {p.admin}")
         await until(lambda: total(front.metrics(), "tether_cluster_providers",
                                   state="alive") >= 2, 20, "front to see both orders")
         await until(lambda: total(proxy.metrics(), "tether_cluster_providers",
-                                  state="alive") >= 2, 20, "the proxy to see front and whoami")
-        console.print("  the proxy sees front and whoami alive; front sees both orders "
-                      "providers alive\n")
+                                  state="alive") >= 3, 20,
+                    "the proxy to see front, whoami and ticker")
+        console.print("  the proxy sees front, whoami and ticker alive; front sees both "
+                      "orders providers alive\n")
 
         traffic = Traffic(f"http://{proxy.address}")
         traffic.start(limit_seconds=150, limit_requests=200_000)
@@ -283,7 +348,7 @@ async def main() -> int:
             console=console, transient=True,
         )
         with progress:
-            step = progress.add_task("", total=6)
+            step = progress.add_task("", total=7)
 
             async def show() -> None:
                 while True:
@@ -374,6 +439,22 @@ async def main() -> int:
                           f"(scheme {seen.get('scheme')}); /whoami/inventory answered "
                           f"{unavailable[0]} with Retry-After {unavailable[1]}")
             progress.advance(step)
+
+            console.print("[bold]7.[/] a WebSocket stream through the proxy, across a "
+                          "rolling reload of its service (ticker)")
+            stream = TickerStream(f"ws://{proxy.address}/ticks")
+            stream.start()
+            await until(lambda: stream.received >= 20, 10, "the stream to flow")
+            ticks.proc.send_signal(signal.SIGHUP)
+            await until(lambda: ticks.count("reload finished") >= 1, 30, "ticker's reload")
+            await until(lambda: stream.reconnects >= 1 and stream.since_reconnect >= 20, 15,
+                        "the stream to flow again after the reload")
+            await stream.finish()
+            events.append(f"ticker reloaded: stream closes {dict(stream.closes)}")
+            console.print(f"   {stream.received} numbers received, sessions closed with "
+                          f"{dict(stream.closes)}, {stream.reconnects} reconnect(s), "
+                          f"{stream.gaps} lost, {stream.repeats} repeated")
+            progress.advance(step)
             await pace()
             await traffic.finish()
             ticker.cancel()
@@ -401,6 +482,9 @@ async def main() -> int:
              str(seen.get("client"))),
             ("FastAPI app's ServiceUnavailable", f"{unavailable[0]}, Retry-After "
                                                  f"{unavailable[1]}"),
+            ("WebSocket numbers received / lost / repeated across ticker's reload",
+             f"{stream.received} / {stream.gaps} / {stream.repeats}"),
+            ("WebSocket sessions closed by the reload with 1012", str(stream.closes[1012])),
         ]
         for label, value in rows:
             table.add_row(label, value)
@@ -410,6 +494,7 @@ async def main() -> int:
             console.print(f"not ok: {({k: v for k, v in c.items() if k not in ('sent', 'ok')})}")
         problems = (c["sent"] - c["ok"]) + (IN_FLIGHT - completed) + (reached < DISCONNECTS)
         problems += (seen.get("client") != WHOAMI_CLIENT) + (unavailable != (503, "1"))
+        problems += stream.gaps + stream.repeats + (stream.closes[1012] < 1) + stream.errors
         console.print("[green]all good[/]" if not problems else "[red]PROBLEMS: see above[/]")
         return 1 if problems else 0
     finally:

@@ -8,6 +8,8 @@
 # has /usr/sbin/nginx with the upstream and proxy modules; nginx-light only adds a module to
 # it. Where an init system runs, installing it also starts Debian's default site on port 80:
 # harmless, the benchmark starts its own nginx from a config of its own).
+# chromium, chromium-driver: the real browser tests/test_browser.py drives with Selenium
+# (Debian builds the driver from the same source as the browser, so they always match).
 set -euo pipefail
 
 need=()
@@ -16,6 +18,8 @@ command -v wrk >/dev/null 2>&1 || need+=(wrk)
 compgen -G '/usr/lib/postgresql/*/bin/initdb' >/dev/null || need+=(postgresql)
 command -v etcd >/dev/null 2>&1 || need+=(etcd-server)
 [ -x /usr/sbin/nginx ] || command -v nginx >/dev/null 2>&1 || need+=(nginx)
+command -v chromium >/dev/null 2>&1 || need+=(chromium)
+command -v chromedriver >/dev/null 2>&1 || need+=(chromium-driver)
 
 if [ ${#need[@]} -eq 0 ]; then
     exit 0

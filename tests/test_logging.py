@@ -310,7 +310,8 @@ def test_refused_upgrade_logs_method_path_and_bytes(tmp_path: Path) -> None:
     with server_process(APP, cwd=TESTS, stdout=out) as proc:
         raw = asyncio.run(raw_exchange(proc.port, (
             b"GET /ws?room=1 HTTP/1.1\r\nHost: x\r\nConnection: Upgrade\r\n"
-            b"Upgrade: websocket\r\n\r\n")))
+            b"Upgrade: websocket\r\nSec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\n"
+            b"Sec-WebSocket-Version: 8\r\n\r\n")))  # a version tether does not speak
         assert raw.startswith(b"HTTP/1.1 426 ")
         lines = wait_for_lines(out, has(" 426 "))
     line = next(line for line in lines if " 426 " in line)

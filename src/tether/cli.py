@@ -16,7 +16,7 @@ import click
 from setproctitle import setproctitle
 
 from tether import __version__
-from tether.config import STOP_MARGIN, RequestLimits, ServerConfig
+from tether.config import STOP_MARGIN, RequestLimits, ServerConfig, WebSocketSettings
 from tether.envfile import load_env_file
 from tether.errors import ConfigError
 from tether.logs import LEVELS, LOG_FORMATS, LogConfigError, configure_for
@@ -90,6 +90,19 @@ def _env(name: str) -> str:
               envvar=_env("LIMIT_REQUEST_FIELD_SIZE"), help="Longest header field, bytes (431).")
 @click.option("--limit-request-body", default=None, type=int, envvar=_env("LIMIT_REQUEST_BODY"),
               help="Largest request body, bytes (413). Default: no limit.")
+@click.option("--ws-max-size", default=16 * 1024 * 1024, show_default=True, type=int,
+              envvar=_env("WS_MAX_SIZE"),
+              help="Largest WebSocket message, bytes; a larger one closes the session (1009).")
+@click.option("--ws-ping-interval", default=20.0, show_default=True, type=float,
+              envvar=_env("WS_PING_INTERVAL"),
+              help="Seconds between pings to a WebSocket client; 0 never pings.")
+@click.option("--ws-ping-timeout", default=20.0, show_default=True, type=float,
+              envvar=_env("WS_PING_TIMEOUT"),
+              help="Seconds a ping waits for its pong before the client is taken for gone "
+                   "(its handler sees the disconnect, 1006).")
+@click.option("--ws-per-message-deflate/--no-ws-per-message-deflate", default=True,
+              show_default=True, envvar=_env("WS_PER_MESSAGE_DEFLATE"),
+              help="Compress WebSocket messages (RFC 7692) when the client offers it.")
 @click.option("--access-log/--no-access-log", default=True, show_default=True,
               envvar=_env("ACCESS_LOG"), help="One line per request on stdout.")
 @click.option("--log-level", type=click.Choice(list(LEVELS)), default="info",
@@ -512,6 +525,13 @@ def build_config(opts: dict[str, Any]) -> ServerConfig:
             keep_alive_timeout=opts.pop("keep_alive_timeout"),
             max_deadline=opts.pop("max_deadline"),
         )
-        return ServerConfig(limits=limits, **opts)
+        interval = opts.pop("ws_ping_interval")
+        websocket = WebSocketSettings(
+            max_size=opts.pop("ws_max_size"),
+            ping_interval=interval if interval else None,
+            ping_timeout=opts.pop("ws_ping_timeout"),
+            per_message_deflate=opts.pop("ws_per_message_deflate"),
+        )
+        return ServerConfig(limits=limits, websocket=websocket, **opts)
     except ConfigError as exc:
         raise click.UsageError(str(exc)) from exc

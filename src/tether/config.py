@@ -53,6 +53,20 @@ class RequestLimits:
         return self.request_line + 64 + self.request_fields * (self.request_field_size + 4)
 
 
+@dataclass(frozen=True, slots=True)
+class WebSocketSettings:
+    """How WebSocket sessions are served (``--ws-*``)."""
+
+    #: largest message accepted, in bytes; a larger one closes the session with 1009
+    max_size: int = 16 * 1024 * 1024
+    #: seconds between pings to an open session's client (None: never ping)
+    ping_interval: float | None = 20.0
+    #: seconds a ping may wait for its pong before the client is taken for gone
+    ping_timeout: float = 20.0
+    #: negotiate permessage-deflate (RFC 7692) when the client offers it
+    per_message_deflate: bool = True
+
+
 #: ServerConfig fields never written to a worker's environment (see ServerConfig.to_json)
 SECRET_FIELDS = ("ssl_keyfile_password", "admin_token")
 #: ServerConfig fields only the supervisor uses: a worker gets their defaults
@@ -119,6 +133,7 @@ class ServerConfig:
     root_path: str = ""
     loop: LoopName = "auto"
     limits: RequestLimits = field(default_factory=RequestLimits)
+    websocket: WebSocketSettings = field(default_factory=WebSocketSettings)
     access_log: bool = True
     log_level: LogLevel = "info"
     #: seconds a stop waits for in-flight requests before cancelling them
@@ -320,6 +335,11 @@ class ServerConfig:
         ):
             if value < 1:
                 raise ConfigError(f"{name} must be at least 1, got {value}")
+        if self.websocket.max_size < 1:
+            raise ConfigError(f"--ws-max-size must be at least 1, got {self.websocket.max_size}")
+        if self.websocket.ping_interval is not None:
+            _positive("--ws-ping-interval", self.websocket.ping_interval)
+        _positive("--ws-ping-timeout", self.websocket.ping_timeout)
         if self.limits.request_body is not None and self.limits.request_body < 0:
             raise ConfigError(
                 f"--limit-request-body must be non-negative, got {self.limits.request_body}"
@@ -349,6 +369,7 @@ class ServerConfig:
     def from_json(cls, text: str) -> ServerConfig:
         fields = json.loads(text)
         fields["limits"] = RequestLimits(**fields["limits"])
+        fields["websocket"] = WebSocketSettings(**fields["websocket"])
         fields["meta"] = tuple(tuple(pair) for pair in fields["meta"])
         for name in ("reload_dirs", "reload_includes", "reload_excludes"):
             fields[name] = tuple(fields[name])

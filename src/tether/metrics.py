@@ -47,6 +47,10 @@ FAMILIES: Final[dict[str, tuple[str, str]]] = {
         "counter", "Handlers that raised Overloaded or NoProviderAvailable (answered 503)."),
     "tether_admission_dropped_total": (
         "counter", "Requests refused by the admission queue: expired (504) or shed (503)."),
+    "tether_websocket_sessions": ("gauge", "Open WebSocket sessions (accepted, not closed)."),
+    "tether_websocket_messages_total": ("counter", "WebSocket messages, by direction."),
+    "tether_websocket_closes_total": (
+        "counter", "WebSocket sessions ended, by close code (1006: the client vanished)."),
     "tether_fd_limit_reached_total": (
         "counter", "Once-a-second checks that found a worker at its file-descriptor limit "
         "(new connections refused)."),

@@ -47,9 +47,11 @@ FLAGS: tuple[ForeignFlag, ...] = (
        "the request head is bounded by these three"),
     _f("uvicorn", "--http", "", "tether has one HTTP/1.1 implementation (httptools); "
        "there is nothing to choose"),
-    _f("uvicorn", "--ws --ws-max-size --ws-max-queue --ws-ping-interval --ws-ping-timeout "
-       "--ws-per-message-deflate", "",
-       "tether does not serve WebSocket yet: upgrade requests are answered 426"),
+    _f("uvicorn", "--ws", "", "tether has one WebSocket implementation (the websockets "
+       "library's sans-I/O core); --ws-max-size, --ws-ping-interval, --ws-ping-timeout and "
+       "--ws-per-message-deflate are the same as uvicorn's"),
+    _f("uvicorn", "--ws-max-queue", "", "received messages are queued up to 1 MiB per "
+       "session, then tether stops reading from the client until the app catches up"),
     _f("uvicorn", "--interface", "", "tether serves ASGI 3 applications only; wrap a WSGI "
        "app in an ASGI adapter (a2wsgi)"),
     _f("uvicorn", "--reload-delay", "", "--reload gathers a burst of saves for 200 ms "

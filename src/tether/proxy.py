@@ -31,6 +31,8 @@ Rules, in order:
    timeout ``504``, anything else from the upstream ``502``; logged once, as one
    warning line. After it started: the connection is closed (a truncated response
    must never look complete).
+6. WebSocket upgrades follow rules 1, 2, 4 and 5 for the handshake, then are relayed
+   message by message (:mod:`tether.proxy_websocket`).
 """
 
 from __future__ import annotations
@@ -50,6 +52,7 @@ from tether.deadline import HEADER as DEADLINE_HEADER
 from tether.deadline import DeadlineExceeded, deadline_after
 from tether.errors import ClientDisconnected, ResponseAborted
 from tether.proxy_config import ProxyConfig, Upstream
+from tether.proxy_websocket import forward_websocket
 from tether.registry.base import Registry
 from tether.registry.urls import open_registry
 
@@ -232,6 +235,8 @@ class Proxy:
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] == "http":
             await self.forward(scope, receive, send)
+        elif scope["type"] == "websocket":
+            await self.forward_websocket(scope, receive, send)
         elif scope["type"] == "lifespan":
             await self._lifespan(receive, send)
 
@@ -317,6 +322,32 @@ class Proxy:
             # upstream request may not carry): the client's error, no provider's.
             logger.warning("%s %s: not forwarded: %s", method, path, exc)
             await _answer(send, 400, "bad request: cannot be forwarded\n")
+
+    async def forward_websocket(self, scope: Scope, receive: Receive, send: Send) -> None:
+        """Forward one WebSocket session: routed and headed as a request (rules 1, 2
+        and 4), then relayed (see :mod:`tether.proxy_websocket`)."""
+        path = scope["path"]
+        route = self.config.match(path)
+        if route is None:
+            await receive()  # websocket.connect
+            await send({"type": "websocket.http.response.start", "status": 404,
+                        "headers": [(b"content-type", b"text/plain; charset=utf-8")]})
+            await send({"type": "websocket.http.response.body",
+                        "body": f"no route for {path}\n".encode()})
+            return
+        target = route.upstream_path(scope["raw_path"].decode("latin-1") or path, path)
+        if scope["query_string"]:
+            target += "?" + scope["query_string"].decode("latin-1")
+        # X-Forwarded-Proto and Forwarded's proto name the HTTP scheme of the hop
+        # (http/https), which frameworks expect, not the ws/wss of the ASGI scope.
+        hop = {**scope, "scheme": "https" if scope["scheme"] == "wss" else "http"}
+        upstream = self.config.upstreams[route.upstream]
+        await forward_websocket(
+            scope, receive, send, cluster=self.clusters[route.upstream],
+            upstream=route.upstream, target=target,
+            headers=request_headers(hop, received_headers(scope), route.host),
+            timeout=route.timeout, ping=(upstream.ws_ping_interval or None,
+                                         upstream.ws_ping_timeout))
 
     @staticmethod
     def _failed(method: str, path: str, upstream: str, exc: Exception, started: bool) -> None:

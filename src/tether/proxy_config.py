@@ -82,6 +82,10 @@ class Upstream:
     #: connections per provider, per worker
     max_connections: int = 100
     max_attempts: int = 3
+    #: WebSocket sessions to this upstream: ping it this often (0: never), and end a
+    #: session whose pong takes longer than ws_ping_timeout (a dead upstream network)
+    ws_ping_interval: float = 20.0
+    ws_ping_timeout: float = 20.0
 
     def __post_init__(self) -> None:
         where = f"upstream {self.name!r}"
@@ -107,6 +111,9 @@ class Upstream:
                 raise ConfigError(f"{where}: {name} must be positive")
         if self.max_connections < 1 or self.max_attempts < 1:
             raise ConfigError(f"{where}: max_connections and max_attempts must be >= 1")
+        if self.ws_ping_interval < 0 or self.ws_ping_timeout <= 0:
+            raise ConfigError(f"{where}: ws_ping_interval must be >= 0 and "
+                              "ws_ping_timeout positive")
 
 
 @dataclass(frozen=True)

@@ -226,3 +226,5 @@ for _path in ERRORS:
 # (no BaseHTTPMiddleware here: it completes a response whose body failed, see
 # docs/frameworks.md; this app shows what tether does without it)
 custom.add_api_route("/stream-deadline", fastapi_stream_deadline)
+custom.add_api_route("/dependency", with_dependency,
+                    dependencies=[Depends(deadline_dependency)])

@@ -23,6 +23,7 @@ from tether.client.errors import (
 from tether.client.identity import PoolKey, TLSIdentity
 from tether.client.models import Headers, Response, Timeout
 from tether.client.providers import ClusterConfig, ProviderState
+from tether.client.websocket import WebSocket, WebSocketClosed, WebSocketRejected
 
 __all__ = [
     "Client",
@@ -49,6 +50,9 @@ __all__ = [
     "Timeout",
     "TimeoutException",
     "TransportError",
+    "WebSocket",
+    "WebSocketClosed",
+    "WebSocketRejected",
     "WriteError",
     "WriteTimeout",
 ]

@@ -16,11 +16,12 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import functools
 import re
 import ssl
 import sys
-from collections.abc import AsyncIterator, Mapping
-from typing import Any, Final
+from collections.abc import AsyncIterator, Callable, Mapping, Sequence
+from typing import Any, Final, TypeVar
 
 from tether import metrics
 from tether._version import __version__
@@ -30,6 +31,7 @@ from tether.client.errors import (
     ConnectError,
     ConnectTimeout,
     LocalProtocolError,
+    ReadTimeout,
     TLSError,
 )
 from tether.client.identity import PoolKey, TLSIdentity
@@ -46,6 +48,15 @@ from tether.client.models import (
 )
 from tether.client.pool import ConnectionPool
 from tether.client.retries import IDEMPOTENT
+from tether.client.websocket import (
+    HANDSHAKE_HEADERS,
+    MAX_SIZE,
+    Connecting,
+    WebSocket,
+    WebSocketConnection,
+    rejected,
+    send_handshake,
+)
 from tether.deadline import HEADER as DEADLINE_HEADER
 from tether.deadline import DeadlineExceeded, current_deadline, deadline_at
 from tether.registry.base import Registry
@@ -68,6 +79,7 @@ class _Unset:
 UNSET: Final = _Unset()
 
 VerifyTypes = bool | str | ssl.SSLContext
+_P = TypeVar("_P", bound=asyncio.BaseProtocol)
 
 
 class Client:
@@ -124,12 +136,14 @@ class Client:
         )
         self._link = ClientLink(
             send=self._request_to, deadline_scope=self._deadline_scope, probe=self._probe,
-            retire=self._retire, probing=self._probing,
+            retire=self._retire, probing=self._probing, websocket=self._websocket_to,
         )
         self._contexts: dict[TLSIdentity, ssl.SSLContext] = {}
         self._registry_arg = registry
         self._registry: Registry | None = None
         self._services: dict[str, Cluster] = {}
+        #: open WebSocket sessions: aclose() drops those still open
+        self._sessions: set[WebSocket] = set()
         metrics.PROCESS.add_status(self, Client._status_part)
 
     # -- lifecycle -----------------------------------------------------------------------
@@ -146,6 +160,8 @@ class Client:
                 await cluster.aclose()
         finally:
             # Even when the close itself is cancelled (Ctrl-C): no socket is left open.
+            for session in list(self._sessions):
+                session.abort()
             if self._registry is not None and isinstance(self._registry_arg, str):
                 await self._registry.close()  # we opened it, we close it
             await self._pool.aclose()
@@ -305,6 +321,122 @@ class Client:
         head, declared = self._head(method, origin, target, headers, body, content_type)
         key = self._key(origin, sni_hostname or self.sni_hostname)
         return await self._send(method, key, head, body, timeouts, url, declared, self._pool)
+
+    # -- WebSocket sessions ---------------------------------------------------------------
+
+    def websocket(
+        self,
+        url: str,
+        *,
+        params: Mapping[str, str] | None = None,
+        headers: HeaderTypes = None,
+        subprotocols: Sequence[str] | None = None,
+        compression: bool = True,
+        max_size: int | None = MAX_SIZE,
+        timeout: float | Timeout | _Unset | None = UNSET,
+        sni_hostname: str | None = None,
+        ping_interval: float | None = None,
+        ping_timeout: float = 20.0,
+    ) -> Connecting:
+        """Open a WebSocket session to ``url`` (``ws://``, ``wss://``, or ``http(s)://``
+        naming the same origins): ``async with client.websocket(url) as ws:``, or
+        ``ws = await client.websocket(url)`` (then ``await ws.close()``).
+
+        The connection is opened like a request's (same TLS verification, client
+        certificate and SNI) but is the session's own, never pooled. The handshake
+        is bounded by ``timeout`` (connect, then read for the ``101``) and by the
+        current deadline, which travels in ``x-request-timeout-ms``; the session is
+        not. ``subprotocols``: offered in order (the server's choice is
+        ``ws.subprotocol``); ``compression``: offer permessage-deflate;
+        ``max_size``: the largest message accepted (larger: the session closes with
+        1009); ``ping_interval``: ping the server this often (None: never), and drop
+        the connection (1006) when a pong takes longer than ``ping_timeout``. A
+        refused handshake raises :class:`~tether.client.WebSocketRejected` with the
+        server's status, headers and body.
+        """
+        http_url = "http" + url[2:] if url.startswith(("ws://", "wss://")) else url
+        origin, target = parse_url(self._absolute(http_url), params)
+        return Connecting(functools.partial(
+            self._websocket_to, origin, target, url, headers=headers,
+            subprotocols=subprotocols, compression=compression, max_size=max_size,
+            timeout=timeout, sni_hostname=sni_hostname, ping_interval=ping_interval,
+            ping_timeout=ping_timeout))
+
+    async def _websocket_to(
+        self,
+        origin: Origin,
+        target: str,
+        url: str,
+        *,
+        headers: HeaderTypes = None,
+        subprotocols: Sequence[str] | None = None,
+        compression: bool = True,
+        max_size: int | None = MAX_SIZE,
+        timeout: float | Timeout | _Unset | None = UNSET,
+        sni_hostname: str | None = None,
+        ping_interval: float | None = None,
+        ping_timeout: float = 20.0,
+        on_close: Callable[[], None] | None = None,
+    ) -> WebSocket:
+        """One WebSocket handshake to ``origin`` for the origin-form ``target`` (as
+        :meth:`_request_to`: the caller chose where it connects)."""
+        timeouts = self.timeout if isinstance(timeout, _Unset) else Timeout.of(timeout)
+        loop = asyncio.get_running_loop()
+        key = self._key(origin, sni_hostname or self.sni_hostname)
+        async with self._deadline_scope():
+            deadline = current_deadline()
+            extra = self._websocket_headers(headers)
+            if deadline.at is not None:
+                if deadline.expired:
+                    raise DeadlineExceeded(f"deadline passed before the handshake to {url}")
+                if self.propagate_deadline and not any(
+                        n.lower() == DEADLINE_HEADER for n, _ in extra):
+                    ms = deadline.header_value(self.deadline_margin)
+                    assert ms is not None
+                    extra.append((DEADLINE_HEADER, ms.decode()))
+            conn = await self._connect(
+                key, timeouts.connect, lambda: WebSocketConnection(str(origin), loop))
+            try:
+                send_handshake(conn, origin, target, extra, subprotocols=subprotocols,
+                               compression=compression, max_size=max_size,
+                               user_agent=USER_AGENT)
+                try:
+                    await conn.wait(lambda: conn.response is not None or conn.closed,
+                                    timeouts.read)
+                except TimeoutError:
+                    raise ReadTimeout(f"no WebSocket handshake response within "
+                                      f"{timeouts.read}s", target=str(origin),
+                                      phase="handshake") from None
+                assert conn.protocol is not None
+                if conn.response is None or conn.protocol.handshake_exc is not None:
+                    raise rejected(conn, url)
+            except BaseException:
+                conn.abort()  # includes cancellation: a half-open session is dropped
+                raise
+        session = WebSocket(conn, url, write_timeout=timeouts.write,
+                            on_close=lambda: self._session_ended(session, on_close),
+                            ping_interval=ping_interval, ping_timeout=ping_timeout)
+        self._sessions.add(session)
+        return session
+
+    def _session_ended(self, session: WebSocket, on_close: Callable[[], None] | None) -> None:
+        self._sessions.discard(session)
+        if on_close is not None:
+            on_close()
+
+    def _websocket_headers(self, headers: HeaderTypes) -> list[tuple[str, str]]:
+        """The client's and the call's headers (the call's replace the client's of the
+        same name), validated, without those the protocol writes itself."""
+        given = Headers(headers).items() if headers else []
+        names = {n.lower() for n, _ in given}
+        merged = [(n, v) for n, v in self.headers.items() if n.lower() not in names] + given
+        out = []
+        for name, value in merged:
+            if _BAD_NAME.search(name) or _BAD_VALUE.search(value):
+                raise LocalProtocolError(f"invalid header {name!r}: {value!r}")
+            if name.lower() not in HANDSHAKE_HEADERS:
+                out.append((name, value))
+        return out
 
     async def _probe(self, origin_url: str, target: str, timeout: float) -> int:
         """``GET target`` (``OPTIONS *`` for ``*``) at ``origin_url`` on the probes'
@@ -486,14 +618,22 @@ class Client:
         return ctx
 
     async def _open(self, key: PoolKey, timeout: float | None) -> HTTPConnection:
-        """The one place a connection is opened, from its key and nothing else."""
+        """A pooled HTTP connection for ``key`` (see :meth:`_connect`)."""
+        loop = asyncio.get_running_loop()
+        return await self._connect(key, timeout, lambda: HTTPConnection(key, loop))
+
+    async def _connect(
+        self, key: PoolKey, timeout: float | None, factory: Callable[[], _P]
+    ) -> _P:
+        """The one place a connection is opened, from its key and nothing else: an
+        HTTP connection for the pool, or a WebSocket session's own."""
         loop = asyncio.get_running_loop()
         target = str(key.origin)
         ctx = None if key.tls is None else self._context(key.tls)
         try:
             async with asyncio.timeout(timeout):
                 _, conn = await loop.create_connection(
-                    lambda: HTTPConnection(key, loop), key.host, key.port,
+                    factory, key.host, key.port,
                     ssl=ctx, server_hostname=key.sni if ctx is not None else None,
                 )
         except TimeoutError:

@@ -16,6 +16,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import contextvars
+import functools
 import logging
 import time
 from collections import Counter
@@ -42,12 +43,14 @@ from tether.client.providers import (
     outcome_of,
 )
 from tether.client.retries import RETRYABLE_STATUS, RetryBudget, may_resend
+from tether.client.websocket import Connecting, WebSocketRejected
 from tether.deadline import current_deadline
 from tether.errors import ServiceUnavailable
 from tether.registry.base import Provider, Snapshot, Unreachable
 from tether.tasks import cancel_and_wait
 
 if TYPE_CHECKING:
+    from tether.client.websocket import WebSocket
     from tether.registry.base import Registry
 
 __all__ = ["ClientLink", "Cluster", "ClusterConfig", "NoProviderAvailable", "ProviderState"]
@@ -79,6 +82,9 @@ class ClientLink:
     #: a provider is about to be probed: its connections may be pooled again, and its
     #: idle ones that died meanwhile (a killed provider's) are closed now
     probing: Callable[[str, int], None]
+    #: one WebSocket handshake: ``websocket(origin, target, url, **options)``, returning
+    #: the open session (options: ``Client.websocket``'s but params, and ``on_close``)
+    websocket: Callable[..., Awaitable[WebSocket]] | None = None
 
 
 class NoProviderAvailable(ServiceUnavailable):
@@ -418,6 +424,69 @@ class Cluster:
             finally:
                 if not kept:
                     self.outstanding[address] -= 1
+
+    def websocket(self, path: str, **kwargs: Any) -> Connecting:
+        """Open a WebSocket session to a provider chosen by the balancer:
+        ``async with cluster.websocket("/ws") as ws:`` (options as
+        :meth:`Client.websocket`). A handshake that fails (no connection, a dropped
+        connection, a retryable 5xx) is tried again on another provider, within
+        ``max_attempts``, the retry budget and the deadline; once upgraded, a session
+        is never retried. The provider counts the session as outstanding until it
+        ends, so p2c sees long sessions."""
+        return Connecting(functools.partial(self._open_websocket, path, kwargs))
+
+    async def _open_websocket(self, path: str, kwargs: dict[str, Any]) -> WebSocket:
+        websocket = self.link.websocket
+        if websocket is None:
+            raise RuntimeError("this cluster's client cannot open WebSocket sessions")
+        async with self.link.deadline_scope():
+            self._start()
+            if not self._ready.is_set():
+                with contextlib.suppress(TimeoutError):
+                    async with asyncio.timeout(self.probe_timeout):
+                        await self._ready.wait()
+            target = origin_form(path, kwargs.pop("params", None))
+            self.budget.on_request(time.monotonic())
+            self.metrics["requests"] += 1
+            metrics.PROCESS.inc(self._series["requests"])
+            avoid: set[str] = set()
+            attempt = 0
+            while True:
+                attempt += 1
+                address = await self._choose(avoid)
+                self.outstanding[address] += 1
+                opened = False
+                try:
+                    origin, prefix = self._origin(address)
+                    session = await websocket(
+                        origin, target, prefix + target,
+                        on_close=functools.partial(self._session_ended, address), **kwargs)
+                    opened = True
+                except TransportError as exc:
+                    failed = outcome_of(address, exc)
+                    if isinstance(failed, ConnectFailed):
+                        self._note_error(address, exc)
+                    self._report(self.machine.on_outcome(failed, time.monotonic()))
+                    if not (may_resend(failed, "GET", True) and self._may_retry(attempt)):
+                        raise
+                    avoid.add(address)
+                    continue
+                except WebSocketRejected as exc:
+                    answered = Answered(address, exc.status_code)
+                    self._report(self.machine.on_outcome(answered, time.monotonic()))
+                    if (exc.status_code in RETRYABLE_STATUS
+                            and may_resend(answered, "GET", True) and self._may_retry(attempt)):
+                        avoid.add(address)
+                        continue
+                    raise
+                finally:
+                    if not opened:
+                        self.outstanding[address] -= 1
+                self._report(self.machine.on_outcome(Answered(address, 101), time.monotonic()))
+                return session
+
+    def _session_ended(self, address: str) -> None:
+        self.outstanding[address] -= 1
 
     def _origin(self, address: str) -> tuple[Origin, str]:
         """The origin a request to ``address`` connects to (from the registry's

@@ -167,6 +167,7 @@ class RequestCycle:
         "head",
         "head_request",
         "head_written",
+        "holds_admission",
         "http_version",
         "keep_alive",
         "logged",
@@ -225,6 +226,8 @@ class RequestCycle:
         self.deadline = deadline
         self.deadline_handle: asyncio.TimerHandle | None = None
         self.task: asyncio.Task[None] | None = None
+        #: holds a slot of the admission gate (--limit-concurrency)
+        self.holds_admission = False
         #: why tether cancelled the handler (None: not cancelled, or a stop)
         self.cancel_reason: CancelReason | None = None
 
@@ -485,10 +488,16 @@ class RequestCycle:
 
     # -- running the application ----------------------------------------------------
 
+    @property
+    def request_line(self) -> str:
+        """``METHOD /path`` for log lines (a WebSocket scope has no method: GET)."""
+        scope = self.scope
+        return f"{scope.get('method', 'GET')} {scope['path']}"
+
     async def run_asgi(self, app: ASGIApp) -> None:
         state = self.channel.state
         gate = state.admission
-        admitted = False
+        admitted = False  # admitted by the gate (it may have been let go of since)
         try:
             if self.deadline.at is not None:
                 set_deadline(self.deadline)  # this task's context: the app inherits it
@@ -497,7 +506,7 @@ class RequestCycle:
                 if outcome is not Outcome.ADMITTED:
                     self._end(REFUSALS[outcome])  # the handler never runs
                     return
-                admitted = True
+                admitted = self.holds_admission = True
             elif self.deadline.expired:
                 self._end(REFUSALS[Outcome.EXPIRED])
                 return
@@ -519,9 +528,8 @@ class RequestCycle:
                 # Raised after the response was sent (a background task): the client
                 # got that response, so this ending is neither answered nor counted.
                 error_log.warning(
-                    "%s raised after the response was sent (client %s, %s %s): %s",
-                    type(exc).__name__, self.client_label, self.scope["method"],
-                    self.scope["path"], exc,
+                    "%s raised after the response was sent (client %s, %s): %s",
+                    type(exc).__name__, self.client_label, self.request_line, exc,
                 )
                 ending = NOTHING
             if ending.app_error:
@@ -529,8 +537,8 @@ class RequestCycle:
                     ending = NOTHING  # a write to a client already gone
                 else:
                     error_log.error(
-                        "Exception in ASGI application (client %s, %s %s)",
-                        self.client_label, self.scope["method"], self.scope["path"],
+                        "Exception in ASGI application (client %s, %s)",
+                        self.client_label, self.request_line,
                         exc_info=exc,
                     )
             self._end(ending, exc)
@@ -538,18 +546,25 @@ class RequestCycle:
             if not self.response_complete and not self.disconnected:
                 what = "completing" if self.status else "starting"
                 error_log.error(
-                    "ASGI application returned without %s a response (client %s, %s %s)",
-                    what, self.client_label, self.scope["method"], self.scope["path"],
+                    "ASGI application returned without %s a response (client %s, %s)",
+                    what, self.client_label, self.request_line,
                 )
                 self._fail_unanswered(500, "Internal Server Error")
         finally:
-            if admitted:
-                assert gate is not None
-                gate.leave()
+            if self.holds_admission:
+                self.leave_admission()
             if not self.logged:
                 self._log()
             if self.task is not None:
                 state.tasks.discard(self.task)
+
+    def leave_admission(self) -> None:
+        """Give the admission slot back (at the end of the handler, or earlier: a
+        WebSocket session holds it for its handshake only)."""
+        gate = self.channel.state.admission
+        if self.holds_admission and gate is not None:
+            self.holds_admission = False
+            gate.leave()
 
     def _end(self, ending: Ending, exc: BaseException | None = None) -> None:
         """Carry out an ending from the table in ``outcomes.py``."""
@@ -594,5 +609,5 @@ class RequestCycle:
         target = scope["raw_path"].decode("latin-1")
         if scope["query_string"]:
             target += "?" + scope["query_string"].decode("latin-1")
-        state.log_access(self.client_label, scope["method"], target, status,
+        state.log_access(self.client_label, scope.get("method", "GET"), target, status,
                          self.bytes_sent, seconds, self.deadline, self.cancel_reason)

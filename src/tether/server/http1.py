@@ -33,12 +33,13 @@ from typing import Any, Final, cast
 
 import httptools
 
-from tether.deadline import GRPC_HEADER_BYTES, HEADER_BYTES, NO_DEADLINE
+from tether.deadline import GRPC_HEADER_BYTES, HEADER_BYTES, NO_DEADLINE, Deadline
 from tether.server import forwarded, framing, request_head, wire
 from tether.server.cycle import RequestCycle, build_scope
 from tether.server.framing import Framing
 from tether.server.request_head import RequestRejected, ServerOptions
 from tether.server.state import ServerState, TimerKind
+from tether.server.websocket import WebSocketCycle, handshake
 from tether.tls import tls_extension
 
 error_log = logging.getLogger("tether.error")
@@ -49,6 +50,8 @@ HIGH_WATER: Final = 64 * 1024
 _RETRY_AFTER: Final = b"retry-after: " + wire.RETRY_AFTER + b"\r\n"
 #: longest request target a refused request's access line shows (a 414's is long)
 _LOGGED_TARGET_MAX: Final = 256
+#: what a 426 names: the protocol and version to upgrade to (RFC 6455 4.2.2)
+_UPGRADE_WEBSOCKET: Final = b"upgrade: websocket\r\nsec-websocket-version: 13\r\n"
 _WELL_FORMED_VERSION: Final = re.compile(rb" HTTP/[0-9]\.[0-9]\r?\n")
 _OWS: Final = b" \t"
 
@@ -76,6 +79,7 @@ TIMER_NONE: Final = TimerKind.NONE
 TIMER_HEAD: Final = TimerKind.HEAD
 TIMER_BODY: Final = TimerKind.BODY
 TIMER_KEEPALIVE: Final = TimerKind.KEEPALIVE
+TIMER_PING: Final = TimerKind.PING
 _LENGTH: Final = Framing.LENGTH
 _CHUNKED: Final = Framing.CHUNKED
 
@@ -102,6 +106,8 @@ class HttpProtocol(asyncio.Protocol):
         self.client_label = "-"
         self.cycle: RequestCycle | None = None
         self.parsing: RequestCycle | None = None
+        #: the WebSocket session this connection became (its bytes go there)
+        self.upgraded: WebSocketCycle | None = None
         self.pipeline: deque[RequestCycle | RequestRejected] = deque()
         self.closed = False
         self.read_paused = False
@@ -168,6 +174,9 @@ class HttpProtocol(asyncio.Protocol):
         return False
 
     def data_received(self, data: bytes) -> None:
+        if self.upgraded is not None:
+            self.upgraded.feed(data)
+            return
         head_before = self._head_number if self._in_head else -1
         try:
             self.parser.feed_data(data)
@@ -179,9 +188,15 @@ class HttpProtocol(asyncio.Protocol):
                 error_log.error("internal error parsing request from %s", self.client_label,
                                 exc_info=cause)
                 self._reject(RequestRejected(500, "Internal server error"))
-        except httptools.HttpParserUpgrade:
-            # The request carrying the Upgrade header is complete and being served;
-            # tether does not switch protocols, so nothing after it is read.
+        except httptools.HttpParserUpgrade as exc:
+            if self.upgraded is not None:
+                # A WebSocket: the rest of this read (and every later one) is frames.
+                offset = exc.args[0] if exc.args else len(data)
+                if offset < len(data):
+                    self.upgraded.feed(data[offset:])
+                return
+            # Another protocol (h2c...): the request carrying the Upgrade header is
+            # complete and served as HTTP/1.1; nothing after it is read.
             self._pause_reading()
         except httptools.HttpParserError as exc:
             detail = exc.args[0] if exc.args else "malformed request"
@@ -275,9 +290,10 @@ class HttpProtocol(asyncio.Protocol):
         http_version: str = parser.get_http_version()
         if http_version != "1.1" or self._hosts != 1:
             request_head.check_head(http_version, self._chunked_request, self._hosts)
-        if self._upgrade is not None and b"websocket" in self._upgrade and parser.should_upgrade():
-            raise RequestRejected(426, "WebSocket is not supported by this server")
         method_bytes: bytes = parser.get_method()
+        if self._upgrade is not None and self._upgrade == b"websocket" and parser.should_upgrade():
+            self._start_websocket(http_version, method_bytes)
+            return
         if method_bytes == b"CONNECT":
             # A 2xx to CONNECT would make the connection a tunnel, which an ASGI
             # server cannot be; refuse it rather than drop the bytes that follow.
@@ -285,11 +301,8 @@ class HttpProtocol(asyncio.Protocol):
         path, raw_path, query = request_head.split_target(self._url, method_bytes)
         state = self.state
         fields = self._fields
-        if fields or state.request_timeout is not None:
-            deadline = request_head.request_deadline(
-                fields, state.request_timeout, self.limits.max_deadline)
-        else:
-            deadline = NO_DEADLINE
+        deadline = self._deadline() if fields or state.request_timeout is not None \
+            else NO_DEADLINE
         scope = build_scope(
             state, http_version, method_bytes.decode("ascii"), self.scheme, path, raw_path,
             query, self._headers, self.client, self.server, self.extensions, deadline,
@@ -299,9 +312,7 @@ class HttpProtocol(asyncio.Protocol):
         expect_100 = self._expect_100 and http_version == "1.1"
         cycle = RequestCycle(self, scope, keep_alive, expect_100, http_version, deadline)
         if fields and self.proxy_trust is not None:
-            view = self.proxy_trust.view(tuple(fields), self.scheme)
-            if view is not None:
-                cycle.set_forwarded(view)
+            self._apply_forwarded(cycle, self.scheme)
         self.parsing = cycle
         if self._content_length == 0 or (
             self._content_length is None and not self._chunked_request
@@ -318,6 +329,46 @@ class HttpProtocol(asyncio.Protocol):
         else:
             self.pipeline.append(cycle)
             self._pause_reading()
+
+    def _deadline(self) -> Deadline:
+        """The request's deadline: its deadline headers, narrowed by the server's cap."""
+        state = self.state
+        return request_head.request_deadline(
+            self._fields, state.request_timeout, self.limits.max_deadline)
+
+    def _apply_forwarded(self, cycle: RequestCycle, scheme: str) -> None:
+        """What a trusted proxy's headers say about the request (server/forwarded.py)."""
+        assert self.proxy_trust is not None
+        view = self.proxy_trust.view(tuple(self._fields), scheme)
+        if view is not None:
+            cycle.set_forwarded(view)
+
+    def _start_websocket(self, http_version: str, method: bytes) -> None:
+        """A WebSocket upgrade: the same scope and request cycle as any request (its
+        deadline bounds the handshake), served as a session (``websocket.py``)."""
+        if method != b"GET" or http_version != "1.1":
+            raise RequestRejected(400, "WebSocket handshake failed: must be GET over HTTP/1.1")
+        protocol, response = handshake(self.state, self._headers, self._url)
+        if self.state.draining:
+            # This worker is leaving: a session opened now would be closed at once.
+            # The client retries, and reaches a worker that stays.
+            raise RequestRejected(503, "Service restarting: open the WebSocket again")
+        if self.cycle is not None or self.pipeline:
+            raise RequestRejected(400, "WebSocket upgrade pipelined behind another request")
+        path, raw_path, query = request_head.split_target(self._url, method)
+        deadline = self._deadline()
+        scope = build_scope(
+            self.state, http_version, "GET", self.scheme, path, raw_path, query,
+            self._headers, self.client, self.server, self.extensions, deadline,
+        )
+        cycle = WebSocketCycle(self, scope, http_version, deadline, protocol, response)
+        if self._fields and self.proxy_trust is not None:
+            self._apply_forwarded(cycle, scope["scheme"])
+        self.parsing = cycle
+        self.upgraded = cycle
+        self._clear_timer()  # the handshake is bounded by the deadline and admission
+        self.cycle = cycle
+        cycle.start()
 
     def on_body(self, body: bytes) -> None:
         cycle = self.parsing
@@ -467,7 +518,7 @@ class HttpProtocol(asyncio.Protocol):
         )
         size = 0
         if not self.closed:
-            extra = b"upgrade: websocket\r\n" if rejection.status == 426 else b""
+            extra = _UPGRADE_WEBSOCKET if rejection.status == 426 else b""
             out = wire.error_response(
                 rejection.status, rejection.detail, self.state.default_head, extra
             )
@@ -496,7 +547,7 @@ class HttpProtocol(asyncio.Protocol):
         parsing = self.parsing
         if parsing is not None:
             scope = parsing.scope
-            rejection.method = scope["method"]
+            rejection.method = scope.get("method", "GET")  # (a WebSocket scope has none)
             target = scope["raw_path"] + (b"?" + scope["query_string"]
                                           if scope["query_string"] else b"")
         elif self._url:
@@ -524,6 +575,8 @@ class HttpProtocol(asyncio.Protocol):
             return
         parsing = self.parsing
         if parsing is not None and parsing.buffered > HIGH_WATER:
+            return
+        if self.upgraded is not None and not self.upgraded.may_read():
             return
         self.read_paused = False
         self.transport.resume_reading()
@@ -557,9 +610,34 @@ class HttpProtocol(asyncio.Protocol):
     def _clear_timer(self) -> None:
         self.timer_kind = TIMER_NONE
 
+    def websocket_opened(self, cycle: WebSocketCycle) -> None:
+        """The application accepted: the session is open; ping it from now on."""
+        interval = self.state.websocket.ping_interval
+        if interval is not None:
+            self._set_timer(TIMER_PING, interval)
+
+    def pause_reading(self) -> None:
+        """Stop reading until the session's queued messages are taken."""
+        self._pause_reading()
+
+    def going_away(self, code: int, reason: str) -> None:
+        """The worker is leaving: an open WebSocket session is closed with ``code``."""
+        if self.upgraded is not None:
+            self.upgraded.going_away(code, reason)
+
     def check_timer(self, now: float) -> None:
         kind = self.timer_kind
         if kind is TIMER_NONE or now < self.timer_at or self.closed:
+            return
+        if kind is TIMER_PING:
+            upgraded = self.upgraded
+            after = None if upgraded is None else upgraded.on_ping_timer(
+                now, self.state.websocket)
+            if after is None:
+                self.timer_kind = TIMER_NONE
+                self.transport.abort()  # the peer is gone: its handler ends (1006)
+            else:
+                self.timer_at = now + after
             return
         if kind is TIMER_HEAD and self.cycle is not None:
             return  # a pipelined head: the requests ahead of it are answered first

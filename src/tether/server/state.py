@@ -18,7 +18,7 @@ from typing import TYPE_CHECKING, Any, Protocol
 
 from tether.admission import AdmissionGate
 from tether.asgi import ASGIApp
-from tether.config import RequestLimits
+from tether.config import RequestLimits, WebSocketSettings
 from tether.deadline import Deadline
 from tether.metrics import HttpMetrics
 from tether.server import wire
@@ -27,6 +27,7 @@ from tether.server.outcomes import CancelReason
 
 if TYPE_CHECKING:
     from tether.server.cycle import RequestCycle
+    from tether.server.websocket import WebSocketCycle
 
 access_log = logging.getLogger("tether.access")
 _INFO = logging.INFO
@@ -40,6 +41,7 @@ class TimerKind(enum.Enum):
     HEAD = "head"  # a request head must complete (slowloris protection) -> 408
     BODY = "body"  # the next piece of a request body must arrive -> 408
     KEEPALIVE = "keep-alive"  # an idle keep-alive connection may wait this long
+    PING = "ping"  # an open WebSocket: the next ping is due, or its pong is late
 
 
 class Connection(Protocol):
@@ -47,8 +49,12 @@ class Connection(Protocol):
 
     cycle: RequestCycle | None  # the request being answered, if any
     transport: asyncio.Transport
+    upgraded: WebSocketCycle | None  # the WebSocket session it became, if any
 
     def check_timer(self, now: float) -> None: ...
+
+    def going_away(self, code: int, reason: str) -> None:
+        """The worker is leaving: close an open WebSocket session with ``code``."""
 
     def close(self) -> None: ...
 
@@ -67,6 +73,7 @@ class ServerState:
         request_timeout: float | None = None,
         cancel_on_disconnect: bool = True,
         admission: AdmissionGate | None = None,
+        websocket: WebSocketSettings | None = None,
         forwarded_trust: TrustList | None = None,
         defaults: wire.ResponseDefaults | None = None,
         access_fields: bool = False,
@@ -86,6 +93,9 @@ class ServerState:
         self.request_timeout = request_timeout
         self.cancel_on_disconnect = cancel_on_disconnect
         self.admission = admission
+        self.websocket = websocket if websocket is not None else WebSocketSettings()
+        #: WebSocket sessions: opened, messages_in/out, closed_<code>
+        self.websocket_counts: Counter[str] = Counter()
         #: whose proxy headers are believed (None: --no-proxy-headers)
         self.forwarded_trust = forwarded_trust
         #: what cancellation and admission did (the supervisor shows them in /status)

@@ -90,6 +90,7 @@ class WorkerHandle:
     killed: bool = False
     report: dict[str, Any] = field(default_factory=dict)
     connections: int = 0
+    websockets: int = 0
     #: the worker's Prometheus series: monotonic ones, and gauges (tether.metrics)
     metrics: dict[str, float] = field(default_factory=dict)
     gauges: dict[str, float] = field(default_factory=dict)
@@ -303,6 +304,7 @@ class Supervisor:
             worker.requests = int(message.get("requests", 0))
             worker.in_flight = int(message.get("in_flight", 0))
             worker.connections = int(message.get("connections", 0))
+            worker.websockets = int(message.get("websockets", 0))
             worker.metrics = dict(message.get("metrics", {}))
             worker.gauges = dict(message.get("gauges", {}))
             worker.status = dict(message.get("status", {}))
@@ -686,6 +688,7 @@ class Supervisor:
                     "requests": w.requests,
                     "in_flight": w.in_flight,
                     "connections": w.connections,
+                    "websockets": w.websockets,
                     "clusters": w.status.get("clusters", []),
                     "pools": w.status.get("pools", []),
                 }

@@ -19,6 +19,7 @@ import signal
 import socket
 import ssl
 import sys
+from collections.abc import Callable
 from dataclasses import dataclass, replace
 from typing import Any
 
@@ -40,6 +41,7 @@ from tether.server.fdlimit import FdLimitWatch
 from tether.server.http1 import HttpProtocol
 from tether.server.lifespan import Lifespan
 from tether.server.state import ServerState
+from tether.server.websocket import GOING_AWAY, SERVICE_RESTART, websocket_values
 from tether.tls import server_context
 
 logger = logging.getLogger("tether.server")
@@ -83,6 +85,7 @@ class Worker:
             cancel_on_disconnect=config.cancel_on_disconnect,
             admission=None if config.limit_concurrency is None
             else AdmissionGate(config.limit_concurrency),
+            websocket=config.websocket,
             forwarded_trust=config.forwarded_trust,
             defaults=wire.ResponseDefaults(server=config.server_header, date=config.date_header,
                                            headers=config.headers),
@@ -168,7 +171,17 @@ class Worker:
         # with Connection: close rather than reset).
         forced = False
         cancelled = 0
-        if not await self._wait_idle(graceful_until) and state.tasks:
+        # WebSocket sessions never end by themselves. A reload closes them with 1012
+        # (Service Restart) once the requests in flight are done, and their clients
+        # reconnect to the new worker; a stop leaves the application the grace
+        # period, then closes them with 1001 (Going Away). Never 1006: a close frame.
+        if not serve_backlog and await self._wait_requests(graceful_until):
+            self._close_websockets(SERVICE_RESTART, "server restarting")
+        idle = await self._wait_idle(graceful_until)
+        if not idle and self._close_websockets(GOING_AWAY, "server stopping"):
+            # half the cancel budget for the closing handshakes and handlers to end
+            idle = await self._wait_idle(loop.time() + budget.cancel / 2)
+        if not idle and state.tasks:
             forced = True
             cancelled = len(state.tasks)
             for task in list(state.tasks):
@@ -203,12 +216,31 @@ class Worker:
                     break
                 await loop.connect_accepted_socket(self._protocol, sock=conn, ssl=self.ssl)
 
+    def _close_websockets(self, code: int, reason: str) -> bool:
+        """Close every open WebSocket session with ``code``; False if there was none."""
+        sessions = [conn for conn in self.state.connections if conn.upgraded is not None]
+        for conn in sessions:
+            conn.going_away(code, reason)
+        return bool(sessions)
+
+    async def _wait_requests(self, deadline: float) -> bool:
+        """Wait until no HTTP request is in flight (WebSocket sessions may stay), until
+        the loop time ``deadline`` (or a force stop)."""
+        return await self._wait_until(
+            lambda: not any(conn.cycle is not None and conn.upgraded is None
+                            for conn in self.state.connections), deadline)
+
     async def _wait_idle(self, deadline: float) -> bool:
         """Wait until no request runs and no connection is open, until the loop time
         ``deadline`` (or a force stop)."""
-        loop = asyncio.get_running_loop()
         state = self.state
-        while state.connections or state.tasks:
+        return await self._wait_until(lambda: not (state.connections or state.tasks), deadline)
+
+    async def _wait_until(self, done: Callable[[], bool], deadline: float) -> bool:
+        """Wait until ``done()``; False if the loop time ``deadline`` or a force stop
+        comes first."""
+        loop = asyncio.get_running_loop()
+        while not done():
             if self.force_requested.is_set() or loop.time() >= deadline:
                 return False
             with contextlib.suppress(TimeoutError):
@@ -329,7 +361,8 @@ class Worker:
         while True:
             control.send(
                 "heartbeat", requests=state.total_requests, in_flight=len(state.tasks),
-                connections=len(state.connections), metrics=self.metric_counters(),
+                connections=len(state.connections), websockets=self.websocket_sessions(),
+                metrics=self.metric_counters(),
                 gauges=self.metric_gauges(),
                 status=metrics.PROCESS.status(),
             )
@@ -346,13 +379,20 @@ class Worker:
         out = metrics.counter_values(self.counters())
         out.update(self.state.http.values())
         out.update(metrics.PROCESS.counters)
+        out.update(websocket_values(self.state.websocket_counts))
         return out
+
+    def websocket_sessions(self) -> int:
+        """Open WebSocket sessions: accepted and not closed."""
+        return sum(1 for conn in self.state.connections
+                   if conn.upgraded is not None and conn.upgraded.is_open)
 
     def metric_gauges(self) -> metrics.Values:
         state = self.state
         return {
             "tether_http_requests_in_flight": len(state.tasks),
             "tether_http_connections": len(state.connections),
+            "tether_websocket_sessions": self.websocket_sessions(),
             **metrics.PROCESS.gauges(),
         }
 
