@@ -174,6 +174,9 @@ def upstream_cmd(port: int) -> list[str]:
     return [
         PYTHON, "-m", "tether", "serve", UPSTREAM_APP, "--host", HOST, "--port", str(port),
         "--workers", "1", "--no-access-log", "--log-level", "warning",
+        # it counts connections by scope["client"]: the peer itself, not the client a
+        # proxy names in X-Forwarded-For (which tether serve believes from 127.0.0.1)
+        "--no-proxy-headers",
     ]
 
 

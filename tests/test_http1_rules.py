@@ -208,6 +208,13 @@ async def test_only_the_three_request_target_forms_are_served() -> None:
         assert status_of(raw) == 200
         assert b"allow: GET, HEAD, POST, PUT, PATCH, DELETE, OPTIONS\r\n" in raw
         assert raw.endswith(b"\r\n\r\n")  # no body: echo_scope did not answer it
+        # a prober's connection stays open: two pings, then a request, on one connection
+        raw = await raw_exchange(
+            server.port, b"OPTIONS * HTTP/1.1\r\nHost: x\r\n\r\n"
+                         b"OPTIONS * HTTP/1.1\r\nHost: x\r\n\r\n"
+                         b"GET /after HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n")
+        assert raw.count(b"HTTP/1.1 200 ") == 3
+        assert json_body(raw.split(b"HTTP/1.1 200 ", 3)[3])["path"] == "/after"
 
 
 async def test_a_body_that_stops_after_an_early_answer_gets_no_second_response() -> None:

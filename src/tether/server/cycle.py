@@ -611,3 +611,36 @@ class RequestCycle:
             target += "?" + scope["query_string"].decode("latin-1")
         state.log_access(self.client_label, scope.get("method", "GET"), target, status,
                          self.bytes_sent, seconds, self.deadline, self.cancel_reason)
+
+
+#: what ``OPTIONS *`` is answered with: the methods the server serves, no body
+_SERVER_OPTIONS_START: Final = {
+    "type": "http.response.start", "status": 200,
+    "headers": [(b"allow", b"GET, HEAD, POST, PUT, PATCH, DELETE, OPTIONS"),
+                (b"content-length", b"0")],
+}
+_SERVER_OPTIONS_BODY: Final = {"type": "http.response.body", "body": b""}
+
+
+class ServerOptionsCycle(RequestCycle):
+    """``OPTIONS *`` (RFC 9110 section 9.3.7, "a ping" of the server itself), answered
+    by the server without the application, through the ordinary cycle so that
+    keep-alive and pipelining hold (``tether proxy`` probes its providers with it on
+    a kept-alive connection). Left out of the access log and the request metrics: an
+    application's log should not fill with probes it never saw."""
+
+    __slots__ = ()
+
+    async def run_asgi(self, app: ASGIApp) -> None:
+        try:
+            await self.send(_SERVER_OPTIONS_START)
+            await self.send(_SERVER_OPTIONS_BODY)
+        except ClientDisconnected:
+            pass  # the prober left: nothing to answer
+        finally:
+            self.logged = True
+            if self.task is not None:
+                self.channel.state.tasks.discard(self.task)
+
+    def _log(self) -> None:
+        self.logged = True  # not an application request: no access line, no metrics

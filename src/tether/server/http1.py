@@ -35,7 +35,7 @@ import httptools
 
 from tether.deadline import GRPC_HEADER_BYTES, HEADER_BYTES, NO_DEADLINE, Deadline
 from tether.server import forwarded, framing, request_head, wire
-from tether.server.cycle import RequestCycle, build_scope
+from tether.server.cycle import RequestCycle, ServerOptionsCycle, build_scope
 from tether.server.framing import Framing
 from tether.server.request_head import RequestRejected, ServerOptions
 from tether.server.state import ServerState, TimerKind
@@ -298,7 +298,11 @@ class HttpProtocol(asyncio.Protocol):
             # A 2xx to CONNECT would make the connection a tunnel, which an ASGI
             # server cannot be; refuse it rather than drop the bytes that follow.
             raise RequestRejected(501, "CONNECT is not supported by this server")
-        path, raw_path, query = request_head.split_target(self._url, method_bytes)
+        try:
+            path, raw_path, query = request_head.split_target(self._url, method_bytes)
+            kind: type[RequestCycle] = RequestCycle
+        except ServerOptions:
+            path, raw_path, query, kind = "*", b"*", b"", ServerOptionsCycle
         state = self.state
         fields = self._fields
         deadline = self._deadline() if fields or state.request_timeout is not None \
@@ -310,7 +314,7 @@ class HttpProtocol(asyncio.Protocol):
         keep_alive: bool = parser.should_keep_alive() and self._upgrade is None
         # RFC 9110 section 10.1.1: a server ignores Expect from an HTTP/1.0 client.
         expect_100 = self._expect_100 and http_version == "1.1"
-        cycle = RequestCycle(self, scope, keep_alive, expect_100, http_version, deadline)
+        cycle = kind(self, scope, keep_alive, expect_100, http_version, deadline)
         if fields and self.proxy_trust is not None:
             self._apply_forwarded(cycle, self.scheme)
         self.parsing = cycle
@@ -510,9 +514,6 @@ class HttpProtocol(asyncio.Protocol):
         self.close()
 
     def reject(self, rejection: RequestRejected) -> None:
-        if type(rejection) is ServerOptions:
-            self._answer_server_options()
-            return
         error_log.warning(
             "%d %s (client %s)", rejection.status, rejection.detail, self.client_label
         )
@@ -530,12 +531,6 @@ class HttpProtocol(asyncio.Protocol):
                               NO_DEADLINE, None)
         self.close()
 
-    def _answer_server_options(self) -> None:
-        """``OPTIONS *`` (see request_head.ServerOptions): no warning, no access-log
-        line, no request counted; the connection ends after the answer."""
-        if not self.closed:
-            self.transport.write(wire.server_options_response(self.state.default_head))
-        self.close()
     def _note_request(self, rejection: RequestRejected) -> None:
         """Put on ``rejection`` the method and target of the request it refuses, as far
         as they were read: the access line says what was refused, not ``"- -"``. Called

@@ -206,15 +206,3 @@ def error_response(status: int, detail: str, defaults: bytes, extra: bytes = b""
             body,
         )
     )
-
-
-#: What ``OPTIONS *`` is allowed to ask about: every method tether serves.
-SERVER_OPTIONS_ALLOW = b"allow: GET, HEAD, POST, PUT, PATCH, DELETE, OPTIONS\r\n"
-
-
-def server_options_response(defaults: bytes) -> bytes:
-    """The server's own answer to ``OPTIONS *`` (RFC 9110 section 9.3.7): 200, the
-    methods served, no body; the connection closes after it, as after a rejection.
-    ``defaults``: the header lines every response carries (ServerState.default_head)."""
-    return b"".join((STATUS_LINES[200], SERVER_OPTIONS_ALLOW, b"content-length: 0\r\n",
-                     b"connection: close\r\n", defaults, b"\r\n"))
