@@ -7,9 +7,9 @@ owns its socket from the handshake to the close, and closing the session closes 
 
 Rules of this file:
 - Frames are parsed and written by ``ClientProtocol`` (masking, permessage-deflate,
-  the size limit, answering pings, the closing handshake); this file only
-  reassembles fragmented messages and checks text for UTF-8 (1007), as the
-  server side does (src/tether/server/websocket.py).
+  the size limit, answering pings, the closing handshake); fragmented messages
+  are joined by ``tether.ws_messages`` (as on the server side), and this file checks
+  text for UTF-8 (1007).
 - The handshake is bounded by the caller (the client's timeouts and the current
   deadline); the session is not.
 - Received messages queue up to :data:`HIGH_WATER` bytes, then reading pauses until
@@ -44,6 +44,7 @@ from tether.client.errors import (
     WriteTimeout,
 )
 from tether.client.models import Headers, Origin
+from tether.ws_messages import Assembler
 
 logger = logging.getLogger("tether.client")
 
@@ -56,9 +57,6 @@ CLOSE_TIMEOUT: Final = 10.0
 #: the close code of a session that ended without a close frame (never on the wire)
 ABNORMAL: Final = 1006
 
-_TEXT: Final = Opcode.TEXT
-_BINARY: Final = Opcode.BINARY
-_CONT: Final = Opcode.CONT
 _CLOSE: Final = Opcode.CLOSE
 _PONG: Final = Opcode.PONG
 _OPEN: Final = State.OPEN
@@ -104,8 +102,8 @@ class WebSocketConnection(asyncio.Protocol):
         self.response: HandshakeResponse | None = None
         self.messages: deque[str | bytes] = deque()
         self.queued = 0
-        self.assembling: list[bytes] = []
-        self.text = False
+        #: joins a fragmented message's frames (tether.ws_messages)
+        self.assembler = Assembler()
         self.closed = False  # the TCP connection is gone
         self.pong_pending = False  # a keepalive ping is waiting for its pong
         #: set once the session ended: (code, reason)
@@ -164,24 +162,16 @@ class WebSocketConnection(asyncio.Protocol):
                 continue
             frame = cast(Frame, event)
             opcode = frame.opcode
-            if opcode is _TEXT or opcode is _BINARY:
-                if frame.fin:
-                    self._deliver(frame.data, opcode is _TEXT)
-                else:
-                    self.text = opcode is _TEXT
-                    self.assembling = [bytes(frame.data)]
-            elif opcode is _CONT:
-                self.assembling.append(bytes(frame.data))
-                if frame.fin:
-                    whole = b"".join(self.assembling)
-                    self.assembling = []
-                    self._deliver(whole, self.text)
-            elif opcode is _PONG:
+            if opcode is _PONG:
                 self.pong_pending = False
             elif opcode is _CLOSE:
                 rcvd = protocol.close_rcvd
                 self._end(rcvd.code if rcvd is not None else 1005,
                           rcvd.reason if rcvd is not None else "")
+            else:
+                message = self.assembler.add(frame)
+                if message is not None:
+                    self._deliver(*message)
         if protocol.parser_exc is not None and self.response is not None:
             sent = protocol.close_sent
             self._end(sent.code if sent is not None else ABNORMAL, str(protocol.parser_exc))

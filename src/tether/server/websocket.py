@@ -16,7 +16,8 @@ wsproto, with its C masking speedups (measured on this machine; ``bench/websocke
 compares whole servers). It validates the handshake, negotiates permessage-deflate,
 enforces the message size (close 1009) and the protocol (close 1002), and answers
 pings. It does not reassemble fragmented messages nor check text for UTF-8 (its
-asyncio layer does): both are done here, and invalid UTF-8 closes with 1007.
+asyncio layer does): ``tether.ws_messages`` joins the fragments (for the client too),
+and invalid UTF-8 closes with 1007 here.
 
 Rules:
 - Before ``websocket.accept`` the session is an HTTP request: the deadline bounds
@@ -50,6 +51,7 @@ from tether.metrics import series
 from tether.server import wire
 from tether.server.cycle import Channel, RequestCycle
 from tether.server.request_head import RequestRejected
+from tether.ws_messages import Assembler
 
 if TYPE_CHECKING:
     from tether.server.state import ServerState
@@ -73,9 +75,6 @@ NO_STATUS: Final = 1005
 #: received message bytes waiting for the application after which reading pauses
 HIGH_WATER: Final = 1024 * 1024
 
-_TEXT: Final = Opcode.TEXT
-_BINARY: Final = Opcode.BINARY
-_CONT: Final = Opcode.CONT
 _PONG: Final = Opcode.PONG
 _CLOSE: Final = Opcode.CLOSE
 _OPEN: Final = State.OPEN
@@ -163,7 +162,7 @@ class WebSocketCycle(RequestCycle):
     """One WebSocket session: the ASGI ``websocket`` messages over a request cycle."""
 
     __slots__ = (
-        "assembling",
+        "assembler",
         "close_code",
         "close_reason",
         "connect_delivered",
@@ -177,7 +176,6 @@ class WebSocketCycle(RequestCycle):
         "queued",
         "queued_bytes",
         "reported",
-        "text",
     )
 
     channel: WebSocketChannel
@@ -201,8 +199,8 @@ class WebSocketCycle(RequestCycle):
         self.connect_delivered = False
         self.queued: deque[Message] = deque()
         self.queued_bytes = 0
-        self.assembling: list[bytes] = []
-        self.text = False
+        #: joins a fragmented message's frames (tether.ws_messages)
+        self.assembler = Assembler()
         #: bytes that arrived before the application accepted (fed once it has)
         self.pending: list[bytes] = []
         #: why the session ended, as the application is told (None: still open)
@@ -226,24 +224,16 @@ class WebSocketCycle(RequestCycle):
             if not isinstance(frame, Frame):
                 continue  # (only frames come once open)
             opcode = frame.opcode
-            if opcode is _TEXT or opcode is _BINARY:
-                if frame.fin:
-                    self._deliver(frame.data, opcode is _TEXT)
-                else:
-                    self.text = opcode is _TEXT
-                    self.assembling = [bytes(frame.data)]
-            elif opcode is _CONT:
-                self.assembling.append(bytes(frame.data))
-                if frame.fin:
-                    whole = b"".join(self.assembling)
-                    self.assembling = []
-                    self._deliver(whole, self.text)
-            elif opcode is _PONG:
+            if opcode is _PONG:
                 self.ping_outstanding = False
             elif opcode is _CLOSE:
                 received = protocol.close_rcvd
                 self._ended(received.code if received is not None else NO_STATUS,
                             received.reason if received is not None else "")
+            else:
+                message = self.assembler.add(frame)
+                if message is not None:
+                    self._deliver(*message)
         if protocol.parser_exc is not None:
             self._protocol_error(str(protocol.parser_exc))
         self._flush()
