@@ -308,19 +308,31 @@ class Client:
         timeouts = self.timeout if isinstance(timeout, _Unset) else Timeout.of(timeout)
         method = method.upper()
         body, content_type = encode_body(content, data, json)
-        deadline = current_deadline()
-        if deadline.at is not None:
-            if deadline.expired:
-                raise DeadlineExceeded(f"deadline passed before {method} {url} was sent")
-            if self.propagate_deadline:
-                ms = deadline.header_value(self.deadline_margin)
-                assert ms is not None
-                headers = Headers(headers)
-                if DEADLINE_HEADER not in headers:
-                    headers[DEADLINE_HEADER] = ms.decode()
+        ms = self._deadline_header(method, url)
+        if ms is not None:
+            headers = Headers(headers)
+            if DEADLINE_HEADER not in headers:
+                headers[DEADLINE_HEADER] = ms
         head, declared = self._head(method, origin, target, headers, body, content_type)
         key = self._key(origin, sni_hostname or self.sni_hostname)
         return await self._send(method, key, head, body, timeouts, url, declared, self._pool)
+
+    def _deadline_header(self, method: str | None, url: str) -> str | None:
+        """The deadline header's value for a request (``method``) or a WebSocket
+        handshake (None) to ``url`` about to be sent (None: no deadline, or not
+        propagated); DeadlineExceeded if the deadline has passed already."""
+        deadline = current_deadline()
+        if deadline.at is None:
+            return None
+        if deadline.expired:
+            raise DeadlineExceeded(
+                f"deadline passed before {method} {url} was sent" if method is not None
+                else f"deadline passed before the handshake to {url}")
+        if not self.propagate_deadline:
+            return None
+        ms = deadline.header_value(self.deadline_margin)
+        assert ms is not None
+        return ms.decode()
 
     # -- WebSocket sessions ---------------------------------------------------------------
 
@@ -384,16 +396,10 @@ class Client:
         loop = asyncio.get_running_loop()
         key = self._key(origin, sni_hostname or self.sni_hostname)
         async with self._deadline_scope():
-            deadline = current_deadline()
             extra = self._websocket_headers(headers)
-            if deadline.at is not None:
-                if deadline.expired:
-                    raise DeadlineExceeded(f"deadline passed before the handshake to {url}")
-                if self.propagate_deadline and not any(
-                        n.lower() == DEADLINE_HEADER for n, _ in extra):
-                    ms = deadline.header_value(self.deadline_margin)
-                    assert ms is not None
-                    extra.append((DEADLINE_HEADER, ms.decode()))
+            ms = self._deadline_header(None, url)
+            if ms is not None and not any(n.lower() == DEADLINE_HEADER for n, _ in extra):
+                extra.append((DEADLINE_HEADER, ms))
             conn = await self._connect(
                 key, timeouts.connect, lambda: WebSocketConnection(str(origin), loop))
             try:

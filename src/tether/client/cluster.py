@@ -373,22 +373,14 @@ class Cluster:
         Returns the response and its provider. With ``read=False`` the provider's
         outstanding count stays raised for the caller to lower when the body is done.
         """
-        self._start()
-        if not self._ready.is_set():
-            with contextlib.suppress(TimeoutError):
-                async with asyncio.timeout(self.probe_timeout):
-                    await self._ready.wait()
         method = method.upper()
         # Validated before any provider is chosen: a path that is not origin-form is
         # the caller's error, never evidence against a provider (issue 13).
         target = origin_form(path, kwargs.pop("params", None))
+        await self._begin()
         avoid: set[str] = set()
-        now = time.monotonic()
-        self.budget.on_request(now)
-        self.metrics["requests"] += 1
-        metrics.PROCESS.inc(self._series["requests"])
         replayable = _replayable(kwargs)
-        send, machine = self.link.send, self.machine
+        send = self.link.send
         attempt = 0
         while True:
             attempt += 1
@@ -403,19 +395,12 @@ class Cluster:
                     if read:
                         await response.aread()
                 except TransportError as exc:
-                    failed = outcome_of(address, exc)
-                    if isinstance(failed, ConnectFailed):
-                        self._note_error(address, exc)  # what NoProviderAvailable shows
-                    self._report(machine.on_outcome(failed, time.monotonic()))
-                    if not (may_resend(failed, method, replayable) and self._may_retry(attempt)):
+                    if not self._transport_failed(address, exc, method, replayable, attempt):
                         raise
                     avoid.add(address)
                     continue
-                status = response.status_code
-                answered = Answered(address, status)
-                self._report(machine.on_outcome(answered, time.monotonic()))
-                if (status in RETRYABLE_STATUS and may_resend(answered, method, replayable)
-                        and self._may_retry(attempt)):
+                if self._answered(address, response.status_code, method, replayable,
+                                  attempt):
                     await _discard(response)
                     avoid.add(address)
                     continue
@@ -440,15 +425,8 @@ class Cluster:
         if websocket is None:
             raise RuntimeError("this cluster's client cannot open WebSocket sessions")
         async with self.link.deadline_scope():
-            self._start()
-            if not self._ready.is_set():
-                with contextlib.suppress(TimeoutError):
-                    async with asyncio.timeout(self.probe_timeout):
-                        await self._ready.wait()
             target = origin_form(path, kwargs.pop("params", None))
-            self.budget.on_request(time.monotonic())
-            self.metrics["requests"] += 1
-            metrics.PROCESS.inc(self._series["requests"])
+            await self._begin()
             avoid: set[str] = set()
             attempt = 0
             while True:
@@ -463,27 +441,54 @@ class Cluster:
                         on_close=functools.partial(self._session_ended, address), **kwargs)
                     opened = True
                 except TransportError as exc:
-                    failed = outcome_of(address, exc)
-                    if isinstance(failed, ConnectFailed):
-                        self._note_error(address, exc)
-                    self._report(self.machine.on_outcome(failed, time.monotonic()))
-                    if not (may_resend(failed, "GET", True) and self._may_retry(attempt)):
+                    if not self._transport_failed(address, exc, "GET", True, attempt):
                         raise
                     avoid.add(address)
                     continue
                 except WebSocketRejected as exc:
-                    answered = Answered(address, exc.status_code)
-                    self._report(self.machine.on_outcome(answered, time.monotonic()))
-                    if (exc.status_code in RETRYABLE_STATUS
-                            and may_resend(answered, "GET", True) and self._may_retry(attempt)):
-                        avoid.add(address)
-                        continue
-                    raise
+                    if not self._answered(address, exc.status_code, "GET", True, attempt):
+                        raise
+                    avoid.add(address)
+                    continue
                 finally:
                     if not opened:
                         self.outstanding[address] -= 1
                 self._report(self.machine.on_outcome(Answered(address, 101), time.monotonic()))
                 return session
+
+    async def _begin(self) -> None:
+        """Before a request's first attempt: start watching the providers, wait (at
+        most the probe timeout) for a first view of them, and count the request (the
+        retry budget, metrics)."""
+        self._start()
+        if not self._ready.is_set():
+            with contextlib.suppress(TimeoutError):
+                async with asyncio.timeout(self.probe_timeout):
+                    await self._ready.wait()
+        self.budget.on_request(time.monotonic())
+        self.metrics["requests"] += 1
+        metrics.PROCESS.inc(self._series["requests"])
+
+    def _transport_failed(self, address: str, exc: TransportError, method: str,
+                          replayable: bool, attempt: int) -> bool:
+        """A send to ``address`` failed in transport: note it (what
+        NoProviderAvailable shows) and report it; whether it may go to another
+        provider now."""
+        failed = outcome_of(address, exc)
+        if isinstance(failed, ConnectFailed):
+            self._note_error(address, exc)
+        self._report(self.machine.on_outcome(failed, time.monotonic()))
+        return may_resend(failed, method, replayable) and self._may_retry(attempt)
+
+    def _answered(self, address: str, status: int, method: str, replayable: bool,
+                  attempt: int) -> bool:
+        """``address`` answered ``status``: report it; whether the request may go to
+        another provider now (a retryable status, a method that allows it, the
+        budget, the deadline)."""
+        answered = Answered(address, status)
+        self._report(self.machine.on_outcome(answered, time.monotonic()))
+        return (status in RETRYABLE_STATUS and may_resend(answered, method, replayable)
+                and self._may_retry(attempt))
 
     def _session_ended(self, address: str) -> None:
         self.outstanding[address] -= 1
