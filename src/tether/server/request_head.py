@@ -53,15 +53,11 @@ class RequestRejected(Exception):
         self.target: str | None = None
 
 
-class ServerOptions(RequestRejected):
+class ServerOptions(Exception):
     """``OPTIONS *``: a question to the server itself, not to a resource (RFC 9110
-    section 9.3.7, "a ping"), answered 200 without the application and left out of
-    the access log: ``tether proxy`` probes its providers with it, and an
-    application's log should not fill with probes it never saw. Raised like a
-    rejection so it is answered in request order by the same path."""
-
-    def __init__(self) -> None:
-        super().__init__(200, "OPTIONS *")
+    section 9.3.7, "a ping"). Not an error: the protocol answers it with
+    ``cycle.ServerOptionsCycle`` (200, keep-alive, no application, no access line).
+    Raised by :func:`split_target` because it has no path to return."""
 
 
 def check_version(http_version: str) -> None:
