@@ -359,11 +359,12 @@ class Worker:
         interval = max(0.05, min(1.0, self.config.worker_timeout / 4))
         state = self.state
         while True:
+            gauges = self.metric_gauges()
             control.send(
                 "heartbeat", requests=state.total_requests, in_flight=len(state.tasks),
-                connections=len(state.connections), websockets=self.websocket_sessions(),
-                metrics=self.metric_counters(),
-                gauges=self.metric_gauges(),
+                connections=len(state.connections),
+                websockets=int(gauges["tether_websocket_sessions"]),  # (one count, not two)
+                metrics=self.metric_counters(), gauges=gauges,
                 status=metrics.PROCESS.status(),
             )
             await asyncio.sleep(interval)
