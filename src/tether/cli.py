@@ -16,7 +16,13 @@ import click
 from setproctitle import setproctitle
 
 from tether import __version__
-from tether.config import STOP_MARGIN, RequestLimits, ServerConfig, WebSocketSettings
+from tether.config import (
+    STOP_MARGIN,
+    Http2Settings,
+    RequestLimits,
+    ServerConfig,
+    WebSocketSettings,
+)
 from tether.envfile import load_env_file
 from tether.errors import ConfigError
 from tether.logs import LEVELS, LOG_FORMATS, LogConfigError, configure_for
@@ -103,6 +109,21 @@ def _env(name: str) -> str:
 @click.option("--ws-per-message-deflate/--no-ws-per-message-deflate", default=True,
               show_default=True, envvar=_env("WS_PER_MESSAGE_DEFLATE"),
               help="Compress WebSocket messages (RFC 7692) when the client offers it.")
+@click.option("--http", "http_mode", type=click.Choice(["auto", "1", "2"]), default="auto",
+              show_default=True, envvar=_env("HTTP"),
+              help="Protocols served: auto (HTTP/1.1, and HTTP/2 as h2c with prior knowledge "
+                   "or ALPN h2 on TLS), 1 (HTTP/1.1 only) or 2 (HTTP/2 only).")
+@click.option("--h2-max-concurrent-streams", default=100, show_default=True, type=int,
+              envvar=_env("H2_MAX_CONCURRENT_STREAMS"),
+              help="Streams one HTTP/2 connection may have open at once.")
+@click.option("--h2-initial-window-size", default=65535, show_default=True, type=int,
+              envvar=_env("H2_INITIAL_WINDOW_SIZE"),
+              help="Request body bytes a stream may send before the application reads it.")
+@click.option("--h2-max-frame-size", default=16384, show_default=True, type=int,
+              envvar=_env("H2_MAX_FRAME_SIZE"), help="Largest HTTP/2 frame payload accepted.")
+@click.option("--h2-max-header-list-size", default=65536, show_default=True, type=int,
+              envvar=_env("H2_MAX_HEADER_LIST_SIZE"),
+              help="Largest decoded HTTP/2 request header list, bytes.")
 @click.option("--access-log/--no-access-log", default=True, show_default=True,
               envvar=_env("ACCESS_LOG"), help="One line per request on stdout.")
 @click.option("--log-level", type=click.Choice(list(LEVELS)), default="info",
@@ -532,6 +553,13 @@ def build_config(opts: dict[str, Any]) -> ServerConfig:
             ping_timeout=opts.pop("ws_ping_timeout"),
             per_message_deflate=opts.pop("ws_per_message_deflate"),
         )
-        return ServerConfig(limits=limits, websocket=websocket, **opts)
+        http2 = Http2Settings(
+            mode=opts.pop("http_mode"),
+            max_concurrent_streams=opts.pop("h2_max_concurrent_streams"),
+            initial_window_size=opts.pop("h2_initial_window_size"),
+            max_frame_size=opts.pop("h2_max_frame_size"),
+            max_header_list_size=opts.pop("h2_max_header_list_size"),
+        )
+        return ServerConfig(limits=limits, websocket=websocket, http2=http2, **opts)
     except ConfigError as exc:
         raise click.UsageError(str(exc)) from exc

@@ -67,6 +67,32 @@ class WebSocketSettings:
     per_message_deflate: bool = True
 
 
+HttpMode = Literal["auto", "1", "2"]
+
+
+@dataclass(frozen=True, slots=True)
+class Http2Settings:
+    """How HTTP/2 connections are served (``--http``, ``--h2-*``).
+
+    The limits are what this server advertises in its SETTINGS frame: a client
+    that goes past them is refused by the ``h2`` library (a stream error or GOAWAY).
+    """
+
+    #: "auto": HTTP/1.1 and HTTP/2 (h2c with prior knowledge, ALPN ``h2`` on TLS);
+    #: "1": HTTP/1.1 only; "2": HTTP/2 only
+    mode: HttpMode = "auto"
+    #: streams one connection may have open at once (SETTINGS_MAX_CONCURRENT_STREAMS)
+    max_concurrent_streams: int = 100
+    #: bytes of request body a stream may send before the application reads it
+    #: (SETTINGS_INITIAL_WINDOW_SIZE; the connection's window follows the streams')
+    initial_window_size: int = 65535
+    #: largest frame payload accepted (SETTINGS_MAX_FRAME_SIZE, 16384..16777215)
+    max_frame_size: int = 16384
+    #: largest decoded request header list, in bytes (SETTINGS_MAX_HEADER_LIST_SIZE):
+    #: the bound that defeats HPACK bombs
+    max_header_list_size: int = 65536
+
+
 #: ServerConfig fields never written to a worker's environment (see ServerConfig.to_json)
 SECRET_FIELDS = ("ssl_keyfile_password", "admin_token")
 #: ServerConfig fields only the supervisor uses: a worker gets their defaults
@@ -134,6 +160,7 @@ class ServerConfig:
     loop: LoopName = "auto"
     limits: RequestLimits = field(default_factory=RequestLimits)
     websocket: WebSocketSettings = field(default_factory=WebSocketSettings)
+    http2: Http2Settings = field(default_factory=Http2Settings)
     access_log: bool = True
     log_level: LogLevel = "info"
     #: seconds a stop waits for in-flight requests before cancelling them
@@ -340,6 +367,21 @@ class ServerConfig:
         if self.websocket.ping_interval is not None:
             _positive("--ws-ping-interval", self.websocket.ping_interval)
         _positive("--ws-ping-timeout", self.websocket.ping_timeout)
+        h2 = self.http2
+        if h2.mode not in ("auto", "1", "2"):
+            raise ConfigError(f"--http must be auto, 1 or 2, got {h2.mode!r}")
+        if not 1 <= h2.max_concurrent_streams <= 2**31 - 1:
+            raise ConfigError("--h2-max-concurrent-streams must be at least 1, got "
+                              f"{h2.max_concurrent_streams}")
+        if not 1 <= h2.initial_window_size <= 2**31 - 1:
+            raise ConfigError("--h2-initial-window-size must be 1..2147483647, got "
+                              f"{h2.initial_window_size}")
+        if not 16384 <= h2.max_frame_size <= 16777215:
+            raise ConfigError("--h2-max-frame-size must be 16384..16777215, got "
+                              f"{h2.max_frame_size}")
+        if h2.max_header_list_size < 1024:
+            raise ConfigError("--h2-max-header-list-size must be at least 1024, got "
+                              f"{h2.max_header_list_size}")
         if self.limits.request_body is not None and self.limits.request_body < 0:
             raise ConfigError(
                 f"--limit-request-body must be non-negative, got {self.limits.request_body}"
@@ -370,6 +412,7 @@ class ServerConfig:
         fields = json.loads(text)
         fields["limits"] = RequestLimits(**fields["limits"])
         fields["websocket"] = WebSocketSettings(**fields["websocket"])
+        fields["http2"] = Http2Settings(**fields["http2"])
         fields["meta"] = tuple(tuple(pair) for pair in fields["meta"])
         for name in ("reload_dirs", "reload_includes", "reload_excludes"):
             fields[name] = tuple(fields[name])

@@ -45,8 +45,6 @@ FLAGS: tuple[ForeignFlag, ...] = (
     _f("uvicorn", "--h11-max-incomplete-event-size",
        "--limit-request-line --limit-request-fields --limit-request-field-size",
        "the request head is bounded by these three"),
-    _f("uvicorn", "--http", "", "tether has one HTTP/1.1 implementation (httptools); "
-       "there is nothing to choose"),
     _f("uvicorn", "--ws", "", "tether has one WebSocket implementation (the websockets "
        "library's sans-I/O core); --ws-max-size, --ws-ping-interval, --ws-ping-timeout and "
        "--ws-per-message-deflate are the same as uvicorn's"),

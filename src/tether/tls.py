@@ -51,8 +51,10 @@ CERT_REQS = {"none": ssl.CERT_NONE, "optional": ssl.CERT_OPTIONAL, "required": s
 def server_context(
     certfile: str, keyfile: str | None, *, password: str | None = None,
     ca_certs: str | None = None, cert_reqs: str = "none", ciphers: str | None = None,
+    alpn: tuple[str, ...] = ("http/1.1",),
 ) -> ssl.SSLContext:
-    """A server context for ``--ssl-*``; raises ConfigError with the reason if unusable."""
+    """A server context for ``--ssl-*``; raises ConfigError with the reason if unusable.
+    ``alpn``: the protocols offered, most preferred first (``h2`` when HTTP/2 is on)."""
     ctx = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
     ctx.minimum_version = ssl.TLSVersion.TLSv1_2
     for flag, path in (("--ssl-certfile", certfile), ("--ssl-keyfile", keyfile)):
@@ -81,7 +83,7 @@ def server_context(
             ctx.set_ciphers(ciphers)
         except ssl.SSLError as exc:
             raise ConfigError(f"--ssl-ciphers: no usable cipher in {ciphers!r}") from exc
-    ctx.set_alpn_protocols(["http/1.1"])
+    ctx.set_alpn_protocols(list(alpn))
     ctx.sni_callback = _record_sni
     ctx.sslobject_class = _HandshakeLoggingSSLObject
     return ctx

@@ -53,6 +53,9 @@ if TYPE_CHECKING:
 error_log = logging.getLogger("tether.error")
 
 _DISCONNECT: Final = {"type": "http.disconnect"}
+# RequestCycle.trailers: none declared, declared (the body goes on), body done (next)
+_TRAILERS_DECLARED: Final = 1
+_TRAILERS_NEXT: Final = 2
 
 
 class Channel(Protocol):
@@ -99,6 +102,12 @@ class Channel(Protocol):
 
     def response_complete(self, cycle: RequestCycle) -> None:
         """The last response byte of ``cycle`` has been written."""
+
+    def send_trailers(self, cycle: RequestCycle, fields: list[tuple[bytes, bytes]],
+                      more: bool) -> None:
+        """Trailer fields after the body (the ``http.response.trailers`` extension);
+        ``more`` False: the last ones, which end the response. The body before them
+        was sent with ``more`` True, so its framing is still open."""
 
 
 def build_scope(
@@ -162,6 +171,7 @@ class RequestCycle:
         "disconnected",
         "expect_100",
         "expected_length",
+        "failure",
         "final_delivered",
         "flush_handle",
         "head",
@@ -179,6 +189,7 @@ class RequestCycle:
         "started_at",
         "status",
         "task",
+        "trailers",
         "waiter",
     )
 
@@ -221,6 +232,12 @@ class RequestCycle:
         self.sent_length = 0
         self.bytes_sent = 0
         self.response_complete = False
+        #: the application declared trailers (ASGI ``http.response.trailers``): 1 until
+        #: its body ends, then 2 until its last trailers message
+        self.trailers = 0
+        #: the status an unfinishable response would have had (a cut gRPC stream
+        #: still reports it in its trailers: server/grpc.py)
+        self.failure = 500
         self.logged = False
         self.started_at = perf_counter()  # uvloop's loop.time() ticks in milliseconds
         self.deadline = deadline
@@ -317,6 +334,7 @@ class RequestCycle:
                 "%d %s (client %s)", rejection.status, rejection.detail,
                 self.client_label,
             )
+            self.failure = rejection.status
             self.channel.cut(self)
         self.on_disconnect()
 
@@ -372,10 +390,16 @@ class RequestCycle:
             return
         if self.response_complete:
             raise RuntimeError(f"unexpected ASGI message {mtype!r} after the response completed")
-        if mtype != "http.response.body":
-            raise RuntimeError(f"expected ASGI message 'http.response.body', got {mtype!r}")
+        if mtype != "http.response.body" or self.trailers == _TRAILERS_NEXT:
+            self._send_trailers(message, mtype)
+            return
         body: bytes = message.get("body", b"")
         more: bool = message.get("more_body", False)
+        if not more and self.trailers:
+            # The body ends, the response does not: its trailers follow, so the
+            # channel keeps the body's framing open.
+            self.trailers = _TRAILERS_NEXT
+            more = True
         channel = self.channel
         if self.head_written:
             if self.expected_length is not None:
@@ -400,6 +424,30 @@ class RequestCycle:
             await channel.drain()
             if self.disconnected:
                 raise ClientDisconnected(f"client {self.client_label} disconnected")
+
+    def _send_trailers(self, message: Message, mtype: str) -> None:
+        """``http.response.trailers``: only after a start that declared them and the
+        end of the body (ASGI spec, HTTP Trailers extension)."""
+        if mtype != "http.response.trailers":
+            raise RuntimeError(f"expected ASGI message 'http.response.trailers', got {mtype!r}")
+        if self.trailers != _TRAILERS_NEXT:
+            raise RuntimeError(
+                "ASGI message 'http.response.trailers' needs 'trailers': True in "
+                "'http.response.start' and must follow the last body message")
+        fields: list[tuple[bytes, bytes]] = []
+        for name, value in message.get("headers", ()):
+            reason = wire.invalid_header(name, value)
+            if reason is not None:
+                raise RuntimeError(f"ASGI application sent {reason} (trailers)")
+            fields.append((bytes(name).lower(), bytes(value)))
+        more: bool = message.get("more_trailers", False)
+        if self.expected_length is not None and not (self.no_body or self.chunked) \
+                and self.sent_length != self.expected_length:
+            self._finish()  # the short body is cut there, as without trailers
+            return
+        self.channel.send_trailers(self, fields, more)
+        if not more:
+            self._finish()
 
     def _count_body(self, body: bytes) -> None:
         """Hold the application to the Content-Length it declared (or tether chose)."""
@@ -444,6 +492,8 @@ class RequestCycle:
         self.status = status
         self.head = head
         self.no_body = not may_have_body(status, self.head_request)
+        if message.get("trailers", False):
+            self.trailers = _TRAILERS_DECLARED
         # Defer the head by one loop turn: the body usually follows at once and goes
         # out in the same write (one syscall); a slow body still gets an early head.
         self.flush_handle = channel.loop.call_soon(self._flush_head)
@@ -476,8 +526,12 @@ class RequestCycle:
         self._log()
         self.channel.response_complete(self)
 
-    def _fail_mid_response(self, reason: str, *, quiet: bool = False) -> None:
-        """The head is on the wire and the body cannot be completed: cut it."""
+    def _fail_mid_response(self, reason: str, *, quiet: bool = False,
+                           status: int = 500) -> None:
+        """The head is on the wire and the body cannot be completed: cut it.
+        ``status``: what the response would have been answered with had nothing
+        been sent (``failure``)."""
+        self.failure = status
         if not quiet:
             error_log.error("%s; closing connection (client %s)", reason,
                             self.client_label)
@@ -575,7 +629,7 @@ class RequestCycle:
         detail = ending.detail if exc is None else detail_of(ending, exc)
         if ending.aborts_started and self.head_written:
             if not (self.response_complete or self.disconnected):
-                self._fail_mid_response(detail, quiet=True)
+                self._fail_mid_response(detail, quiet=True, status=ending.status)
             return
         self._fail_unanswered(ending.status, detail, ending.retry_after)
 
@@ -583,7 +637,8 @@ class RequestCycle:
         if self.response_complete or self.disconnected:
             return
         if self.head_written:
-            self._fail_mid_response(f"ASGI application failed mid-response ({detail})")
+            self._fail_mid_response(f"ASGI application failed mid-response ({detail})",
+                                    status=status)
             return
         self._cancel_flush()
         self.status = status

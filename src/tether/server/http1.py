@@ -37,6 +37,7 @@ from tether.deadline import GRPC_HEADER_BYTES, HEADER_BYTES, NO_DEADLINE, Deadli
 from tether.server import forwarded, framing, request_head, wire
 from tether.server.cycle import RequestCycle, ServerOptionsCycle, build_scope
 from tether.server.framing import Framing
+from tether.server.http2 import PREFACE, Http2Connection
 from tether.server.request_head import RequestRejected, ServerOptions
 from tether.server.state import ServerState, TimerKind
 from tether.server.websocket import WebSocketCycle, handshake
@@ -54,6 +55,9 @@ _LOGGED_TARGET_MAX: Final = 256
 _UPGRADE_WEBSOCKET: Final = b"upgrade: websocket\r\nsec-websocket-version: 13\r\n"
 _WELL_FORMED_VERSION: Final = re.compile(rb" HTTP/[0-9]\.[0-9]\r?\n")
 _OWS: Final = b" \t"
+#: enough of the HTTP/2 preface to tell it from an HTTP/1.x request ("PRI" is no
+#: method an HTTP/1.1 application serves)
+_PREFACE_START: Final = PREFACE[:3]
 
 # Host values already checked (clients send the same few again and again): most
 # requests skip the regex. Bounded: a client sending random hosts only clears it.
@@ -133,6 +137,8 @@ class HttpProtocol(asyncio.Protocol):
         #: the trust list when the peer's proxy headers are believed, else None
         #: (decided once, when it connects: nothing per request for anyone else)
         self.proxy_trust: forwarded.TrustList | None = None
+        #: the first read is still to come and may be the HTTP/2 preface (--http auto|2)
+        self.sniff = state.http2.mode != "1"
 
     # -- asyncio.Protocol ---------------------------------------------------------
 
@@ -152,6 +158,9 @@ class HttpProtocol(asyncio.Protocol):
         if sslobj is not None:
             self.scheme = "https"
             self.extensions = {"tls": tls_extension(sslobj)}
+            if sslobj.selected_alpn_protocol() == "h2":
+                self._become_http2(b"")
+                return
         # A new connection must deliver its first request head within header_timeout;
         # a draining worker waits this long for it too instead of closing early.
         self._set_timer(TIMER_HEAD, self.limits.header_timeout)
@@ -177,6 +186,16 @@ class HttpProtocol(asyncio.Protocol):
         if self.upgraded is not None:
             self.upgraded.feed(data)
             return
+        if self.sniff:
+            self.sniff = False
+            if data[:3] == _PREFACE_START:  # h2c with prior knowledge (RFC 9113 3.3)
+                self._become_http2(data)
+                return
+            if self.state.http2.mode == "2":
+                self._reject(RequestRejected(
+                    505, "This server speaks HTTP/2 only (--http 2): use prior knowledge "
+                         "or TLS with ALPN h2"))
+                return
         head_before = self._head_number if self._in_head else -1
         try:
             self.parser.feed_data(data)
@@ -223,6 +242,14 @@ class HttpProtocol(asyncio.Protocol):
     def resume_writing(self) -> None:
         self.write_paused = False
         self._wake_writer()
+
+    def _become_http2(self, data: bytes) -> None:
+        """Hand the connection to HTTP/2 (``http2.py``), with what was read of it."""
+        self.closed = True  # this protocol object is done; the connection is not
+        self.state.connections.discard(self)
+        conn = Http2Connection(self)
+        self.transport.set_protocol(conn)
+        conn.start(data)
 
     # -- httptools callbacks ------------------------------------------------------
 
@@ -499,6 +526,19 @@ class HttpProtocol(asyncio.Protocol):
             self.transport.write(out)
             cycle.bytes_sent += len(out)
 
+    def send_trailers(self, cycle: RequestCycle, fields: list[tuple[bytes, bytes]],
+                      more: bool) -> None:
+        """Trailers end a chunked body (RFC 9112 section 7.1.2); a body framed by length
+        cannot carry them, so they are dropped there. (HTTP/1.1 does not advertise the
+        trailers extension: an application uses it on HTTP/2, where gRPC needs it.)
+        Only the last ``http.response.trailers`` message's fields are written."""
+        if more or cycle.no_body or not cycle.chunked:
+            return
+        out = b"0\r\n" + b"".join(name + b": " + value + b"\r\n" for name, value in fields) \
+            + b"\r\n"
+        self.transport.write(out)
+        cycle.bytes_sent += len(out)
+
     def send_error(self, cycle: RequestCycle, status: int, detail: str, retry_after: bool) -> None:
         out = wire.error_response(status, detail, self.state.default_head,
                                   _RETRY_AFTER if retry_after else b"")
@@ -619,6 +659,9 @@ class HttpProtocol(asyncio.Protocol):
         """The worker is leaving: an open WebSocket session is closed with ``code``."""
         if self.upgraded is not None:
             self.upgraded.going_away(code, reason)
+
+    def begin_drain(self) -> None:
+        """Nothing to announce on HTTP/1.1: each response says ``connection: close``."""
 
     def check_timer(self, now: float) -> None:
         kind = self.timer_kind

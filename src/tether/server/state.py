@@ -18,7 +18,7 @@ from typing import TYPE_CHECKING, Any, Protocol
 
 from tether.admission import AdmissionGate
 from tether.asgi import ASGIApp
-from tether.config import RequestLimits, WebSocketSettings
+from tether.config import Http2Settings, RequestLimits, WebSocketSettings
 from tether.deadline import Deadline
 from tether.metrics import HttpMetrics
 from tether.server import wire
@@ -47,7 +47,9 @@ class TimerKind(enum.Enum):
 class Connection(Protocol):
     """What the worker needs of an open connection, whatever its protocol."""
 
-    cycle: RequestCycle | None  # the request being answered, if any
+    @property
+    def cycle(self) -> RequestCycle | None:
+        """The request being answered, if any."""
     transport: asyncio.Transport
     upgraded: WebSocketCycle | None  # the WebSocket session it became, if any
 
@@ -55,6 +57,9 @@ class Connection(Protocol):
 
     def going_away(self, code: int, reason: str) -> None:
         """The worker is leaving: close an open WebSocket session with ``code``."""
+
+    def begin_drain(self) -> None:
+        """The worker is leaving: say so now if the protocol can (HTTP/2's GOAWAY)."""
 
     def close(self) -> None: ...
 
@@ -74,6 +79,7 @@ class ServerState:
         cancel_on_disconnect: bool = True,
         admission: AdmissionGate | None = None,
         websocket: WebSocketSettings | None = None,
+        http2: Http2Settings | None = None,
         forwarded_trust: TrustList | None = None,
         defaults: wire.ResponseDefaults | None = None,
         access_fields: bool = False,
@@ -94,6 +100,7 @@ class ServerState:
         self.cancel_on_disconnect = cancel_on_disconnect
         self.admission = admission
         self.websocket = websocket if websocket is not None else WebSocketSettings()
+        self.http2 = http2 if http2 is not None else Http2Settings()
         #: WebSocket sessions: opened, messages_in/out, closed_<code>
         self.websocket_counts: Counter[str] = Counter()
         #: whose proxy headers are believed (None: --no-proxy-headers)

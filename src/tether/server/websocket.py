@@ -476,9 +476,10 @@ class WebSocketCycle(RequestCycle):
             # returned without accepting: ASGI says the handshake is refused with 403
             self._fail_unanswered(403, "WebSocket connection refused")
 
-    def _fail_mid_response(self, reason: str, *, quiet: bool = False) -> None:
+    def _fail_mid_response(self, reason: str, *, quiet: bool = False,
+                           status: int = 500) -> None:
         if not self.opened:
-            super()._fail_mid_response(reason, quiet=quiet)
+            super()._fail_mid_response(reason, quiet=quiet, status=status)
             return
         self._close_for(INTERNAL_ERROR, reason, quiet)
 

@@ -86,6 +86,7 @@ class Worker:
             admission=None if config.limit_concurrency is None
             else AdmissionGate(config.limit_concurrency),
             websocket=config.websocket,
+            http2=config.http2,
             forwarded_trust=config.forwarded_trust,
             defaults=wire.ResponseDefaults(server=config.server_header, date=config.date_header,
                                            headers=config.headers),
@@ -158,6 +159,8 @@ class Worker:
         graceful_until = loop.time() + budget.graceful
         state = self.state
         state.draining = True
+        for conn in list(state.connections):
+            conn.begin_drain()  # HTTP/2: the first GOAWAY, before the backlog is served
         served_before = state.total_requests
         for server in self.servers:
             server.close()
@@ -190,8 +193,8 @@ class Worker:
         # What is left now is idle (the grace period ended before its keep-alive
         # timer) or was just cancelled: close it, the grace period bounds the stop.
         for conn in list(state.connections):
-            if conn.cycle is None and not forced:
-                conn.close()
+            if conn.cycle is None and (not forced or conn.upgraded is None):
+                conn.close()  # (after a forced stop too: the 503s written go out first)
             else:
                 conn.transport.abort()
         if self._sweeper is not None:
@@ -413,6 +416,11 @@ class Worker:
         state.on_request_done = count
 
 
+#: what ALPN offers for each --http mode, most preferred first
+ALPN: dict[str, tuple[str, ...]] = {
+    "auto": ("h2", "http/1.1"), "1": ("http/1.1",), "2": ("h2",)}
+
+
 def server_ssl_context(config: ServerConfig) -> ssl.SSLContext | None:
     """The listener's TLS context from ``--ssl-*``, or None for plain HTTP."""
     if config.ssl_certfile is None:
@@ -420,6 +428,7 @@ def server_ssl_context(config: ServerConfig) -> ssl.SSLContext | None:
     return server_context(
         config.ssl_certfile, config.ssl_keyfile, password=config.ssl_keyfile_password,
         ca_certs=config.ssl_ca_certs, cert_reqs=config.ssl_cert_reqs, ciphers=config.ssl_ciphers,
+        alpn=ALPN[config.http2.mode],
     )
 
 
