@@ -39,7 +39,8 @@ NEW_STATUS: dict[str, Any] = {
     "counters": {"cancelled_disconnect": 3, "cancelled_deadline": 1, "queue_shed": 0},
     "workers": [
         {"id": 1, "pid": 50001, "state": "ready", "age_seconds": 10.2, "requests": 1234,
-         "in_flight": 2, "connections": 5, "websockets": 3,
+         "in_flight": 2, "connections": 5, "websockets": 3, "h2_connections": 2,
+         "h2_streams": 7,
          "clusters": [{"service": "orders", "providers": [
              {"address": "127.0.0.1:9001", "state": "alive", "outstanding": 0, "failures": 0}],
              "ejections": 0, "evictions": 0, "retries": 2, "requests": 100}],
@@ -97,8 +98,10 @@ def test_render_shows_workers_clusters_pools_and_counters() -> None:
     text = text_of(NEW_STATUS)
     assert "pid 4242" in text and "serving" in text and "1h02m05s" in text
     assert "registered 127.0.0.1:8001" in text
-    assert cells(text, "50001") == ["1", "50001", "ready", "10.2s", "1,234", "2", "5", "3"]
-    assert cells(text, "50002") == ["2", "50002", "draining", "1m39s", "7", "0", "1", "-"]
+    assert cells(text, "50001") == ["1", "50001", "ready", "10.2s", "1,234", "2", "5", "3",
+                                    "2", "7"]
+    assert cells(text, "50002") == ["2", "50002", "draining", "1m39s", "7", "0", "1", "-",
+                                    "-", "-"]
     # Every worker agrees on 9001; they disagree on 9002.
     assert "alive \u00d72" in row_with(text, "127.0.0.1:9001 ")
     assert "alive 1 / retrying 1" in row_with(text, "127.0.0.1:9002")
@@ -119,7 +122,8 @@ def test_render_shows_workers_clusters_pools_and_counters() -> None:
 def test_render_an_older_server_without_the_new_keys() -> None:
     text = text_of(OLD_STATUS)
     # connections: not reported by an older server
-    assert cells(text, "60003") == ["3", "60003", "ready", "12.0s", "5", "0", "-", "-"]
+    assert cells(text, "60003") == ["3", "60003", "ready", "12.0s", "5", "0", "-", "-", "-",
+                                    "-"]
     assert "stopping" in text
     assert "registered no" in text
     assert "no clusters" in text and "no pools" in text and "no counters" in text

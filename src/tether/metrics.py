@@ -51,6 +51,19 @@ FAMILIES: Final[dict[str, tuple[str, str]]] = {
     "tether_websocket_messages_total": ("counter", "WebSocket messages, by direction."),
     "tether_websocket_closes_total": (
         "counter", "WebSocket sessions ended, by close code (1006: the client vanished)."),
+    "tether_http2_connections": ("gauge", "Open HTTP/2 connections."),
+    "tether_http2_streams_open": ("gauge", "HTTP/2 streams open now."),
+    "tether_http2_connections_opened_total": ("counter", "HTTP/2 connections begun."),
+    "tether_http2_streams_total": (
+        "counter", "HTTP/2 streams opened by clients, by protocol (http, grpc)."),
+    "tether_http2_resets_received_total": (
+        "counter", "RST_STREAM frames received (each cancels its stream's handler)."),
+    "tether_http2_goaways_sent_total": ("counter", "GOAWAY frames sent."),
+    "tether_http2_refused_streams_total": (
+        "counter", "Streams refused with REFUSED_STREAM after the last GOAWAY."),
+    "tether_http2_connections_ended_total": (
+        "counter", "HTTP/2 connections ended for what the client did, by reason "
+        "(flood, protocol_error, window_timeout)."),
     "tether_fd_limit_reached_total": (
         "counter", "Once-a-second checks that found a worker at its file-descriptor limit "
         "(new connections refused)."),
@@ -109,6 +122,15 @@ COUNTER_SERIES: Final[dict[str, str]] = {
     "queue_expired": 'tether_admission_dropped_total{reason="expired"}',
     "queue_shed": 'tether_admission_dropped_total{reason="shed"}',
     "fd_limit_reached": "tether_fd_limit_reached_total",
+    "h2_connections": "tether_http2_connections_opened_total",
+    "h2_streams": 'tether_http2_streams_total{protocol="http"}',
+    "h2_grpc_streams": 'tether_http2_streams_total{protocol="grpc"}',
+    "h2_resets_received": "tether_http2_resets_received_total",
+    "h2_goaways_sent": "tether_http2_goaways_sent_total",
+    "h2_refused_streams": "tether_http2_refused_streams_total",
+    "h2_floods": 'tether_http2_connections_ended_total{reason="flood"}',
+    "h2_protocol_errors": 'tether_http2_connections_ended_total{reason="protocol_error"}',
+    "h2_window_timeouts": 'tether_http2_connections_ended_total{reason="window_timeout"}',
     "db_queries": "tether_db_queries_total",
     "db_queries_cancelled": "tether_db_queries_cancelled_total",
     "db_connections_opened": "tether_db_connections_opened_total",

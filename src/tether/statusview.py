@@ -169,13 +169,14 @@ def _workers(workers: list[Mapping[str, Any]]) -> RenderableType:
     if not workers:
         return _empty("workers")
     table = _table("Workers", "id", "pid", "state", "age", "requests", "in flight",
-                   "connections", "websockets")
+                   "connections", "websockets", "h2 conns", "h2 streams")
     for w in workers:
         table.add_row(
             _plain(w.get("id")), _plain(w.get("pid")), _state(str(w.get("state", MISSING))),
             Text(_duration(w.get("age_seconds"))), _count(w.get("requests")),
             _count(w.get("in_flight")), _count(w.get("connections")),
-            _count(w.get("websockets")),
+            _count(w.get("websockets")), _count(w.get("h2_connections")),
+            _count(w.get("h2_streams")),
         )
     return table
 

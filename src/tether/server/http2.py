@@ -372,6 +372,11 @@ class Http2Connection(asyncio.Protocol):
                 return stream.cycle
         return None
 
+    @property
+    def open_streams(self) -> int:
+        """Streams whose response is not complete yet (``/status``)."""
+        return sum(1 for stream in self.streams.values() if not stream.ended)
+
     def going_away(self, code: int, reason: str) -> None:
         """WebSocket sessions only: HTTP/2 streams leave by GOAWAY (begin_drain)."""
 
@@ -484,7 +489,6 @@ class Http2Connection(asyncio.Protocol):
     def _on_request(self, event: h2.events.RequestReceived) -> None:
         stream_id: int = event.stream_id
         state = self.state
-        state.counters["h2_streams"] += 1
         if stream_id > self.last_stream_id:
             # After the last GOAWAY: never started here, so safe to retry elsewhere.
             state.counters["h2_refused_streams"] += 1
@@ -532,6 +536,7 @@ class Http2Connection(asyncio.Protocol):
             headers.insert(0, (b"host", authority))
         stream = Http2Stream(self, stream_id, grpc.is_grpc(content_type))
         self.streams[stream_id] = stream
+        state.counters["h2_grpc_streams" if stream.grpc else "h2_streams"] += 1
         if len(headers) > limits.request_fields:
             rejection = RequestRejected(431, "Too many request header fields")
         if rejection is not None:

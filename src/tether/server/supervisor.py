@@ -91,6 +91,9 @@ class WorkerHandle:
     report: dict[str, Any] = field(default_factory=dict)
     connections: int = 0
     websockets: int = 0
+    #: open HTTP/2 connections and their open streams
+    h2_connections: int = 0
+    h2_streams: int = 0
     #: the worker's Prometheus series: monotonic ones, and gauges (tether.metrics)
     metrics: dict[str, float] = field(default_factory=dict)
     gauges: dict[str, float] = field(default_factory=dict)
@@ -305,6 +308,8 @@ class Supervisor:
             worker.in_flight = int(message.get("in_flight", 0))
             worker.connections = int(message.get("connections", 0))
             worker.websockets = int(message.get("websockets", 0))
+            worker.h2_connections = int(message.get("h2_connections", 0))
+            worker.h2_streams = int(message.get("h2_streams", 0))
             worker.metrics = dict(message.get("metrics", {}))
             worker.gauges = dict(message.get("gauges", {}))
             worker.status = dict(message.get("status", {}))
@@ -689,6 +694,8 @@ class Supervisor:
                     "in_flight": w.in_flight,
                     "connections": w.connections,
                     "websockets": w.websockets,
+                    "h2_connections": w.h2_connections,
+                    "h2_streams": w.h2_streams,
                     "clusters": w.status.get("clusters", []),
                     "pools": w.status.get("pools", []),
                 }

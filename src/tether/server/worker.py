@@ -39,6 +39,7 @@ from tether.server import sockets as sockets_mod
 from tether.server.control import ControlChannel
 from tether.server.fdlimit import FdLimitWatch
 from tether.server.http1 import HttpProtocol
+from tether.server.http2 import Http2Connection
 from tether.server.lifespan import Lifespan
 from tether.server.state import ServerState
 from tether.server.websocket import GOING_AWAY, SERVICE_RESTART, websocket_values
@@ -367,6 +368,8 @@ class Worker:
                 "heartbeat", requests=state.total_requests, in_flight=len(state.tasks),
                 connections=len(state.connections),
                 websockets=int(gauges["tether_websocket_sessions"]),  # (one count, not two)
+                h2_connections=int(gauges["tether_http2_connections"]),
+                h2_streams=int(gauges["tether_http2_streams_open"]),
                 metrics=self.metric_counters(), gauges=gauges,
                 status=metrics.PROCESS.status(),
             )
@@ -391,9 +394,21 @@ class Worker:
         return sum(1 for conn in self.state.connections
                    if conn.upgraded is not None and conn.upgraded.is_open)
 
+    def http2_counts(self) -> tuple[int, int]:
+        """Open HTTP/2 connections, and their open streams."""
+        connections = streams = 0
+        for conn in self.state.connections:
+            if isinstance(conn, Http2Connection):
+                connections += 1
+                streams += conn.open_streams
+        return connections, streams
+
     def metric_gauges(self) -> metrics.Values:
         state = self.state
+        h2_connections, h2_streams = self.http2_counts()
         return {
+            "tether_http2_connections": h2_connections,
+            "tether_http2_streams_open": h2_streams,
             "tether_http_requests_in_flight": len(state.tasks),
             "tether_http_connections": len(state.connections),
             "tether_websocket_sessions": self.websocket_sessions(),
