@@ -55,6 +55,7 @@ from tether.proxy_config import ProxyConfig, Upstream
 from tether.proxy_websocket import forward_websocket
 from tether.registry.base import Registry
 from tether.registry.urls import open_registry
+from tether.server import grpc
 
 logger = logging.getLogger("tether.proxy")
 
@@ -269,6 +270,15 @@ class Proxy:
         if route is None:
             await _answer(send, 404, f"no route for {path}\n")
             return
+        if scope["http_version"] == "2" and _is_grpc_call(scope):
+            # Upstreams are reached over HTTP/1.1, which cannot carry gRPC (it needs
+            # trailers): say so as gRPC does, instead of a response no client reads.
+            logger.warning("%s %s: gRPC call not forwarded: upstream %s is HTTP/1.1",
+                           scope["method"], path, route.upstream)
+            await _answer_grpc(send, grpc.UNIMPLEMENTED,
+                               f"tether proxy reaches upstream {route.upstream} over "
+                               "HTTP/1.1, which cannot carry gRPC: call the service directly")
+            return
         received = received_headers(scope)
         headers = request_headers(scope, received, route.host)
         target = route.upstream_path(scope["raw_path"].decode("latin-1") or path, path)
@@ -353,6 +363,20 @@ class Proxy:
     def _failed(method: str, path: str, upstream: str, exc: Exception, started: bool) -> None:
         when = "mid-response" if started else "before responding"
         logger.warning("%s %s: upstream %s failed %s: %s", method, path, upstream, when, exc)
+
+
+def _is_grpc_call(scope: Scope) -> bool:
+    for name, value in scope["headers"]:
+        if name == b"content-type":
+            return grpc.is_grpc(value)
+    return False
+
+
+async def _answer_grpc(send: Send, code: int, message: str) -> None:
+    """A gRPC trailers-only response: HTTP 200, the outcome in ``grpc-status``."""
+    await send({"type": "http.response.start", "status": 200, "headers": [
+        (b"content-type", grpc.GRPC_CONTENT_TYPE), *grpc.code_fields(code, message)]})
+    await send({"type": "http.response.body", "body": b""})
 
 
 async def _answer(send: Send, status: int, text: str, *, retry_after: bool = False) -> None:

@@ -68,6 +68,12 @@ def code_for(http_status: int) -> int:
 
 
 def status_fields(http_status: int, detail: str) -> list[tuple[bytes, bytes]]:
-    """``grpc-status`` and ``grpc-message`` (percent-encoded, as the spec requires)."""
-    return [(b"grpc-status", b"%d" % code_for(http_status)),
-            (b"grpc-message", quote(detail, safe=" !#$&'()*+,/:;=?@[]~").encode("ascii"))]
+    """``grpc-status`` and ``grpc-message`` for an answer tether would otherwise give
+    with ``http_status``."""
+    return code_fields(code_for(http_status), detail)
+
+
+def code_fields(code: int, message: str) -> list[tuple[bytes, bytes]]:
+    """``grpc-status: code`` and ``grpc-message`` (percent-encoded, as the spec says)."""
+    return [(b"grpc-status", b"%d" % code),
+            (b"grpc-message", quote(message, safe=" !#$&'()*+,/:;=?@[]~").encode("ascii"))]
