@@ -59,6 +59,8 @@ FAMILIES: Final[dict[str, tuple[str, str]]] = {
     "tether_http2_resets_received_total": (
         "counter", "RST_STREAM frames received (each cancels its stream's handler)."),
     "tether_http2_goaways_sent_total": ("counter", "GOAWAY frames sent."),
+    "tether_http2_malformed_requests_total": (
+        "counter", "HTTP/2 requests reset as malformed (RFC 9113 8.1.1)."),
     "tether_http2_refused_streams_total": (
         "counter", "Streams refused with REFUSED_STREAM after the last GOAWAY."),
     "tether_http2_connections_ended_total": (
@@ -127,6 +129,7 @@ COUNTER_SERIES: Final[dict[str, str]] = {
     "h2_grpc_streams": 'tether_http2_streams_total{protocol="grpc"}',
     "h2_resets_received": "tether_http2_resets_received_total",
     "h2_goaways_sent": "tether_http2_goaways_sent_total",
+    "h2_malformed": "tether_http2_malformed_requests_total",
     "h2_refused_streams": "tether_http2_refused_streams_total",
     "h2_floods": 'tether_http2_connections_ended_total{reason="flood"}',
     "h2_protocol_errors": 'tether_http2_connections_ended_total{reason="protocol_error"}',

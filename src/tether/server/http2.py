@@ -52,8 +52,9 @@ from h2.errors import ErrorCodes
 from hyperframe.frame import GoAwayFrame
 
 from tether.deadline import GRPC_HEADER_BYTES, HEADER_BYTES, NO_DEADLINE
-from tether.server import forwarded, grpc, request_head, wire
+from tether.server import forwarded, grpc, h2_fields, request_head, wire
 from tether.server.cycle import RequestCycle, ServerOptionsCycle, build_scope
+from tether.server.hpack_encoder import StaticTableEncoder
 from tether.server.request_head import RequestRejected, ServerOptions
 
 if TYPE_CHECKING:
@@ -83,6 +84,8 @@ _CONFIG: Final = h2.config.H2Configuration(
     client_side=False, header_encoding=None,
     # tether builds its response headers from already validated ones (wire.py)
     validate_outbound_headers=False, normalize_outbound_headers=False,
+    # ... and checks request fields itself, once per distinct field (h2_fields.py)
+    validate_inbound_headers=False,
 )
 
 # The request fields the server itself reads (beyond the pseudo-headers).
@@ -323,6 +326,7 @@ class Http2Connection(asyncio.Protocol):
         # The HPACK decoder's bound applies from the first header block (h2 moves it
         # only when the client acknowledges the SETTINGS).
         conn.decoder.max_header_list_size = settings.max_header_list_size
+        conn.encoder = StaticTableEncoder()  # type: ignore[assignment]  # hpack_encoder.py
         conn.max_inbound_frame_size = settings.max_frame_size
         self.streams: dict[int, Http2Stream] = {}
         self.closed = False
@@ -503,17 +507,31 @@ class Http2Connection(asyncio.Protocol):
         cookies: list[bytes] = []
         limits = self.limits
         rejection: RequestRejected | None = None
-        for name, value in event.headers:
-            if name[0] == 58:  # b":"
+        malformed: str | None = None
+        regular_seen = False
+        for field in event.headers:
+            name, value = field
+            if name[:1] == b":":
+                if regular_seen or name not in h2_fields.PSEUDO_HEADERS:
+                    malformed = f"pseudo-header {name[:32]!r} misplaced or unknown"
+                    break
                 if name == b":method":
-                    method = value
+                    duplicate, method = method is not None, value
                 elif name == b":path":
-                    path = value
+                    duplicate, path = path is not None, value
                 elif name == b":scheme":
-                    scheme = value
-                elif name == b":authority":
-                    authority = value
+                    duplicate, scheme = scheme is not None, value
+                else:
+                    duplicate, authority = authority is not None, value
+                malformed = f"pseudo-header {name!r} repeated" if duplicate \
+                    else h2_fields.invalid_pseudo_value(name, value)
+                if malformed is not None:
+                    break
                 continue
+            regular_seen = True
+            malformed = h2_fields.invalid_field(field)
+            if malformed is not None:
+                break
             if len(name) + len(value) > limits.request_field_size:
                 rejection = RequestRejected(431, "Request header field too large")
             special = _SPECIAL_FIELDS.get(name)
@@ -530,6 +548,12 @@ class Http2Connection(asyncio.Protocol):
             elif special == _DEADLINE or self.proxy_trust is not None:
                 fields.append((name, value))
             headers.append((name, value))
+        if malformed is None and (method is None or (method != b"CONNECT" and (
+                scheme is None or not path))):
+            malformed = "no :method, :scheme or :path"
+        if malformed is not None:
+            self._malformed(stream_id, malformed)
+            return
         if cookies:
             headers.append((b"cookie", b"; ".join(cookies)))
         if authority is not None and not any(name == b"host" for name, _ in headers):
@@ -553,14 +577,19 @@ class Http2Connection(asyncio.Protocol):
             cycle.more_body = False
         cycle.start()
 
+    def _malformed(self, stream_id: int, reason: str) -> None:
+        """A malformed request (RFC 9113 8.1.1): reset its stream, logged once."""
+        error_log.warning("malformed HTTP/2 request: %s; stream %d reset (client %s)",
+                          reason, stream_id, self.client_label)
+        self.state.counters["h2_malformed"] += 1
+        self._reset_id(stream_id, ErrorCodes.PROTOCOL_ERROR)
+
     def _cycle_for(
         self, stream: Http2Stream, method: bytes | None, path: bytes | None,
         scheme: bytes | None, headers: list[tuple[bytes, bytes]],
         fields: list[tuple[bytes, bytes]], expect_100: bool,
     ) -> RequestCycle:
-        if method is None or path is None:
-            raise RequestRejected(400, "Invalid HTTP/2 request: no :method or :path")
-        if method == b"CONNECT":
+        if method is None or path is None or method == b"CONNECT":
             raise RequestRejected(501, "CONNECT is not supported by this server")
         if len(path) > self.limits.request_line:
             raise RequestRejected(414, "Request-URI too long")
