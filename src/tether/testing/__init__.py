@@ -1,0 +1,1 @@
+"""Helpers for testing and demonstrating services on tether (throwaway PostgreSQL)."""
