@@ -29,6 +29,7 @@ system-deps:
 	@bash scripts/system-deps.sh
 
 demo: $(STAMP)
+	@bash scripts/system-deps.sh postgresql
 	QUICK=$(QUICK) $(BIN)/python examples/demo.py
 
 lint: $(STAMP)

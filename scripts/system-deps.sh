@@ -21,6 +21,16 @@ command -v etcd >/dev/null 2>&1 || need+=(etcd-server)
 command -v chromium >/dev/null 2>&1 || need+=(chromium)
 command -v chromedriver >/dev/null 2>&1 || need+=(chromium-driver)
 
+# `system-deps.sh PACKAGE...`: only those of the missing packages (make demo needs only
+# postgresql; the whole list is for make test).
+if [ $# -gt 0 ]; then
+    only=()
+    for pkg in "${need[@]}"; do
+        for want in "$@"; do [ "$pkg" = "$want" ] && only+=("$pkg"); done
+    done
+    need=("${only[@]}")
+fi
+
 if [ ${#need[@]} -eq 0 ]; then
     exit 0
 fi

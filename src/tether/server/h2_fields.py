@@ -41,7 +41,8 @@ _VALID_MAX: Final = 4096
 
 
 def invalid_field(field: tuple[bytes, bytes]) -> str | None:
-    """Why a regular (non-pseudo) request field is malformed, or None."""
+    """Why a request field is malformed, or None. (A pseudo-header's name is the
+    caller's to check: whether it is known, placed first and not repeated.)"""
     if field in _valid:
         return None
     name, value = field
@@ -53,16 +54,8 @@ def invalid_field(field: tuple[bytes, bytes]) -> str | None:
     return reason
 
 
-def invalid_pseudo_value(name: bytes, value: bytes) -> str | None:
-    """Why a pseudo-header's value is malformed, or None."""
-    if _BAD_VALUE.search(value) or value.startswith(_EDGE_WHITESPACE) \
-            or value.endswith(_EDGE_WHITESPACE):
-        return f"invalid value of {name.decode('latin-1')}"
-    return None
-
-
 def _check(name: bytes, value: bytes) -> str | None:
-    if not name or _BAD_NAME.search(name):
+    if not name or (_BAD_NAME.search(name) and name not in PSEUDO_HEADERS):
         return f"invalid field name {name[:64]!r}"
     if name in _CONNECTION_SPECIFIC:
         return f"connection-specific field {name.decode('latin-1')!r}"

@@ -524,7 +524,7 @@ class Http2Connection(asyncio.Protocol):
                 else:
                     duplicate, authority = authority is not None, value
                 malformed = f"pseudo-header {name!r} repeated" if duplicate \
-                    else h2_fields.invalid_pseudo_value(name, value)
+                    else h2_fields.invalid_field(field)
                 if malformed is not None:
                     break
                 continue
