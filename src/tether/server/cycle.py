@@ -524,7 +524,20 @@ class RequestCycle:
             return
         self._response_done()
         self._log()
-        self.channel.response_complete(self)
+        self._completed()
+
+    def _completed(self) -> None:
+        """The last response byte is written: count it, tell the channel. Body the
+        application never read is dropped now (and the rest as it arrives): holding
+        it would keep reading paused and stall the connection."""
+        self.body_chunks.clear()
+        self.buffered = 0
+        channel = self.channel
+        state = channel.state
+        state.total_requests += 1
+        if state.on_request_done is not None:
+            state.on_request_done()
+        channel.response_complete(self)
 
     def _fail_mid_response(self, reason: str, *, quiet: bool = False,
                            status: int = 500) -> None:
@@ -646,7 +659,7 @@ class RequestCycle:
         self.keep_alive = False
         self.channel.send_error(self, status, detail, retry_after)
         self._log()
-        self.channel.response_complete(self)
+        self._completed()
 
     def _log(self) -> None:
         if self.logged:

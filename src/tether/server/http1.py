@@ -435,15 +435,8 @@ class HttpProtocol(asyncio.Protocol):
     # -- request scheduling -------------------------------------------------------
 
     def response_complete(self, cycle: RequestCycle) -> None:
-        """Called once per request when its last response byte has been written."""
-        # Body the application never read is dropped now (and the rest as it
-        # arrives): holding it would keep reading paused and stall the connection.
-        cycle.body_chunks.clear()
-        cycle.buffered = 0
-        state = self.state
-        state.total_requests += 1
-        if state.on_request_done is not None:
-            state.on_request_done()
+        """Called once per request when its last response byte has been written
+        (counted and its unread body dropped by the cycle)."""
         if cycle is not self.cycle:
             return
         self.cycle = None

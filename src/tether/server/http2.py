@@ -266,12 +266,6 @@ class Http2Stream:
     def response_complete(self, cycle: RequestCycle) -> None:
         # Data may still wait for window: the stream leaves the connection when its
         # END_STREAM is out (Http2Connection.stream_ended).
-        cycle.body_chunks.clear()
-        cycle.buffered = 0
-        state = self.state
-        state.total_requests += 1
-        if state.on_request_done is not None:
-            state.on_request_done()
         if self.unacked:  # body the application never read: give its window back
             self.conn.acknowledge(self, self.unacked)
             self.unacked = 0

@@ -283,7 +283,7 @@ class WebSocketCycle(RequestCycle):
         self._ended(ABNORMAL, "")
         if not self.connection_done:
             self.connection_done = True
-            self.channel.response_complete(self)  # closes the connection
+            self._completed()  # the channel closes the connection
 
     def _ended(self, code: int, reason: str) -> None:
         """The session is over for the application: every receive() from now on
