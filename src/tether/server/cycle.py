@@ -23,6 +23,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+from inspect import CORO_CREATED, getcoroutinestate
 from time import perf_counter
 from typing import TYPE_CHECKING, Any, Final, Protocol
 
@@ -343,6 +344,22 @@ class RequestCycle:
         if task is not None and not task.done() and self.cancel_reason is None:
             self.cancel_reason = reason
             task.cancel()
+            if getcoroutinestate(task.get_coro()) == CORO_CREATED:  # type: ignore[arg-type]
+                self._never_ran(reason)
+
+    def _never_ran(self, reason: CancelReason) -> None:
+        """Cancelled before its first step (an HTTP/2 stream reset in the read that
+        opened it): the coroutine will never run, nor run_asgi's bookkeeping, so it
+        is done here: the ending, the log line, the task set."""
+        gate = self.channel.state.admission
+        if reason is CancelReason.DEADLINE and gate is not None:
+            self._end(REFUSALS[Outcome.EXPIRED])  # expired before it could start
+        else:
+            self._end(CANCELLATIONS[reason])
+        if not self.logged:
+            self._log()
+        if self.task is not None:
+            self.channel.state.tasks.discard(self.task)
 
     def _response_done(self) -> None:
         """The response is complete: the deadline no longer applies to this request."""

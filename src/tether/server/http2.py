@@ -78,6 +78,9 @@ SETTINGS_PER_SECOND: Final = 50
 #: goes anyway (a client that never answers PINGs must not hold the stop)
 GOAWAY_PING_WAIT: Final = 1.0
 _GOAWAY_PING: Final = b"tether\x00\x01"
+#: seconds a closed connection keeps reading (and dropping) before the socket closes,
+#: unless the client closes first
+LINGER: Final = 2.0
 _MAX_STREAM_ID: Final = 2**31 - 1
 
 _CONFIG: Final = h2.config.H2Configuration(
@@ -324,6 +327,9 @@ class Http2Connection(asyncio.Protocol):
         conn.max_inbound_frame_size = settings.max_frame_size
         self.streams: dict[int, Http2Stream] = {}
         self.closed = False
+        #: close() has begun: the last GOAWAY is written, the client's bytes are dropped
+        self.closing = False
+        self.linger_until = 0.0
         self.write_paused = False
         self._write_handle: asyncio.Handle | None = None
         # GOAWAY: 0 none sent, 1 the first (with its PING) sent, 2 the last one sent
@@ -385,17 +391,34 @@ class Http2Connection(asyncio.Protocol):
 
     def close(self) -> None:
         """Close gracefully: a last GOAWAY, what is written, then the socket."""
-        if self.closed or self.transport.is_closing():
+        if self.closed or self.closing or self.transport.is_closing():
             return
+        self.closing = True
         for stream in list(self.streams.values()):
             if not stream.ended:
                 self.reset_stream(stream, ErrorCodes.CANCEL)
-        self._send_goaway(self.h2.highest_inbound_stream_id, ErrorCodes.NO_ERROR)
-        self._write()
-        self.transport.close()
+        self._send_goaway(self._last_processed(), ErrorCodes.NO_ERROR)
+        self._write_pending()
+        if self.transport.can_write_eof():
+            # A lingering close: what the client sends meanwhile (a WINDOW_UPDATE, the
+            # PING's answer) is read and dropped, so the kernel never answers it with a
+            # reset that could destroy the GOAWAY and the last responses in flight.
+            self.transport.write_eof()
+            self.linger_until = self.loop.time() + LINGER
+        else:
+            self.transport.close()
+
+    def _last_processed(self) -> int:
+        """The last stream id a GOAWAY names: never more than an earlier GOAWAY named
+        (RFC 9113 6.8), though h2 counts the refused streams above it too."""
+        return min(self.h2.highest_inbound_stream_id, self.last_stream_id)
 
     def check_timer(self, now: float) -> None:
         if self.closed:
+            return
+        if self.closing:
+            if now >= self.linger_until:
+                self.transport.close()
             return
         if self.goaway_phase == 1 and now - self.goaway_at >= GOAWAY_PING_WAIT:
             self._goaway_final()
@@ -442,6 +465,8 @@ class Http2Connection(asyncio.Protocol):
             stream.wake_writer()
 
     def data_received(self, data: bytes) -> None:
+        if self.closing:
+            return  # lingering after the last GOAWAY (close)
         try:
             events = self.h2.receive_data(data)
         except h2.exceptions.ProtocolError as exc:
@@ -829,7 +854,7 @@ class Http2Connection(asyncio.Protocol):
 
     def _write(self) -> None:
         self._write_handle = None
-        if self.closed:
+        if self.closed or self.closing:
             return
         data = self.h2.data_to_send()
         if data:
@@ -880,7 +905,7 @@ class Http2Connection(asyncio.Protocol):
         self.state.counters[counter] += 1
         if code is not None:
             self._write_pending()
-            frame = GoAwayFrame(stream_id=0, last_stream_id=self.h2.highest_inbound_stream_id,
+            frame = GoAwayFrame(stream_id=0, last_stream_id=self._last_processed(),
                                 error_code=code)
             self.transport.write(frame.serialize())
             self.state.counters["h2_goaways_sent"] += 1
