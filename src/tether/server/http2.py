@@ -341,8 +341,9 @@ class Http2Connection(asyncio.Protocol):
         now = self.loop.time()
         #: when the connection last had no stream (the idle timer counts from it)
         self.idle_since = now
-        #: when a stream's data last moved while some stream waited for window
-        self.window_moved_at = now
+        #: since when a response has waited on a closed flow-control window (None: none
+        #: waits; a WINDOW_UPDATE clears it, the next wait starts it again)
+        self.stalled_since: float | None = None
         self.served_any = False
         # flood accounting: counts in the current one-second window
         self._flood_window = now
@@ -425,7 +426,8 @@ class Http2Connection(asyncio.Protocol):
         elif self.goaway_phase == 0 and self.state.draining:
             self._goaway_begin()
         if self.streams:
-            if now - self.window_moved_at > self.limits.body_timeout and any(
+            stalled = self.stalled_since
+            if stalled is not None and now - stalled > self.limits.body_timeout and any(
                     stream.pending for stream in self.streams.values()):
                 # A peer that never opens its window would hold its handlers and
                 # their buffers for ever (zero-window stall).
@@ -684,7 +686,7 @@ class Http2Connection(asyncio.Protocol):
         self._within_bounds()
 
     def _on_window(self, stream_id: int) -> None:
-        self.window_moved_at = self.loop.time()
+        self.stalled_since = None
         if stream_id:
             stream = self.streams.get(stream_id)
             if stream is not None and (stream.pending or stream.end_queued):
@@ -738,6 +740,8 @@ class Http2Connection(asyncio.Protocol):
                 window = min(conn.local_flow_control_window(stream_id),
                              conn.max_outbound_frame_size)
                 if window <= 0:
+                    if self.stalled_since is None:
+                        self.stalled_since = self.loop.time()
                     break
                 data = pending[0]
                 if len(data) <= window:
