@@ -70,7 +70,9 @@ async def run_chain(registry: str, dsn: str, cancelled: Callable[[], float],
     """Steps 1 and 2 above; ``cancelled()`` reads the next hop's cancelled-query count."""
     result = ChainResult()
     result.registered = await registered_address(registry, "orders-grpc")
-    async with grpc.aio.insecure_channel(result.registered) as channel:
+    # (grpcio would honour http_proxy: the chain is on 127.0.0.1 only)
+    async with grpc.aio.insecure_channel(
+            result.registered, options=[("grpc.enable_http_proxy", 0)]) as channel:
         stub = pb_grpc.OrderServiceStub(channel)  # type: ignore[no-untyped-call]
         reply = await stub.ForwardOrder(pb.ForwardOrderRequest(path="/budget"),
                                         timeout=FIRST_DEADLINE)
