@@ -29,7 +29,7 @@ from typing import TYPE_CHECKING, Any, Final, Protocol
 
 from tether.admission import Outcome
 from tether.asgi import ASGI_VERSION, ASGIApp, Message
-from tether.deadline import NO_DEADLINE, Deadline, set_deadline
+from tether.deadline import NO_DEADLINE, Deadline, DeadlineExceeded, set_deadline
 from tether.errors import ClientDisconnected
 from tether.server import wire
 from tether.server.frameworks import ANSWERED
@@ -399,6 +399,10 @@ class RequestCycle:
     async def send(self, message: Message) -> None:
         if self.disconnected:
             raise ClientDisconnected(f"client {self.client_label} disconnected")
+        if self.cancel_reason is not None:
+            # tether cancelled this handler (its deadline passed) and the application
+            # went on: nothing it sends now reaches the client, tether answers instead.
+            raise DeadlineExceeded("deadline exceeded: the handler was cancelled")
         mtype = message["type"]
         if not self.status:
             if mtype != "http.response.start":
@@ -606,7 +610,11 @@ class RequestCycle:
         except Exception as raised:
             exc = unwrap_framework_error(raised)
             ending = ending_for(exc)
-            if getattr(exc, ANSWERED, False):
+            if self.cancel_reason is not None:
+                # The application turned tether's cancellation into an error of its own
+                # (connect-python does): the ending is the cancellation's all the same.
+                ending = CANCELLATIONS[self.cancel_reason]
+            elif getattr(exc, ANSWERED, False):
                 ending = NOTHING  # answered and counted in the app (server/frameworks.py)
             elif self.response_complete and ending.counter is not None:
                 # Raised after the response was sent (a background task): the client
@@ -627,7 +635,10 @@ class RequestCycle:
                     )
             self._end(ending, exc)
         else:
-            if not self.response_complete and not self.disconnected:
+            if self.cancel_reason is not None and not self.response_complete:
+                # cancelled, and the application swallowed the cancellation
+                self._end(CANCELLATIONS[self.cancel_reason])
+            elif not self.response_complete and not self.disconnected:
                 what = "completing" if self.status else "starting"
                 error_log.error(
                     "ASGI application returned without %s a response (client %s, %s)",
