@@ -153,6 +153,7 @@ class Http2Stream:
     """One stream: the :class:`~tether.server.cycle.Channel` of its request cycle."""
 
     __slots__ = (
+        "body_at",
         "client_label",
         "conn",
         "cycle",
@@ -191,6 +192,8 @@ class Http2Stream:
         self.trailer_fields: list[tuple[bytes, bytes]] = []
         #: request body bytes the application has not read yet (not yet acknowledged)
         self.unacked = 0
+        #: when the request's body last moved (the stream's own body timeout)
+        self.body_at = conn.loop.time()
         self.drain_waiter: asyncio.Future[None] | None = None
 
     # -- the Channel interface -------------------------------------------------------
@@ -254,6 +257,9 @@ class Http2Stream:
         self.conn.refuse(self, rejection)
 
     def body_consumed(self, cycle: RequestCycle) -> None:
+        # (also called as the application starts waiting: the body timeout runs from
+        # then, and from the window this opens, not from the last piece it read)
+        self.body_at = self.loop.time()
         if self.unacked and not cycle.buffered:
             self.conn.acknowledge(self, self.unacked)
             self.unacked = 0
@@ -426,6 +432,7 @@ class Http2Connection(asyncio.Protocol):
         elif self.goaway_phase == 0 and self.state.draining:
             self._goaway_begin()
         if self.streams:
+            self._check_bodies(now)
             stalled = self.stalled_since
             if stalled is not None and now - stalled > self.limits.body_timeout and any(
                     stream.pending for stream in self.streams.values()):
@@ -438,6 +445,17 @@ class Http2Connection(asyncio.Protocol):
             else self.limits.header_timeout
         if now - self.idle_since > limit or self.goaway_phase == 2 or self.peer_goaway:
             self.close()
+
+    def _check_bodies(self, now: float) -> None:
+        """A request body that stops coming while its application waits for it is
+        answered 408 on its stream, as on HTTP/1.1 (--body-timeout): a client cannot
+        hold handlers by opening streams and sending nothing."""
+        limit = self.limits.body_timeout
+        for stream in list(self.streams.values()):
+            cycle = stream.cycle
+            if (cycle is not None and cycle.more_body and cycle.waiter is not None
+                    and not stream.remote_ended and now - stream.body_at > limit):
+                cycle.abort(RequestRejected(408, "Request body not received in time"))
 
     # -- asyncio.Protocol --------------------------------------------------------------
 
@@ -655,6 +673,7 @@ class Http2Connection(asyncio.Protocol):
             cycle.abort(RequestRejected(413, f"Request body larger than {limit} bytes"))
             return
         stream.unacked += size
+        stream.body_at = self.loop.time()
         if data:
             cycle.feed_body(data)
         elif size:
