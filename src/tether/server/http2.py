@@ -48,6 +48,7 @@ import h2.connection
 import h2.events
 import h2.exceptions
 import h2.settings
+from h2.connection import ConnectionState
 from h2.errors import ErrorCodes
 from hyperframe.frame import GoAwayFrame
 
@@ -487,6 +488,9 @@ class Http2Connection(asyncio.Protocol):
     def data_received(self, data: bytes) -> None:
         if self.closing:
             return  # lingering after the last GOAWAY (close)
+        if self._write_handle is not None:
+            # Out first: a GOAWAY in ``data`` would make h2 drop what it holds unsent.
+            self._write_pending()
         try:
             events = self.h2.receive_data(data)
         except h2.exceptions.ProtocolError as exc:
@@ -521,6 +525,14 @@ class Http2Connection(asyncio.Protocol):
                     self._goaway_final()
             elif kind is h2.events.ConnectionTerminated:
                 self.peer_goaway = True  # the client opens no more streams
+                if event.error_code != ErrorCodes.NO_ERROR:  # type: ignore[attr-defined]
+                    self._fail(ErrorCodes.NO_ERROR, "HTTP/2 client ended the connection "
+                               f"with {event.error_code!r}", "h2_protocol_errors")  # type: ignore[attr-defined]
+                    return
+                # A graceful GOAWAY from the client still lets the streams it opened
+                # finish (RFC 9113 6.8), but h2 closes its state machine on it, after
+                # which it refuses to send their responses: reopen it.
+                self.h2.state_machine.state = ConnectionState.SERVER_OPEN
             if self.closed:
                 return
         self._write()
