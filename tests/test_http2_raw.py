@@ -63,7 +63,8 @@ def marks(tmp_path_factory: pytest.TempPathFactory) -> Path:
 def shared(marks: Path) -> Iterator[ServerProcess]:
     """One server for the tests that leave it serving (attacks included: surviving
     them is the point)."""
-    with h2_server(marks, "--h2-max-header-list-size", "16384") as server:
+    with h2_server(marks, "--h2-max-header-list-size", "16384",
+                   "--limit-request-body", "2000000") as server:
         yield server
 
 
@@ -159,6 +160,26 @@ def test_a_bad_request_head_is_answered_on_its_stream_only(shared: ServerProcess
     # a gRPC client is answered in gRPC: 431 is RESOURCE_EXHAUSTED, trailers-only
     assert grpc_answer.status == 200 and len(grpc_answer.blocks) == 1
     assert grpc_answer.header(b"grpc-status") == b"8", grpc_answer.headers
+
+
+def test_a_body_over_the_limit_is_413_on_its_stream_only(shared: ServerProcess) -> None:
+    with H2Client(shared.port) as client:
+        stream = client.request(b"/echo", method=b"POST", body=b"z" * 3_000_000)
+        answer = client.answer(stream, timeout=30)
+        assert answer.status == 413
+        assert client.answer(client.request(b"/")).status == 200
+        assert not client.goaways
+
+
+def test_expect_100_continue_is_an_informational_headers_block(shared: ServerProcess) -> None:
+    with H2Client(shared.port) as client:
+        stream = client.request(b"/echo", method=b"POST", end=False,
+                                headers=[(b"expect", b"100-continue")])
+        client.wait(lambda: bool(client.answers[stream].blocks), 10, "100 Continue")
+        assert client.answers[stream].blocks[0] == [(b":status", b"100")]
+        client.send_body(stream, b"after the 100")
+        answer = client.answer(stream)
+    assert answer.status == 200 and json.loads(answer.data)["size"] == 13
 
 
 # -- 2. RST_STREAM cancels one stream's handler ---------------------------------------
@@ -581,13 +602,14 @@ async def test_a_client_that_never_answers_the_ping_still_gets_the_last_goaway(
         tmp_path: Path) -> None:
     with h2_server(tmp_path, "--graceful-timeout", "15") as server, \
             H2Client(server.port, answer_pings=False) as client:
-        in_flight = client.request(b"/slow?s=3&id=no-ping")
+        in_flight = client.request(b"/slow?s=8&id=no-ping")
         await wait_for(lambda: (tmp_path / "started-no-ping").exists(), 10, "handler start")
         server.proc.send_signal(signal.SIGTERM)
         client.wait(lambda: bool(client.goaways), 15, "the first GOAWAY")
         first_at = time.monotonic()
         client.wait(lambda: len(client.goaways) >= 2, 15, "the last GOAWAY")
-        assert time.monotonic() - first_at < 2.5  # GOAWAY_PING_WAIT is 1 s
+        # GOAWAY_PING_WAIT is 1 s: not the in-flight stream's 8 s
+        assert time.monotonic() - first_at < 5
         assert client.goaways[1].last_stream_id == in_flight
         assert client.answer(in_flight, timeout=15).status == 200
 
