@@ -4,10 +4,11 @@ Handlers leave marks in ``$H2_MARKS`` (a directory) named ``<what>-<id>``, ``id`
 from the query string: ``started`` when they begin, ``cancelled`` when tether
 cancels them, ``ended`` when they end whichever way.
 
-``/``: 200 ``ok <pid>``. ``/scope``: the scope's ``http_version`` and extension
-names as JSON. ``/echo``: the size and SHA-256 of the request body as JSON.
+``/``: 200 ``ok <pid>``. ``/scope``: the scope's ``http_version``, extension
+names and ``tether.time_remaining()`` as JSON. ``/echo``: the size and SHA-256 of the request body as JSON.
 ``/trailers``: a body in two parts, then trailers. ``/slow?s=S``: answers after S
-seconds. ``/big?n=N``: N bytes of body in 16 KB parts. ``/grpc?s=S``: a gRPC-shaped
+seconds. ``/big?n=N``: N bytes of body in 16 KB parts. ``/hop``: HTTP/1.1
+connection-specific response headers (HTTP/2 forbids them). ``/grpc?s=S``: a gRPC-shaped
 answer after S seconds (``&started=1``: its head and one message first).
 """
 
@@ -21,6 +22,7 @@ import time
 from pathlib import Path
 from urllib.parse import parse_qs
 
+import tether
 from tether.asgi import Receive, Scope, Send
 
 MARKS = Path(os.environ.get("H2_MARKS", "/tmp"))
@@ -92,7 +94,8 @@ async def app(scope: Scope, receive: Receive, send: Send) -> None:
     try:
         if path == "/scope":
             facts = {"http_version": scope["http_version"],
-                     "extensions": sorted(scope.get("extensions") or {})}
+                     "extensions": sorted(scope.get("extensions") or {}),
+                     "time_remaining": tether.time_remaining()}
             await _answer(send, json.dumps(facts).encode(), b"application/json")
         elif path == "/echo":
             body = await _read_body(receive)
@@ -105,6 +108,13 @@ async def app(scope: Scope, receive: Receive, send: Send) -> None:
             await _answer(send, f"slow ok {os.getpid()}\n".encode())
         elif path == "/big":
             await _big(send, int(query.get("n", "0")))
+        elif path == "/hop":
+            await send({"type": "http.response.start", "status": 200,
+                        "headers": [(b"connection", b"keep-alive"),
+                                    (b"keep-alive", b"timeout=5"),
+                                    (b"proxy-connection", b"keep-alive"),
+                                    (b"x-kept", b"yes")]})
+            await send({"type": "http.response.body", "body": b"hop"})
         elif path == "/grpc":
             await _grpc(send, float(query.get("s", "0")), query.get("started") == "1")
         else:
