@@ -4,12 +4,13 @@ Handlers leave marks in ``$H2_MARKS`` (a directory) named ``<what>-<id>``, ``id`
 from the query string: ``started`` when they begin, ``cancelled`` when tether
 cancels them, ``ended`` when they end whichever way.
 
-``/``: 200 ``ok <pid>``. ``/scope``: the scope's ``http_version``, extension
-names and ``tether.time_remaining()`` as JSON. ``/echo``: the size and SHA-256 of the request body as JSON.
-``/trailers``: a body in two parts, then trailers. ``/slow?s=S``: answers after S
-seconds. ``/big?n=N``: N bytes of body in 16 KB parts. ``/hop``: HTTP/1.1
-connection-specific response headers (HTTP/2 forbids them). ``/grpc?s=S``: a gRPC-shaped
-answer after S seconds (``&started=1``: its head and one message first).
+``/``: 200 ``ok <pid>``. ``/scope``: the scope's ``http_version``, extension names
+and ``tether.time_remaining()`` as JSON. ``/echo``: the size and SHA-256 of the
+request body as JSON. ``/trailers``: a body in two parts, then trailers.
+``/slow?s=S``: answers after S seconds. ``/big?n=N``: N bytes of body in 16 KB parts.
+``/hop``: HTTP/1.1 connection-specific response headers (HTTP/2 forbids them).
+``/grpc?s=S``: a gRPC-shaped answer after S seconds (``&started=1``: its head and
+one message first).
 """
 
 from __future__ import annotations
