@@ -34,6 +34,7 @@ from tests.h2client import (
     ENHANCE_YOUR_CALM,
     FLOW_CONTROL_ERROR,
     FRAME_SIZE_ERROR,
+    INTERNAL_ERROR,
     MAX_STREAM_ID,
     NO_ERROR,
     PREFACE,
@@ -238,6 +239,19 @@ async def test_rst_stream_cancels_that_streams_handler_and_no_other(
         # the connection goes on after the reset
         assert client.answer(client.request(b"/")).status == 200
     assert not (marks / "cancelled-rst-kept").exists()
+
+
+def test_a_handler_failing_mid_response_resets_http_and_ends_grpc_with_internal(
+        shared: ServerProcess) -> None:
+    """A cut response must never look complete: RST_STREAM for HTTP, and for gRPC
+    (whose message boundaries are its own) trailers with INTERNAL."""
+    with H2Client(shared.port) as client:
+        plain = client.answer(client.request(b"/fail"))
+        grpc_call = client.answer(client.request(b"/fail?grpc=1", method=b"POST",
+                                                 headers=GRPC, body=b""))
+        assert client.answer(client.request(b"/")).status == 200
+    assert plain.status == 200 and plain.reset == INTERNAL_ERROR and not plain.ended
+    assert grpc_call.reset is None and grpc_call.trailer(b"grpc-status") == b"13", grpc_call
 
 
 # -- 3. deadlines --------------------------------------------------------------------

@@ -9,6 +9,7 @@ and ``tether.time_remaining()`` as JSON. ``/echo``: the size and SHA-256 of the
 request body as JSON. ``/trailers``: a body in two parts, then trailers.
 ``/slow?s=S``: answers after S seconds. ``/big?n=N``: N bytes of body in 16 KB parts.
 ``/hop``: HTTP/1.1 connection-specific response headers (HTTP/2 forbids them).
+``/fail``: raises after its head and a first part (``?grpc=1``: as a gRPC call).
 ``/grpc?s=S``: a gRPC-shaped answer after S seconds (``&started=1``: its head and
 one message first).
 """
@@ -116,6 +117,12 @@ async def app(scope: Scope, receive: Receive, send: Send) -> None:
                                     (b"proxy-connection", b"keep-alive"),
                                     (b"x-kept", b"yes")]})
             await send({"type": "http.response.body", "body": b"hop"})
+        elif path == "/fail":
+            ctype = b"application/grpc" if query.get("grpc") == "1" else b"text/plain"
+            await send({"type": "http.response.start", "status": 200, "trailers": True,
+                        "headers": [(b"content-type", ctype)]})
+            await send({"type": "http.response.body", "body": GRPC_MESSAGE, "more_body": True})
+            raise RuntimeError("h2_app: failing mid-response on purpose")
         elif path == "/grpc":
             await _grpc(send, float(query.get("s", "0")), query.get("started") == "1")
         else:
