@@ -116,9 +116,11 @@ def test_fifty_concurrent_streams_on_one_connection_are_all_answered(
         shared: ServerProcess) -> None:
     with H2Client(shared.port) as client:
         # All fifty open at once: each handler waits 0.5 s, so none ends before the
-        # last HEADERS frame is in.
+        # last HEADERS frame is in; one after the other they would take 25 s.
+        started = time.monotonic()
         ids = [client.request(b"/slow?s=0.5") for _ in range(50)]
         client.wait(lambda: all(client.answers[i].done for i in ids), 30, "fifty answers")
+        assert time.monotonic() - started < 10
         answers = [client.answers[i] for i in ids]
     assert [answer.status for answer in answers] == [200] * 50
     assert all(answer.data.startswith(b"slow ok ") for answer in answers)
