@@ -43,6 +43,7 @@ from tests.h2client import (
     H2Client,
 )
 from tests.support import APPS, ServerProcess, raw_exchange, server_process, status_of, wait_for
+from tether.server.worker import EXIT_FORCED_STOP
 
 APP = "h2_app:app"
 GRPC = [(b"content-type", b"application/grpc"), (b"te", b"trailers")]
@@ -207,12 +208,6 @@ def test_expect_100_continue_is_an_informational_headers_block(shared: ServerPro
     assert answer.status == 200 and json.loads(answer.data)["size"] == 13
 
 
-@pytest.mark.xfail(strict=True, reason=(
-    "after a client GOAWAY the in-flight stream is never answered, ~990 GOAWAYs come "
-    "instead and the connection stays open (RecursionError logged at every sweep): h2 "
-    "moves its state machine to CLOSED on receiving GOAWAY, so send_headers raises and "
-    "http2.py send_headers drops the stream (_stream_gone); _forget then closes via "
-    "_write -> close() -> _write recursion"))
 def test_a_client_goaway_lets_its_streams_finish_then_the_connection_closes(
         shared: ServerProcess) -> None:
     with H2Client(shared.port) as client:
@@ -386,10 +381,6 @@ def test_rapid_reset_gets_goaway_enhance_your_calm(tmp_path: Path) -> None:
     assert "closing connection" in line
 
 
-@pytest.mark.xfail(strict=True, reason=(
-    "a stream reset in the same read as its HEADERS has its handler task cancelled "
-    "before it ever runs, so run_asgi's finally never removes it from state.tasks: "
-    "the stop waits out the whole grace period (and the tasks leak until then)"))
 def test_streams_reset_before_their_handler_starts_leave_nothing_behind(
         tmp_path: Path) -> None:
     with h2_server(tmp_path, "--graceful-timeout", "30") as server, \
@@ -496,11 +487,6 @@ def test_the_h2_flags_are_what_the_server_advertises(tmp_path: Path) -> None:
         assert json.loads(client.answer(stream).data)["size"] == len(body)
 
 
-@pytest.mark.xfail(strict=True, reason=(
-    "GOAWAY FLOW_CONTROL_ERROR at the first sweep after the stream stalls: check_timer "
-    "measures from window_moved_at, set only at connection start and on WINDOW_UPDATE "
-    "(http2.py _on_window), so on a connection older than --body-timeout without a "
-    "window update any momentary stall is fatal; it should count from the stall"))
 def test_a_window_opened_well_within_the_body_timeout_keeps_the_connection(
         tmp_path: Path) -> None:
     """The stall timer must count from when the stream stalled, not from the last
@@ -524,11 +510,6 @@ def test_a_window_opened_well_within_the_body_timeout_keeps_the_connection(
     assert len(answer.data) == 3000
 
 
-@pytest.mark.xfail(strict=True, reason=(
-    "no answer within 10 s: HTTP/2 has no per-stream body timer (http1.py's TIMER_BODY "
-    "answers 408 after --body-timeout); http2.py check_timer only times out response "
-    "data waiting for window, so a stream whose body never comes holds its handler "
-    "for ever (slowloris on up to --h2-max-concurrent-streams streams a connection)"))
 async def test_a_request_body_that_stops_coming_is_timed_out(tmp_path: Path) -> None:
     with h2_server(tmp_path, "--body-timeout", "1") as server, \
             H2Client(server.port) as client:
@@ -625,10 +606,6 @@ async def test_sigterm_two_phase_goaway_drains_in_flight_and_refuses_new_streams
         assert server.proc.wait(20) == 0
 
 
-@pytest.mark.xfail(strict=True, reason=(
-    "http2.py close() sends its GOAWAY with h2's highest_inbound_stream_id, which "
-    "counts the stream refused after the second GOAWAY: last stream id goes 1 -> 3 "
-    "(RFC 9113 6.8: it MUST NOT increase)"))
 async def test_the_last_goaway_never_raises_the_last_stream_id(tmp_path: Path) -> None:
     with h2_server(tmp_path, "--graceful-timeout", "15") as server, \
             H2Client(server.port) as client:
@@ -642,11 +619,6 @@ async def test_the_last_goaway_never_raises_the_last_stream_id(tmp_path: Path) -
     _never_raises_last_stream_id(client)
 
 
-@pytest.mark.xfail(strict=True, reason=(
-    "http2.py close() -> _write() -> close() recursion once a leaving connection has "
-    "no stream left (goaway_phase 2; every idle connection at a stop): _write closes an "
-    "idle leaving connection before close() has closed the transport; ~500-990 GOAWAYs, "
-    "then 'Fatal error on transport' and RecursionError in the log"))
 async def test_a_drained_connection_ends_with_one_last_goaway(tmp_path: Path) -> None:
     with h2_server(tmp_path, "--graceful-timeout", "15") as server, \
             H2Client(server.port) as busy, H2Client(server.port) as idle:
@@ -758,7 +730,7 @@ async def test_a_stop_past_the_grace_period_answers_grpc_calls_unavailable(
         one, two = client.answer(unstarted, timeout=20), client.answer(started, timeout=20)
         client.wait_closed(15)
         assert not client.reset
-        assert server.proc.wait(20) == 0
+        assert server.proc.wait(20) == EXIT_FORCED_STOP  # the grace period ran out
     # trailers-only for the call that had sent nothing; trailers after the message
     assert one.status == 200 and one.reset is None, one
     assert one.header(b"grpc-status") == b"14" and len(one.blocks) == 1, one.blocks
@@ -784,10 +756,6 @@ async def test_http_1_answers_the_http2_preface_at_once_and_serves_http1(
         assert status_of(raw) == 200, raw
 
 
-@pytest.mark.xfail(strict=True, reason=(
-    "--http 1 answers the preface 400 'Invalid HTTP request: Pause on PRI/Upgrade': "
-    "llhttp reports PRI * HTTP/2.0 as HPE_PAUSED_H2_UPGRADE, which http1.py's "
-    "data_received maps to 400 (its 505 rule only covers 'Invalid HTTP version')"))
 async def test_http_1_answers_the_http2_preface_505(tmp_path: Path) -> None:
     with h2_server(tmp_path, "--http", "1") as server:
         raw = await raw_exchange(server.port, PREFACE, timeout=10)
