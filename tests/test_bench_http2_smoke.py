@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import json
 import re
+import shutil
 import subprocess
 import sys
 import types
@@ -33,6 +34,8 @@ time for request:      950us       1.20s     30.30ms     13.77ms    82.80%
 """
 
 
+@pytest.mark.skipif(shutil.which("h2load") is None, reason="h2load is not installed "
+                    "(scripts/system-deps.sh installs Debian's nghttp2-client)")
 @pytest.mark.timeout(300)
 def test_bench_http2_runs_every_server_and_prints_ratios(tmp_path: Path) -> None:
     results = tmp_path / "results.json"
