@@ -10,7 +10,7 @@ VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 
-.PHONY: demo test test-fast lint system-deps bench clean
+.PHONY: demo test test-fast lint system-deps bench clean grpc-gen
 
 # Debian's python3 has no ensurepip (so no venv) until python3-venv is installed.
 $(BIN)/python:
@@ -47,6 +47,15 @@ test-fast: $(STAMP)
 
 bench: $(STAMP) system-deps
 	$(BIN)/python bench/server.py
+
+# The gRPC example's Python code from its .proto (checked in; run after editing it):
+# messages and grpcio stubs by grpcio-tools' protoc, the ASGI app by connect-python's
+# plugin. -I maps the .proto into gen/ so the imports read examples.grpc.gen.*.
+grpc-gen: $(STAMP)
+	$(BIN)/python -m grpc_tools.protoc -Iexamples/grpc/gen=examples/grpc \
+		--python_out=. --pyi_out=. --grpc_python_out=. \
+		--plugin=protoc-gen-connect-python=$(BIN)/protoc-gen-connect-python \
+		--connect-python_out=. examples/grpc/gen/orders.proto
 
 clean:
 	rm -rf $(VENV) .mypy_cache .ruff_cache .pytest_cache .hypothesis

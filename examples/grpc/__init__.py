@@ -1,0 +1,1 @@
+"""The order service over gRPC: see README.md."""
