@@ -58,21 +58,29 @@ GRPC_MODULE: Final = "bench.grpc_unary"
 
 # -- what is benchmarked ----------------------------------------------------------------
 
-Command = Callable[[int], list[str]]  # port -> argv
+Command = Callable[[int, Path], list[str]]  # (port, a directory for its files) -> argv
+
+#: Hypercorn closes an HTTP/2 connection after 1,000 requests by default
+#: (``keep_alive_max_requests``); h2load does not reconnect, so every request after
+#: those would fail. tether and granian have no such limit: lifted to match.
+HYPERCORN_CONFIG: Final = "keep_alive_max_requests = 1_000_000_000\n"
 
 
-def tether_cmd(port: int) -> list[str]:
+def tether_cmd(port: int, workdir: Path) -> list[str]:
     return [PYTHON, "-m", "tether", "serve", TARGET, "--host", HOST, "--port", str(port),
             "--workers", "1", "--no-access-log", "--log-level", "warning"]
 
 
-def hypercorn_cmd(port: int) -> list[str]:
+def hypercorn_cmd(port: int, workdir: Path) -> list[str]:
     # Hypercorn answers the h2c preface on a plain socket; no access log unless asked.
-    return [PYTHON, "-m", "hypercorn", TARGET, "--bind", f"{HOST}:{port}", "--workers", "1",
-            "--worker-class", "uvloop", "--log-level", "warning"]
+    config = workdir / "hypercorn.toml"
+    config.write_text(HYPERCORN_CONFIG)
+    return [PYTHON, "-m", "hypercorn", TARGET, "--config", str(config),
+            "--bind", f"{HOST}:{port}", "--workers", "1", "--worker-class", "uvloop",
+            "--log-level", "warning"]
 
 
-def granian_cmd(port: int) -> list[str]:
+def granian_cmd(port: int, workdir: Path) -> list[str]:
     return [PYTHON, "-m", "granian", "--interface", "asgi", "--host", HOST, "--port", str(port),
             "--workers", "1", "--http", "2", "--no-access-log", "--log-level", "warning",
             TARGET]
@@ -158,7 +166,7 @@ def bench_one(server: str, rnd: int, opts: Options, workdir: Path) -> Run:
     log_path = workdir / f"{server}-{rnd}.log"
     try:
         with log_path.open("wb") as log, harness.running(
-            SERVERS[server](port), log, stop_timeout=STOP_TIMEOUT
+            SERVERS[server](port, workdir), log, stop_timeout=STOP_TIMEOUT
         ) as proc:
             try:
                 harness.wait_ready(
