@@ -95,7 +95,7 @@ SERVERS: Final[dict[str, Command]] = {
 SUBJECT: Final = "tether"
 #: peer -> the issue's target for tether's requests/s over the peer's
 TARGETS: Final = {"hypercorn": 2.0, "granian": 0.8}
-VERSIONED: Final = ("tether", "hypercorn", "granian", "h2", "uvloop", "grpcio", "connectrpc")
+VERSIONED: Final = ("tether", "hypercorn", "granian", "h2", "uvloop", "grpcio", "connect-python")
 FULL: Final = {"requests": 50_000, "warmup_requests": 5_000, "time_limit": 120.0}
 QUICK: Final = {"requests": 2_000, "warmup_requests": 0, "time_limit": 60.0}
 
