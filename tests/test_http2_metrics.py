@@ -14,8 +14,8 @@ from pathlib import Path
 import pytest
 
 from tests.h2client import H2Client
-from tests.support import ServerProcess, server_process
-from tests.test_http2_raw import APP, APPS, GRPC
+from tests.support import APPS, ServerProcess, server_process
+from tests.test_http2_raw import APP, GRPC
 from tests.test_metrics import _admin, _scrape, _status, _until
 
 
@@ -48,7 +48,7 @@ async def test_streams_by_protocol_resets_and_open_connections(server: ServerPro
 
         def open_now() -> bool:
             workers = _status(admin)["workers"]
-            return sum(w.get("h2_connections", 0) for w in workers) == 1
+            return sum(int(w.get("h2_connections", 0)) for w in workers) == 1
         await _until(open_now, 15, "/status to show the open HTTP/2 connection")
         assert _scrape(admin).get("tether_http2_connections") == 1
     # the client closed: no HTTP/2 connection left
