@@ -30,7 +30,7 @@ from typing import TYPE_CHECKING, Any, Final, Protocol
 from tether.admission import Outcome
 from tether.asgi import ASGI_VERSION, ASGIApp, Message
 from tether.deadline import NO_DEADLINE, Deadline, DeadlineExceeded, set_deadline
-from tether.errors import ClientDisconnected
+from tether.errors import ClientDisconnected, ServiceUnavailable
 from tether.server import wire
 from tether.server.frameworks import ANSWERED
 from tether.server.frameworks import unwrap as unwrap_framework_error
@@ -339,6 +339,11 @@ class RequestCycle:
             self.channel.cut(self)
         self.on_disconnect()
 
+    def cancel_for_stop(self) -> None:
+        """The worker's grace period is over: cancel the handler (tether answers 503,
+        or gRPC UNAVAILABLE, whatever the application does with the cancellation)."""
+        self._cancel(CancelReason.STOP)
+
     def _cancel(self, reason: CancelReason) -> None:
         task = self.task
         if task is not None and not task.done() and self.cancel_reason is None:
@@ -400,9 +405,12 @@ class RequestCycle:
         if self.disconnected:
             raise ClientDisconnected(f"client {self.client_label} disconnected")
         if self.cancel_reason is not None:
-            # tether cancelled this handler (its deadline passed) and the application
-            # went on: nothing it sends now reaches the client, tether answers instead.
-            raise DeadlineExceeded("deadline exceeded: the handler was cancelled")
+            # tether cancelled this handler (its deadline passed, the worker stops) and
+            # the application went on: nothing it sends now reaches the client, tether
+            # answers instead.
+            if self.cancel_reason is CancelReason.DEADLINE:
+                raise DeadlineExceeded("deadline exceeded: the handler was cancelled")
+            raise ServiceUnavailable("server stopping: the handler was cancelled")
         mtype = message["type"]
         if not self.status:
             if mtype != "http.response.start":
@@ -605,7 +613,7 @@ class RequestCycle:
                 self._end(REFUSALS[Outcome.EXPIRED])  # it expired while queued: never ran
             else:
                 self._end(CANCELLATIONS[reason])
-                if reason is None:
+                if reason is None or reason is CancelReason.STOP:
                     raise  # the worker is stopping: not ours to swallow
         except Exception as raised:
             exc = unwrap_framework_error(raised)

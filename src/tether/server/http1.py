@@ -656,6 +656,9 @@ class HttpProtocol(asyncio.Protocol):
         if self.upgraded is not None:
             self.upgraded.going_away(code, reason)
 
+    def running(self) -> list[RequestCycle]:
+        return [c for c in (self.cycle, *self.pipeline) if isinstance(c, RequestCycle)]
+
     def begin_drain(self) -> None:
         """Nothing to announce on HTTP/1.1: each response says ``connection: close``."""
 

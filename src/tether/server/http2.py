@@ -389,6 +389,9 @@ class Http2Connection(asyncio.Protocol):
         """Streams whose response is not complete yet (``/status``)."""
         return sum(1 for stream in self.streams.values() if not stream.ended)
 
+    def running(self) -> list[RequestCycle]:
+        return [stream.cycle for stream in self.streams.values() if stream.cycle is not None]
+
     def going_away(self, code: int, reason: str) -> None:
         """WebSocket sessions only: HTTP/2 streams leave by GOAWAY (begin_drain)."""
 

@@ -20,10 +20,13 @@ from tether.errors import ClientDisconnected, Overloaded, ResponseAborted, Servi
 
 
 class CancelReason(enum.Enum):
-    """Why tether cancelled a handler (a stop of the worker has no reason: None)."""
+    """Why tether cancelled a handler (None: cancelled from outside, e.g. a task the
+    worker found running at the end of its stop that no connection owned)."""
 
     DEADLINE = "deadline"
     DISCONNECT = "disconnect"
+    #: the worker's grace period ran out while the handler was still running
+    STOP = "stop"
 
 
 class AlreadyReported(RuntimeError):
@@ -72,6 +75,7 @@ FAILURES: Final[tuple[tuple[type[BaseException], Ending], ...]] = (
 CANCELLATIONS: Final[dict[CancelReason | None, Ending]] = {
     CancelReason.DEADLINE: Ending(504, "Deadline exceeded", "cancelled_deadline"),
     CancelReason.DISCONNECT: Ending(None, counter="cancelled_disconnect"),
+    CancelReason.STOP: Ending(503, "Service stopping: request cancelled"),
     None: Ending(503, "Service stopping: request cancelled"),
 }
 

@@ -61,6 +61,9 @@ class Connection(Protocol):
     def begin_drain(self) -> None:
         """The worker is leaving: say so now if the protocol can (HTTP/2's GOAWAY)."""
 
+    def running(self) -> list[RequestCycle]:
+        """The request cycles this connection carries now (the stop cancels them)."""
+
     def close(self) -> None: ...
 
 

@@ -188,8 +188,12 @@ class Worker:
         if not idle and state.tasks:
             forced = True
             cancelled = len(state.tasks)
+            for conn in list(state.connections):
+                for cycle in conn.running():
+                    cycle.cancel_for_stop()  # marked: its later sends are refused
             for task in list(state.tasks):
-                task.cancel()
+                if not task.cancelling():  # (those just marked are cancelled already)
+                    task.cancel()
             await self._wait_tasks(budget.cancel)
         # What is left now is idle (the grace period ended before its keep-alive
         # timer) or was just cancelled: close it, the grace period bounds the stop.
