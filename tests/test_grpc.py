@@ -23,6 +23,7 @@ import signal
 import time
 from collections import Counter
 from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
+from pathlib import Path
 
 import asyncpg
 import grpc
@@ -30,7 +31,7 @@ import pytest
 from examples.grpc.gen import orders_pb2 as pb
 from examples.grpc.gen import orders_pb2_grpc as pb_grpc
 
-from tests.support import ROOT, ServerProcess, server_process
+from tests.support import ROOT, ServerProcess, opened, server_process
 
 SERVICE = "examples.grpc.service:app"
 NEXT_HOP = "examples.grpc.next_hop:app"
@@ -216,6 +217,26 @@ async def test_next_hop_gets_what_is_left_of_the_grpc_deadline() -> None:
     assert 2000 < int(seen["header"]) <= reply.call.time_remaining_ms <= 4000
     assert 0 < seen["remaining_ms"] <= int(seen["header"])
     assert json.loads(unbounded.body) == {"header": None, "remaining_ms": None}
+
+
+async def test_grpc_service_registers_and_is_called_at_its_registered_address(
+    tmp_path: Path,
+) -> None:
+    """Registration is the server's, not the protocol's: a gRPC service is found in the
+    registry like an HTTP one, and grpcio reaches it at the registered address."""
+    url = f"sqlite:///{tmp_path / 'registry.db'}"
+    with order_service("--registry", url, "--service", "orders-grpc",
+                       "--meta", "protocol=grpc") as server:
+        await asyncio.to_thread(server.wait_for_line, "registered orders-grpc at", 30)
+        async with opened(url) as registry:
+            providers = [p for p, _ in await registry.list("orders-grpc")]
+        assert [(p.address, p.meta.get("protocol")) for p in providers] == [
+            (f"127.0.0.1:{server.port}", "grpc")]
+        async with grpc.aio.insecure_channel(providers[0].address,
+                                             options=CHANNEL_OPTIONS) as channel:
+            stub = pb_grpc.OrderServiceStub(channel)  # type: ignore[no-untyped-call]
+            order = await stub.GetOrder(pb.GetOrderRequest(id="found"), timeout=10)
+        assert order.id == "found"
 
 
 # -- reload and stop ------------------------------------------------------------------
