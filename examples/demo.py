@@ -17,7 +17,12 @@ deadline) while the demo performs and narrates the five field-report scenarios:
    ``tether.ServiceUnavailable`` it lets escape is a 503 with ``Retry-After``;
 7. a WebSocket stream through the proxy (``ticker``, numbered messages, read with
    ``tether.Client``) across a rolling reload of its service: the session ends with
-   1012, the client reconnects from the next number, and no number is lost.
+   1012, the client reconnects from the next number, and no number is lost;
+8. a gRPC call chain (``demo_grpc.py``): grpcio -> the ``examples/grpc`` service over
+   HTTP/2, found in the registry -> its next hop through ``tether.Client`` -> a query in
+   a throwaway PostgreSQL. One deadline reaches every hop; a shorter one runs out
+   mid-chain: the client gets DEADLINE_EXCEEDED and the query is cancelled in
+   PostgreSQL.
 
 It ends with a table read from the processes' own ``/metrics`` and exits non-zero
 if any request that should have succeeded failed. ``QUICK=1`` (or ``--quick``)
@@ -43,14 +48,27 @@ from collections import Counter
 from pathlib import Path
 from typing import Any
 
-from rich.console import Console
-from rich.progress import BarColumn, Progress, SpinnerColumn, TextColumn, TimeElapsedColumn
-from rich.table import Table
-
-import tether
-from tether.metrics import parse_series
-
 HERE = Path(__file__).resolve().parent
+# examples/grpc is the gRPC example *package*: with this directory first on sys.path it
+# would shadow grpcio, the client of step 8. The examples are imported by package name.
+sys.path[:] = [p for p in sys.path if Path(p or ".").resolve() != HERE]
+sys.path.insert(0, str(HERE.parent))
+
+from rich.console import Console  # noqa: E402
+from rich.progress import (  # noqa: E402
+    BarColumn,
+    Progress,
+    SpinnerColumn,
+    TextColumn,
+    TimeElapsedColumn,
+)
+from rich.table import Table  # noqa: E402
+
+import tether  # noqa: E402
+from examples import demo_grpc  # noqa: E402
+from tether.metrics import parse_series  # noqa: E402
+from tether.testing.postgres import throwaway_postgres  # noqa: E402
+
 QUICK = os.environ.get("QUICK", "") not in ("", "0") or "--quick" in sys.argv
 PACE = 0.6 if QUICK else 9.0  # seconds of steady traffic around each scenario
 DISCONNECTS = 5
@@ -112,9 +130,11 @@ class Proc:
         self.proc.wait()
 
 
-def serve(name: str, app: str, registry: str, service: str) -> Proc:
+def serve(name: str, app: str, registry: str, service: str, *args: str,
+          env: dict[str, str] | None = None) -> Proc:
     return Proc(name, "serve", app, "--port", "0", "--registry", registry,
-                "--service", service, "--registry-ttl", "2", env={"DEMO_REGISTRY": registry})
+                "--service", service, "--registry-ttl", "2", *args,
+                env={"DEMO_REGISTRY": registry, **(env or {})})
 
 
 def _get(url: str) -> bytes:
@@ -319,8 +339,10 @@ async def main() -> int:
     registry = f"sqlite:///{tmp}/registry.db"
     procs: list[Proc] = []
     events: list[str] = []
+    stack = contextlib.ExitStack()
     try:
         console.print(f"[bold]tether demo[/]  registry {registry}")
+        dsn = stack.enter_context(throwaway_postgres())
         orders_a = serve("orders-a", "orders:app", registry, "orders")
         orders_b = serve("orders-b", "orders:app", registry, "orders")
         front = serve("front", "front:app", registry, "front")
@@ -329,7 +351,13 @@ async def main() -> int:
         proxy = Proc("proxy", "proxy", "--listen", "127.0.0.1:0", "--route", "/=front",
                      "--route", "/whoami=whoami", "--route", "/ticks=ticker",
                      "--registry", registry, env={})
-        procs += [orders_a, orders_b, front, whoami, ticks, proxy]
+        # step 8's chain: the gRPC service (found through the registry) and its next hop
+        package = ("--app-dir", str(HERE.parent))
+        grpc_next = serve("grpc-next", "examples.grpc.next_hop:app", registry, "orders-next",
+                          *package, env={"ORDERS_DSN": dsn})
+        grpc_orders = serve("grpc", "examples.grpc.service:app", registry, "orders-grpc",
+                            *package, env={"ORDERS_NEXT_HOP": f"http://{grpc_next.address}"})
+        procs += [orders_a, orders_b, front, whoami, ticks, proxy, grpc_next, grpc_orders]
         for p in procs:
             console.print(f"  {p.name:<9} http://{p.address}  2 workers, admin {p.admin}")
         await until(lambda: total(front.metrics(), "tether_cluster_providers",
@@ -348,7 +376,7 @@ async def main() -> int:
             console=console, transient=True,
         )
         with progress:
-            step = progress.add_task("", total=7)
+            step = progress.add_task("", total=8)
 
             async def show() -> None:
                 while True:
@@ -455,6 +483,25 @@ async def main() -> int:
                           f"{dict(stream.closes)}, {stream.reconnects} reconnect(s), "
                           f"{stream.gaps} lost, {stream.repeats} repeated")
             progress.advance(step)
+
+            console.print("[bold]8.[/] a gRPC call chain: grpcio -> orders-grpc (HTTP/2, "
+                          "found in the registry) -> next hop -> PostgreSQL")
+            chain = await demo_grpc.run_chain(
+                registry, dsn,
+                lambda: total(grpc_next.metrics(), "tether_db_queries_cancelled_total"),
+                until)
+            events.append(f"gRPC chain: short deadline ended {chain.short_code}")
+            console.print(
+                f"   orders-grpc found at {chain.registered}; a {demo_grpc.FIRST_DEADLINE:.0f} s "
+                f"deadline reached the handler as {chain.handler_budget_ms:.0f} ms and the "
+                f"next hop as x-request-timeout-ms {chain.next_hop_header_ms}")
+            console.print(
+                f"   a {demo_grpc.SHORT_DEADLINE:.0f} s deadline over a "
+                f"{demo_grpc.QUERY_SECONDS:.0f} s query: {chain.short_code} after "
+                f"{chain.short_seconds:.2f} s; queries cancelled at the next hop "
+                f"{chain.queries_cancelled:.0f}, left running in PostgreSQL "
+                f"{chain.queries_left_running}")
+            progress.advance(step)
             await pace()
             await traffic.finish()
             ticker.cancel()
@@ -485,6 +532,12 @@ async def main() -> int:
             ("WebSocket numbers received / lost / repeated across ticker's reload",
              f"{stream.received} / {stream.gaps} / {stream.repeats}"),
             ("WebSocket sessions closed by the reload with 1012", str(stream.closes[1012])),
+            ("gRPC deadline at the handler / at the next hop (of 2000 ms)",
+             f"{chain.handler_budget_ms:.0f} / {chain.next_hop_header_ms}"),
+            ("gRPC call whose deadline ran out mid-chain",
+             f"{chain.short_code} in {chain.short_seconds:.2f} s"),
+            ("its PostgreSQL query: cancelled / left running",
+             f"{chain.queries_cancelled:.0f} / {chain.queries_left_running}"),
         ]
         for label, value in rows:
             table.add_row(label, value)
@@ -495,6 +548,7 @@ async def main() -> int:
         problems = (c["sent"] - c["ok"]) + (IN_FLIGHT - completed) + (reached < DISCONNECTS)
         problems += (seen.get("client") != WHOAMI_CLIENT) + (unavailable != (503, "1"))
         problems += stream.gaps + stream.repeats + (stream.closes[1012] < 1) + stream.errors
+        problems += not chain.ok
         console.print("[green]all good[/]" if not problems else "[red]PROBLEMS: see above[/]")
         return 1 if problems else 0
     finally:
@@ -507,6 +561,7 @@ async def main() -> int:
                 p.proc.wait(15)
             except subprocess.TimeoutExpired:
                 p.kill()
+        stack.close()
         shutil.rmtree(tmp, ignore_errors=True)
 
 

@@ -23,12 +23,13 @@ from __future__ import annotations
 
 import asyncio
 import logging
+from inspect import CORO_CREATED, getcoroutinestate
 from time import perf_counter
 from typing import TYPE_CHECKING, Any, Final, Protocol
 
 from tether.admission import Outcome
 from tether.asgi import ASGI_VERSION, ASGIApp, Message
-from tether.deadline import NO_DEADLINE, Deadline, set_deadline
+from tether.deadline import NO_DEADLINE, Deadline, DeadlineExceeded, set_deadline
 from tether.errors import ClientDisconnected
 from tether.server import wire
 from tether.server.frameworks import ANSWERED
@@ -343,6 +344,22 @@ class RequestCycle:
         if task is not None and not task.done() and self.cancel_reason is None:
             self.cancel_reason = reason
             task.cancel()
+            if getcoroutinestate(task.get_coro()) == CORO_CREATED:  # type: ignore[arg-type]
+                self._never_ran(reason)
+
+    def _never_ran(self, reason: CancelReason) -> None:
+        """Cancelled before its first step (an HTTP/2 stream reset in the read that
+        opened it): the coroutine will never run, nor run_asgi's bookkeeping, so it
+        is done here: the ending, the log line, the task set."""
+        gate = self.channel.state.admission
+        if reason is CancelReason.DEADLINE and gate is not None:
+            self._end(REFUSALS[Outcome.EXPIRED])  # expired before it could start
+        else:
+            self._end(CANCELLATIONS[reason])
+        if not self.logged:
+            self._log()
+        if self.task is not None:
+            self.channel.state.tasks.discard(self.task)
 
     def _response_done(self) -> None:
         """The response is complete: the deadline no longer applies to this request."""
@@ -382,6 +399,10 @@ class RequestCycle:
     async def send(self, message: Message) -> None:
         if self.disconnected:
             raise ClientDisconnected(f"client {self.client_label} disconnected")
+        if self.cancel_reason is not None:
+            # tether cancelled this handler (its deadline passed) and the application
+            # went on: nothing it sends now reaches the client, tether answers instead.
+            raise DeadlineExceeded("deadline exceeded: the handler was cancelled")
         mtype = message["type"]
         if not self.status:
             if mtype != "http.response.start":
@@ -589,7 +610,11 @@ class RequestCycle:
         except Exception as raised:
             exc = unwrap_framework_error(raised)
             ending = ending_for(exc)
-            if getattr(exc, ANSWERED, False):
+            if self.cancel_reason is not None:
+                # The application turned tether's cancellation into an error of its own
+                # (connect-python does): the ending is the cancellation's all the same.
+                ending = CANCELLATIONS[self.cancel_reason]
+            elif getattr(exc, ANSWERED, False):
                 ending = NOTHING  # answered and counted in the app (server/frameworks.py)
             elif self.response_complete and ending.counter is not None:
                 # Raised after the response was sent (a background task): the client
@@ -610,7 +635,10 @@ class RequestCycle:
                     )
             self._end(ending, exc)
         else:
-            if not self.response_complete and not self.disconnected:
+            if self.cancel_reason is not None and not self.response_complete:
+                # cancelled, and the application swallowed the cancellation
+                self._end(CANCELLATIONS[self.cancel_reason])
+            elif not self.response_complete and not self.disconnected:
                 what = "completing" if self.status else "starting"
                 error_log.error(
                     "ASGI application returned without %s a response (client %s, %s)",

@@ -219,7 +219,10 @@ class HttpProtocol(asyncio.Protocol):
             self._pause_reading()
         except httptools.HttpParserError as exc:
             detail = exc.args[0] if exc.args else "malformed request"
-            if detail == "Invalid HTTP version" and _WELL_FORMED_VERSION.search(data):
+            if data[:3] == _PREFACE_START and self.state.http2.mode == "1":
+                # (llhttp pauses on the HTTP/2 preface: "Pause on PRI/Upgrade")
+                self._reject(RequestRejected(505, "HTTP/2 is not served here (--http 1)"))
+            elif detail == "Invalid HTTP version" and _WELL_FORMED_VERSION.search(data):
                 # llhttp refuses versions it does not know (HTTP/3.0) as malformed;
                 # a well-formed version we do not speak is 505 (RFC 9110 15.6.6).
                 self._reject(RequestRejected(505, "HTTP version not supported"))

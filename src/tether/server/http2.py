@@ -48,6 +48,7 @@ import h2.connection
 import h2.events
 import h2.exceptions
 import h2.settings
+from h2.connection import ConnectionState
 from h2.errors import ErrorCodes
 from hyperframe.frame import GoAwayFrame
 
@@ -78,6 +79,9 @@ SETTINGS_PER_SECOND: Final = 50
 #: goes anyway (a client that never answers PINGs must not hold the stop)
 GOAWAY_PING_WAIT: Final = 1.0
 _GOAWAY_PING: Final = b"tether\x00\x01"
+#: seconds a closed connection keeps reading (and dropping) before the socket closes,
+#: unless the client closes first
+LINGER: Final = 2.0
 _MAX_STREAM_ID: Final = 2**31 - 1
 
 _CONFIG: Final = h2.config.H2Configuration(
@@ -150,6 +154,7 @@ class Http2Stream:
     """One stream: the :class:`~tether.server.cycle.Channel` of its request cycle."""
 
     __slots__ = (
+        "body_at",
         "client_label",
         "conn",
         "cycle",
@@ -188,6 +193,8 @@ class Http2Stream:
         self.trailer_fields: list[tuple[bytes, bytes]] = []
         #: request body bytes the application has not read yet (not yet acknowledged)
         self.unacked = 0
+        #: when the request's body last moved (the stream's own body timeout)
+        self.body_at = conn.loop.time()
         self.drain_waiter: asyncio.Future[None] | None = None
 
     # -- the Channel interface -------------------------------------------------------
@@ -251,6 +258,9 @@ class Http2Stream:
         self.conn.refuse(self, rejection)
 
     def body_consumed(self, cycle: RequestCycle) -> None:
+        # (also called as the application starts waiting: the body timeout runs from
+        # then, and from the window this opens, not from the last piece it read)
+        self.body_at = self.loop.time()
         if self.unacked and not cycle.buffered:
             self.conn.acknowledge(self, self.unacked)
             self.unacked = 0
@@ -324,6 +334,9 @@ class Http2Connection(asyncio.Protocol):
         conn.max_inbound_frame_size = settings.max_frame_size
         self.streams: dict[int, Http2Stream] = {}
         self.closed = False
+        #: close() has begun: the last GOAWAY is written, the client's bytes are dropped
+        self.closing = False
+        self.linger_until = 0.0
         self.write_paused = False
         self._write_handle: asyncio.Handle | None = None
         # GOAWAY: 0 none sent, 1 the first (with its PING) sent, 2 the last one sent
@@ -335,8 +348,9 @@ class Http2Connection(asyncio.Protocol):
         now = self.loop.time()
         #: when the connection last had no stream (the idle timer counts from it)
         self.idle_since = now
-        #: when a stream's data last moved while some stream waited for window
-        self.window_moved_at = now
+        #: since when a response has waited on a closed flow-control window (None: none
+        #: waits; a WINDOW_UPDATE clears it, the next wait starts it again)
+        self.stalled_since: float | None = None
         self.served_any = False
         # flood accounting: counts in the current one-second window
         self._flood_window = now
@@ -385,24 +399,43 @@ class Http2Connection(asyncio.Protocol):
 
     def close(self) -> None:
         """Close gracefully: a last GOAWAY, what is written, then the socket."""
-        if self.closed or self.transport.is_closing():
+        if self.closed or self.closing or self.transport.is_closing():
             return
+        self.closing = True
         for stream in list(self.streams.values()):
             if not stream.ended:
                 self.reset_stream(stream, ErrorCodes.CANCEL)
-        self._send_goaway(self.h2.highest_inbound_stream_id, ErrorCodes.NO_ERROR)
-        self._write()
-        self.transport.close()
+        self._send_goaway(self._last_processed(), ErrorCodes.NO_ERROR)
+        self._write_pending()
+        if self.transport.can_write_eof():
+            # A lingering close: what the client sends meanwhile (a WINDOW_UPDATE, the
+            # PING's answer) is read and dropped, so the kernel never answers it with a
+            # reset that could destroy the GOAWAY and the last responses in flight.
+            self.transport.write_eof()
+            self.linger_until = self.loop.time() + LINGER
+        else:
+            self.transport.close()
+
+    def _last_processed(self) -> int:
+        """The last stream id a GOAWAY names: never more than an earlier GOAWAY named
+        (RFC 9113 6.8), though h2 counts the refused streams above it too."""
+        return min(self.h2.highest_inbound_stream_id, self.last_stream_id)
 
     def check_timer(self, now: float) -> None:
         if self.closed:
+            return
+        if self.closing:
+            if now >= self.linger_until:
+                self.transport.close()
             return
         if self.goaway_phase == 1 and now - self.goaway_at >= GOAWAY_PING_WAIT:
             self._goaway_final()
         elif self.goaway_phase == 0 and self.state.draining:
             self._goaway_begin()
         if self.streams:
-            if now - self.window_moved_at > self.limits.body_timeout and any(
+            self._check_bodies(now)
+            stalled = self.stalled_since
+            if stalled is not None and now - stalled > self.limits.body_timeout and any(
                     stream.pending for stream in self.streams.values()):
                 # A peer that never opens its window would hold its handlers and
                 # their buffers for ever (zero-window stall).
@@ -413,6 +446,17 @@ class Http2Connection(asyncio.Protocol):
             else self.limits.header_timeout
         if now - self.idle_since > limit or self.goaway_phase == 2 or self.peer_goaway:
             self.close()
+
+    def _check_bodies(self, now: float) -> None:
+        """A request body that stops coming while its application waits for it is
+        answered 408 on its stream, as on HTTP/1.1 (--body-timeout): a client cannot
+        hold handlers by opening streams and sending nothing."""
+        limit = self.limits.body_timeout
+        for stream in list(self.streams.values()):
+            cycle = stream.cycle
+            if (cycle is not None and cycle.more_body and cycle.waiter is not None
+                    and not stream.remote_ended and now - stream.body_at > limit):
+                cycle.abort(RequestRejected(408, "Request body not received in time"))
 
     # -- asyncio.Protocol --------------------------------------------------------------
 
@@ -442,6 +486,11 @@ class Http2Connection(asyncio.Protocol):
             stream.wake_writer()
 
     def data_received(self, data: bytes) -> None:
+        if self.closing:
+            return  # lingering after the last GOAWAY (close)
+        if self._write_handle is not None:
+            # Out first: a GOAWAY in ``data`` would make h2 drop what it holds unsent.
+            self._write_pending()
         try:
             events = self.h2.receive_data(data)
         except h2.exceptions.ProtocolError as exc:
@@ -476,6 +525,14 @@ class Http2Connection(asyncio.Protocol):
                     self._goaway_final()
             elif kind is h2.events.ConnectionTerminated:
                 self.peer_goaway = True  # the client opens no more streams
+                if event.error_code != ErrorCodes.NO_ERROR:  # type: ignore[attr-defined]
+                    self._fail(ErrorCodes.NO_ERROR, "HTTP/2 client ended the connection "
+                               f"with {event.error_code!r}", "h2_protocol_errors")  # type: ignore[attr-defined]
+                    return
+                # A graceful GOAWAY from the client still lets the streams it opened
+                # finish (RFC 9113 6.8), but h2 closes its state machine on it, after
+                # which it refuses to send their responses: reopen it.
+                self.h2.state_machine.state = ConnectionState.SERVER_OPEN
             if self.closed:
                 return
         self._write()
@@ -628,6 +685,7 @@ class Http2Connection(asyncio.Protocol):
             cycle.abort(RequestRejected(413, f"Request body larger than {limit} bytes"))
             return
         stream.unacked += size
+        stream.body_at = self.loop.time()
         if data:
             cycle.feed_body(data)
         elif size:
@@ -659,7 +717,7 @@ class Http2Connection(asyncio.Protocol):
         self._within_bounds()
 
     def _on_window(self, stream_id: int) -> None:
-        self.window_moved_at = self.loop.time()
+        self.stalled_since = None
         if stream_id:
             stream = self.streams.get(stream_id)
             if stream is not None and (stream.pending or stream.end_queued):
@@ -713,6 +771,8 @@ class Http2Connection(asyncio.Protocol):
                 window = min(conn.local_flow_control_window(stream_id),
                              conn.max_outbound_frame_size)
                 if window <= 0:
+                    if self.stalled_since is None:
+                        self.stalled_since = self.loop.time()
                     break
                 data = pending[0]
                 if len(data) <= window:
@@ -829,7 +889,7 @@ class Http2Connection(asyncio.Protocol):
 
     def _write(self) -> None:
         self._write_handle = None
-        if self.closed:
+        if self.closed or self.closing:
             return
         data = self.h2.data_to_send()
         if data:
@@ -880,7 +940,7 @@ class Http2Connection(asyncio.Protocol):
         self.state.counters[counter] += 1
         if code is not None:
             self._write_pending()
-            frame = GoAwayFrame(stream_id=0, last_stream_id=self.h2.highest_inbound_stream_id,
+            frame = GoAwayFrame(stream_id=0, last_stream_id=self._last_processed(),
                                 error_code=code)
             self.transport.write(frame.serialize())
             self.state.counters["h2_goaways_sent"] += 1
