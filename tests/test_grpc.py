@@ -23,7 +23,6 @@ import signal
 import time
 from collections import Counter
 from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
-from pathlib import Path
 
 import asyncpg
 import grpc
@@ -31,7 +30,7 @@ import pytest
 from examples.grpc.gen import orders_pb2 as pb
 from examples.grpc.gen import orders_pb2_grpc as pb_grpc
 
-from tests.support import ROOT, ServerProcess, opened, server_process
+from tests.support import ROOT, ServerProcess, server_process
 
 SERVICE = "examples.grpc.service:app"
 NEXT_HOP = "examples.grpc.next_hop:app"
@@ -150,14 +149,11 @@ async def test_call_past_its_deadline_has_its_query_cancelled(postgres_dsn: str)
                 await asyncio.wait_for(call, 20)
 
 
-@pytest.mark.xfail(strict=True, reason=(
-    "server bug (lead's cycle/HTTP/2 code): connect-python turns the CancelledError of "
-    "tether's deadline into its own error and then sends headers and grpc-status 0 "
-    "trailers from its finally block; tether forwards those late sends, so grpcio reads "
-    "OK with no message (and fails to deserialize None) instead of DEADLINE_EXCEEDED"))
 async def test_call_past_tethers_deadline_gets_deadline_exceeded() -> None:
     """x-request-timeout-ms (tether's deadline, no grpcio timeout): DEADLINE_EXCEEDED can
-    only come from the server's trailers."""
+    only come from the server's trailers. connect-python turns the cancellation into an
+    error of its own and then sends grpc-status 0 from a finally block: tether must not
+    forward that (it did before 808897f; grpcio then read OK with no message)."""
     with order_service() as server:
         async with stub_for(server) as stub:
             call = stub.GetOrder(pb.GetOrderRequest(id="late", delay_ms=10_000),
@@ -217,26 +213,6 @@ async def test_next_hop_gets_what_is_left_of_the_grpc_deadline() -> None:
     assert 2000 < int(seen["header"]) <= reply.call.time_remaining_ms <= 4000
     assert 0 < seen["remaining_ms"] <= int(seen["header"])
     assert json.loads(unbounded.body) == {"header": None, "remaining_ms": None}
-
-
-async def test_grpc_service_registers_and_is_called_at_its_registered_address(
-    tmp_path: Path,
-) -> None:
-    """Registration is the server's, not the protocol's: a gRPC service is found in the
-    registry like an HTTP one, and grpcio reaches it at the registered address."""
-    url = f"sqlite:///{tmp_path / 'registry.db'}"
-    with order_service("--registry", url, "--service", "orders-grpc",
-                       "--meta", "protocol=grpc") as server:
-        await asyncio.to_thread(server.wait_for_line, "registered orders-grpc at", 30)
-        async with opened(url) as registry:
-            providers = [p for p, _ in await registry.list("orders-grpc")]
-        assert [(p.address, p.meta.get("protocol")) for p in providers] == [
-            (f"127.0.0.1:{server.port}", "grpc")]
-        async with grpc.aio.insecure_channel(providers[0].address,
-                                             options=CHANNEL_OPTIONS) as channel:
-            stub = pb_grpc.OrderServiceStub(channel)  # type: ignore[no-untyped-call]
-            order = await stub.GetOrder(pb.GetOrderRequest(id="found"), timeout=10)
-        assert order.id == "found"
 
 
 # -- reload and stop ------------------------------------------------------------------
@@ -318,18 +294,16 @@ async def _stop_past_the_grace_period() -> tuple[grpc.StatusCode, str, str]:
 
 
 @pytest.mark.xfail(strict=True, reason=(
-    "server bug (lead's cycle/HTTP/2 code): as with a deadline, connect-python answers "
-    "the cancellation at the end of the grace period with grpc-status 0 and tether "
-    "forwards it: grpcio reads OK with no message, not UNAVAILABLE"))
+    "server bug (cycle.py): the deadline case is fixed (808897f), the stop's is not: "
+    "connect-python answers the cancellation at the end of --graceful-timeout with "
+    "grpc-status 0 and tether still forwards it, so grpcio reads OK, not UNAVAILABLE"))
 async def test_call_cancelled_past_the_grace_period_gets_unavailable() -> None:
     code, details, output = await _stop_past_the_grace_period()
     assert code == grpc.StatusCode.UNAVAILABLE, (code, details, output)
 
 
-@pytest.mark.xfail(strict=True, reason=(
-    "server bug in src/tether/server/http2.py: Http2Connection.close() calls _write(), "
-    "which calls close() again when no stream is left after the last GOAWAY: "
-    "RecursionError in the worker at the end of a stop that cancelled a stream"))
 async def test_stop_past_the_grace_period_closes_the_connection_cleanly() -> None:
+    """Http2Connection.close() and _write() called each other (RecursionError) at the end
+    of a stop that cancelled a stream, before f28a2b5."""
     _, _, output = await _stop_past_the_grace_period()
     assert "RecursionError" not in output, output
