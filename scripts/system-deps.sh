@@ -10,6 +10,7 @@
 # harmless, the benchmark starts its own nginx from a config of its own).
 # chromium, chromium-driver: the real browser tests/test_browser.py drives with Selenium
 # (Debian builds the driver from the same source as the browser, so they always match).
+# nghttp2-client: h2load, the HTTP/2 load tool bench/http2.py and tests/test_http2_clients.py run.
 set -euo pipefail
 
 need=()
@@ -20,6 +21,7 @@ command -v etcd >/dev/null 2>&1 || need+=(etcd-server)
 [ -x /usr/sbin/nginx ] || command -v nginx >/dev/null 2>&1 || need+=(nginx)
 command -v chromium >/dev/null 2>&1 || need+=(chromium)
 command -v chromedriver >/dev/null 2>&1 || need+=(chromium-driver)
+command -v h2load >/dev/null 2>&1 || need+=(nghttp2-client)
 
 # `system-deps.sh PACKAGE...`: only those of the missing packages (make demo needs only
 # postgresql; the whole list is for make test).
