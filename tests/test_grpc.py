@@ -293,10 +293,6 @@ async def _stop_past_the_grace_period() -> tuple[grpc.StatusCode, str, str]:
         return code, details, server.output()
 
 
-@pytest.mark.xfail(strict=True, reason=(
-    "server bug (cycle.py): the deadline case is fixed (808897f), the stop's is not: "
-    "connect-python answers the cancellation at the end of --graceful-timeout with "
-    "grpc-status 0 and tether still forwards it, so grpcio reads OK, not UNAVAILABLE"))
 async def test_call_cancelled_past_the_grace_period_gets_unavailable() -> None:
     code, details, output = await _stop_past_the_grace_period()
     assert code == grpc.StatusCode.UNAVAILABLE, (code, details, output)
