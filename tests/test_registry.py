@@ -39,6 +39,7 @@ from tests.support import (
     run_tether,
     server_process,
     tether_command,
+    tether_process,
     wait_for,
 )
 from tether.cli import _alive
@@ -725,3 +726,19 @@ async def test_sqlite_registry_closed_under_an_open_watch(tmp_path: Path) -> Non
     finally:
         await watch.aclose()
         await registry.close()
+
+
+def test_a_registry_client_that_cannot_even_load_is_said_once_and_served_through(
+        tmp_path: Path) -> None:
+    """A registration that fails inside the client library (here: its import, shadowed by
+    a broken module first on the path, as examples/grpc once shadowed grpcio for aetcd)
+    is logged once with its cause, and the service keeps serving, unregistered."""
+    (tmp_path / "aetcd.py").write_text("raise ImportError('broken install')\n")
+    with tether_process("serve", "hello:app", "--app-dir", str(EXAMPLES), "--port", "0",
+                        "--registry", "etcd://127.0.0.1:9/t", "--service", "hello",
+                        cwd=tmp_path, env=dict(os.environ)) as server:
+        line = server.wait_for_line("cannot register hello")
+        assert "needs the etcd client" in line and "broken install" in line
+        assert httpx.get(f"{server.url}/", timeout=10).status_code == 200
+        server.wait_for_line("serving without being registered")
+        assert server.output().count("cannot register hello") == 1

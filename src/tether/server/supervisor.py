@@ -525,6 +525,15 @@ class Supervisor:
                 logger.error("cannot register %s in %s: %s", config.service,
                              redact(config.registry), exc or type(exc).__name__)
             return False
+        except Exception as exc:
+            # Not the registry's answer: the client library itself failed (a broken
+            # install, a module shadowing one it imports). Said once, with the cause,
+            # and retried like any failure: never a silently dead registration task.
+            if log_failure:
+                logger.error("cannot register %s in %s: %s: %s", config.service,
+                             redact(config.registry), type(exc).__name__, exc,
+                             exc_info=exc)
+            return False
         logger.info("registered %s at %s in %s", config.service,
                     self._registration.provider.address, redact(config.registry))
         return True

@@ -1,1 +1,0 @@
-"""The order service over gRPC: see README.md."""
