@@ -49,9 +49,8 @@ from pathlib import Path
 from typing import Any
 
 HERE = Path(__file__).resolve().parent
-# examples/grpc is the gRPC example *package*: with this directory first on sys.path it
-# would shadow grpcio, the client of step 8. The examples are imported by package name.
-sys.path[:] = [p for p in sys.path if Path(p or ".").resolve() != HERE]
+# Step 8 imports the gRPC example by its package name (examples.grpc.*); examples/grpc
+# has no __init__.py, so this directory on sys.path never shadows grpcio.
 sys.path.insert(0, str(HERE.parent))
 
 from rich.console import Console  # noqa: E402
