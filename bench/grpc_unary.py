@@ -35,11 +35,11 @@ if _ROOT not in sys.path:  # run as a script: make ``bench`` and ``examples`` im
     sys.path.insert(0, _ROOT)
 
 import grpc  # noqa: E402
-from examples.grpc.gen import orders_pb2 as pb  # noqa: E402
-from examples.grpc.gen import orders_pb2_grpc as pb_grpc  # noqa: E402
 
 from bench import harness  # noqa: E402
 from bench.harness import HOST, PYTHON, BenchError  # noqa: E402
+from examples.grpc.gen import orders_pb2 as pb  # noqa: E402
+from examples.grpc.gen import orders_pb2_grpc as pb_grpc  # noqa: E402
 
 STOP_TIMEOUT: Final = 10.0  # seconds a server gets to exit after SIGTERM
 CALL_TIMEOUT: Final = 10.0  # each call's gRPC deadline

@@ -40,11 +40,10 @@ _ROOT = str(Path(__file__).resolve().parent.parent)
 if _ROOT not in sys.path:  # run as a script: make ``bench`` and ``tests`` importable
     sys.path.insert(0, _ROOT)
 
-from tests.postgres import throwaway_postgres  # noqa: E402
-
 import tether  # noqa: E402
 from bench import harness  # noqa: E402
 from bench.harness import PYTHON, ROOT, BenchError  # noqa: E402
+from tests.postgres import throwaway_postgres  # noqa: E402
 
 DEADLINE = 0.5
 STOP_TIMEOUT = 15.0

@@ -52,11 +52,10 @@ _ROOT = str(Path(__file__).resolve().parent.parent)
 if _ROOT not in sys.path:  # run as a script: make ``bench`` and ``tests`` importable
     sys.path.insert(0, _ROOT)
 
-from tests.apps.registry_share import address  # noqa: E402
-from tests.etcd import EtcdServer, throwaway_etcd  # noqa: E402
-
 from bench import harness  # noqa: E402
 from bench.harness import PYTHON, ROOT  # noqa: E402
+from tests.apps.registry_share import address  # noqa: E402
+from tests.etcd import EtcdServer, throwaway_etcd  # noqa: E402
 from tether.registry import Registration, Snapshot, open_registry  # noqa: E402
 from tether.registry.etcd import EtcdRegistry  # noqa: E402
 

@@ -12,6 +12,7 @@ import sys
 from pathlib import Path
 
 import pytest
+
 from bench import grpc_unary
 
 ROOT = Path(__file__).resolve().parent.parent

@@ -17,6 +17,7 @@ import types
 from pathlib import Path
 
 import pytest
+
 from bench import http2
 from bench.h2load import H2loadError, parse_report
 

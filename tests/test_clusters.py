@@ -44,9 +44,9 @@ from types import TracebackType
 from typing import Any
 
 import pytest
-from bench.harness import ProcessFamily
 
 import tether
+from bench.harness import ProcessFamily
 from tests.etcd import EtcdServer
 from tests.support import free_port, opened, tether_command, wait_for
 from tether.client import Cluster, ClusterConfig, NoProviderAvailable, TransportError

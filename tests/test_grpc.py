@@ -27,9 +27,9 @@ from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
 import asyncpg
 import grpc
 import pytest
+
 from examples.grpc.gen import orders_pb2 as pb
 from examples.grpc.gen import orders_pb2_grpc as pb_grpc
-
 from tests.support import ROOT, ServerProcess, server_process
 
 SERVICE = "examples.grpc.service:app"

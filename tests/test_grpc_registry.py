@@ -14,10 +14,10 @@ import time
 from pathlib import Path
 
 import grpc
-from examples.grpc.gen import orders_pb2 as pb
-from examples.grpc.gen import orders_pb2_grpc as pb_grpc
 
 import tether
+from examples.grpc.gen import orders_pb2 as pb
+from examples.grpc.gen import orders_pb2_grpc as pb_grpc
 from tests.support import ROOT, server_process, wait_for
 from tether.registry import open_registry
 

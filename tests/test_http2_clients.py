@@ -26,8 +26,8 @@ from typing import Any
 import httpx
 import pytest
 import trustme
-from bench.h2load import run_h2load
 
+from bench.h2load import run_h2load
 from tests.support import ServerProcess, raw_exchange, server_process, status_of
 
 TESTS = Path(__file__).resolve().parent

@@ -20,8 +20,8 @@ from typing import Any
 import httpx
 import psutil
 import pytest
-from bench.loadgen import run_load
 
+from bench.loadgen import run_load
 from tests.support import EXAMPLES, ServerProcess, server_process, wait_for
 from tests.test_supervisor import (
     admin_url,

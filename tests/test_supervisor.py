@@ -22,9 +22,9 @@ from typing import Any
 
 import httpx
 import pytest
+
 from bench.harness import start_time
 from bench.loadgen import LoadResult, run_load
-
 from tests.support import (
     EXAMPLES,
     ServerProcess,
