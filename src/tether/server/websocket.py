@@ -237,6 +237,7 @@ class WebSocketCycle(RequestCycle):
         # (a memoryview is as good as bytes to it: it appends the data to its bytearray)
         protocol.receive_data(cast("bytes", data))
         # Once open, the library's events are frames only (the request was handshake()'s).
+        control = False  # a control frame came: the library may have answered it
         for frame in cast("list[Frame]", protocol.events_received()):
             opcode = frame.opcode
             if opcode is _BINARY or opcode is _TEXT:
@@ -248,15 +249,21 @@ class WebSocketCycle(RequestCycle):
                 message = self.assembler.add(frame)
                 if message is not None:
                     self._deliver(*message)
-            elif opcode is _PONG:
-                self.ping_outstanding = False
-            elif opcode is _CLOSE:
-                received = protocol.close_rcvd
-                self._ended(received.code if received is not None else NO_STATUS,
-                            received.reason if received is not None else "")
+            else:
+                control = True
+                if opcode is _PONG:
+                    self.ping_outstanding = False
+                elif opcode is _CLOSE:
+                    received = protocol.close_rcvd
+                    self._ended(received.code if received is not None else NO_STATUS,
+                                received.reason if received is not None else "")
         if protocol.parser_exc is not None:
             self._protocol_error(str(protocol.parser_exc))
-        self._flush()  # a pong, a close's echo; usually nothing
+            control = True
+        if control:
+            # Data frames never make the library write; a ping (its pong), a close (its
+            # echo) and a protocol error (a close) do.
+            self._flush()
 
     def _deliver(self, data: bytes | bytearray | memoryview, text: bool) -> None:
         if self.close_code is not None:
@@ -270,6 +277,7 @@ class WebSocketCycle(RequestCycle):
             except UnicodeDecodeError as exc:
                 self.protocol.fail(1007, f"invalid UTF-8 at position {exc.start}")
                 self._protocol_error("invalid UTF-8 in a text message")
+                self._flush()  # the close frame
                 return
         else:
             message = {"type": "websocket.receive", "bytes": data}
