@@ -40,7 +40,6 @@ from tether.server.framing import Framing
 from tether.server.request_head import RequestRejected, ServerOptions
 from tether.server.state import ServerState, TimerKind
 from tether.server.websocket import WebSocketCycle, handshake
-from tether.server.websocket_reader import read_into_session
 from tether.tls import tls_extension
 
 error_log = logging.getLogger("tether.error")
@@ -191,9 +190,7 @@ class HttpProtocol(asyncio.Protocol):
                 self._reject(RequestRejected(500, "Internal server error"))
         except httptools.HttpParserUpgrade as exc:
             if self.upgraded is not None:
-                # A WebSocket: the rest of this read (and every later one) is frames,
-                # read from now on into a buffer the session reads (websocket_reader.py).
-                read_into_session(self.transport, self, self.upgraded)
+                # A WebSocket: the rest of this read (and every later one) is frames.
                 offset = exc.args[0] if exc.args else len(data)
                 if offset < len(data):
                     self.upgraded.feed(data[offset:])

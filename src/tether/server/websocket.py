@@ -227,15 +227,13 @@ class WebSocketCycle(RequestCycle):
 
     # -- the connection's bytes --------------------------------------------------------
 
-    def feed(self, data: bytes | bytearray | memoryview) -> None:
-        """Bytes from the client after the upgrade request's head (read into a buffer
-        the caller reuses: the library copies what it keeps, ``pending`` too)."""
+    def feed(self, data: bytes) -> None:
+        """Bytes from the client after the upgrade request's head."""
         if not self.opened:
-            self.pending.append(bytes(data))  # a client must wait for the 101; some do not
+            self.pending.append(data)  # a client must wait for the 101; some do not
             return
         protocol = self.protocol
-        # (a memoryview is as good as bytes to it: it appends the data to its bytearray)
-        protocol.receive_data(cast("bytes", data))
+        protocol.receive_data(data)
         # Once open, the library's events are frames only (the request was handshake()'s).
         control = False  # a control frame came: the library may have answered it
         for frame in cast("list[Frame]", protocol.events_received()):
