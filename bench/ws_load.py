@@ -7,9 +7,10 @@ latency during a measured window after a warmup, then closes every connection.
 It is as light as a client can be, because on a small machine it competes with the
 server for the CPU: the ``websockets`` library's sans-I/O client driven straight from
 an asyncio protocol on uvloop, one message in flight per connection, no per-message
-task or future, and one frame masked once per run (:func:`masked_frame`). It offers no permessage-deflate (the payload is random
-bytes: compression would only cost CPU), so every server sends plain frames. The same
-client measures every server, so its cost is the same in every ratio.
+task or future, and one frame masked once per run (:func:`masked_frame`). It offers no
+permessage-deflate (the payload is random bytes: compression would only cost CPU), so
+every server sends plain frames. The same client measures every server, so its cost
+is the same in every ratio.
 """
 
 from __future__ import annotations
