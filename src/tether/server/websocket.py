@@ -33,9 +33,10 @@ Rules:
 
 from __future__ import annotations
 
+import asyncio
 import logging
 from collections import Counter, deque
-from typing import TYPE_CHECKING, Any, Final, Protocol
+from typing import TYPE_CHECKING, Any, Final, Protocol, cast
 
 from websockets.extensions.permessage_deflate import ServerPerMessageDeflateFactory
 from websockets.frames import Frame, Opcode
@@ -75,6 +76,9 @@ NO_STATUS: Final = 1005
 #: received message bytes waiting for the application after which reading pauses
 HIGH_WATER: Final = 1024 * 1024
 
+_BINARY: Final = Opcode.BINARY
+_TEXT: Final = Opcode.TEXT
+_CONT: Final = Opcode.CONT
 _PONG: Final = Opcode.PONG
 _CLOSE: Final = Opcode.CLOSE
 _OPEN: Final = State.OPEN
@@ -82,6 +86,11 @@ _OPEN: Final = State.OPEN
 
 class WebSocketChannel(Channel, Protocol):
     """What a WebSocket session needs of its connection beyond a request's channel."""
+
+    #: where frames are written: straight, not through ``send_body`` (a session's
+    #: bytes have no HTTP framing, and this is its per-message path)
+    transport: asyncio.Transport
+    read_paused: bool
 
     def pause_reading(self) -> None: ...
 
@@ -167,7 +176,9 @@ class WebSocketCycle(RequestCycle):
         "close_reason",
         "connect_delivered",
         "connection_done",
+        "counts",
         "handshake_response",
+        "loop",
         "opened",
         "pending",
         "ping_outstanding",
@@ -197,8 +208,11 @@ class WebSocketCycle(RequestCycle):
         self.handshake_response = response
         self.opened = False
         self.connect_delivered = False
-        self.queued: deque[Message] = deque()
+        #: received messages the application has not taken, with their sizes
+        self.queued: deque[tuple[Message, int]] = deque()
         self.queued_bytes = 0
+        self.loop = channel.loop
+        self.counts = channel.state.websocket_counts
         #: joins a fragmented message's frames (tether.ws_messages)
         self.assembler = Assembler()
         #: bytes that arrived before the application accepted (fed once it has)
@@ -220,40 +234,55 @@ class WebSocketCycle(RequestCycle):
             return
         protocol = self.protocol
         protocol.receive_data(data)
-        for frame in protocol.events_received():
-            if not isinstance(frame, Frame):
-                continue  # (only frames come once open)
+        # Once open, the library's events are frames only (the request was handshake()'s).
+        control = False  # a control frame came: the library may have answered it
+        for frame in cast("list[Frame]", protocol.events_received()):
             opcode = frame.opcode
-            if opcode is _PONG:
-                self.ping_outstanding = False
-            elif opcode is _CLOSE:
-                received = protocol.close_rcvd
-                self._ended(received.code if received is not None else NO_STATUS,
-                            received.reason if received is not None else "")
-            else:
+            if opcode is _BINARY or opcode is _TEXT:
+                if frame.fin:  # a whole message in one frame: the common case
+                    self._deliver(frame.data, opcode is _TEXT)
+                else:  # (the library refuses one amid another fragmented message)
+                    self.assembler.add(frame)
+            elif opcode is _CONT:
                 message = self.assembler.add(frame)
                 if message is not None:
                     self._deliver(*message)
+            else:
+                control = True
+                if opcode is _PONG:
+                    self.ping_outstanding = False
+                elif opcode is _CLOSE:
+                    received = protocol.close_rcvd
+                    self._ended(received.code if received is not None else NO_STATUS,
+                                received.reason if received is not None else "")
         if protocol.parser_exc is not None:
             self._protocol_error(str(protocol.parser_exc))
-        self._flush()
+            control = True
+        if control:
+            # Data frames never make the library write; a ping (its pong), a close (its
+            # echo) and a protocol error (a close) do.
+            self._flush()
 
     def _deliver(self, data: bytes | bytearray | memoryview, text: bool) -> None:
         if self.close_code is not None:
             return
+        if type(data) is not bytes:
+            data = bytes(data)  # (a masked frame's payload already is: no copy then)
         message: Message
         if text:
             try:
-                message = {"type": "websocket.receive", "text": bytes(data).decode()}
+                message = {"type": "websocket.receive", "text": data.decode()}
             except UnicodeDecodeError as exc:
                 self.protocol.fail(1007, f"invalid UTF-8 at position {exc.start}")
                 self._protocol_error("invalid UTF-8 in a text message")
+                self._flush()  # the close frame
                 return
         else:
-            message = {"type": "websocket.receive", "bytes": bytes(data)}
-        self.queued.append(message)
-        self.queued_bytes += len(data)
-        self.channel.state.websocket_counts["messages_in"] += 1
+            message = {"type": "websocket.receive", "bytes": data}
+        size = len(data)
+        self.queued.append((message, size))
+        self.queued_bytes += size
+        self.counts["messages_in"] += 1
         if self.queued_bytes > HIGH_WATER:
             self.channel.pause_reading()
         self.wake()
@@ -269,13 +298,14 @@ class WebSocketCycle(RequestCycle):
 
     def _flush(self) -> None:
         """Write what the protocol has to send; end the connection when it says so."""
-        channel = self.channel
         writes = self.protocol.data_to_send()
-        if self.disconnected:
-            return  # the connection is gone: nothing can be written any more
+        if not writes or self.disconnected:
+            return  # nothing, or the connection is gone: nothing can be written any more
+        transport = self.channel.transport
         for chunk in writes:
             if chunk:
-                channel.send_body(self, chunk, True)
+                transport.write(chunk)
+                self.bytes_sent += len(chunk)
             else:  # websockets' SEND_EOF: the closing handshake is done (or failed)
                 self._connection_done()
 
@@ -291,7 +321,7 @@ class WebSocketCycle(RequestCycle):
         if self.close_code is None:
             self.close_code = code
             self.close_reason = reason
-            self.channel.state.websocket_counts[f"closed_{code}"] += 1
+            self.counts[f"closed_{code}"] += 1
             self._response_done()  # the session is complete: what comes after is late
             self.wake()
 
@@ -308,7 +338,7 @@ class WebSocketCycle(RequestCycle):
         waiting = self.waiter is not None and not self.waiter.done()
         if self.opened and self.close_code is None:
             self.close_code = ABNORMAL
-            self.channel.state.websocket_counts[f"closed_{ABNORMAL}"] += 1
+            self.counts[f"closed_{ABNORMAL}"] += 1
         if waiting or (self.response_complete and self.opened):
             self.disconnected = True
             self._cancel_flush()
@@ -357,25 +387,22 @@ class WebSocketCycle(RequestCycle):
         if not self.connect_delivered:
             self.connect_delivered = True
             return {"type": "websocket.connect"}
-        channel = self.channel
-        while True:
-            queued = self.queued
-            if queued:
-                message = queued.popleft()
-                size = len(message.get("bytes") or message.get("text") or "")
-                self.queued_bytes -= size
-                if self.queued_bytes <= HIGH_WATER:
-                    channel.body_consumed(self)
-                return message
+        queued = self.queued
+        while not queued:
             if self.close_code is not None or self.disconnected:
                 code = ABNORMAL if self.close_code is None else self.close_code
                 return {"type": "websocket.disconnect", "code": code,
                         "reason": self.close_reason}
-            self.waiter = channel.loop.create_future()
+            waiter = self.waiter = self.loop.create_future()
             try:
-                await self.waiter
+                await waiter
             finally:
                 self.waiter = None
+        message, size = queued.popleft()
+        self.queued_bytes -= size
+        if self.channel.read_paused and self.queued_bytes <= HIGH_WATER:
+            self.channel.body_consumed(self)
+        return message
 
     async def send(self, message: Message) -> None:
         mtype = message["type"]
@@ -389,14 +416,14 @@ class WebSocketCycle(RequestCycle):
         protocol = self.protocol
         if mtype == "websocket.send":
             data = message.get("bytes")
-            text = message.get("text")
             if data is not None:
                 protocol.send_binary(data)
-            elif text is not None:
-                protocol.send_text(text.encode())
             else:
-                raise RuntimeError("ASGI 'websocket.send' needs 'bytes' or 'text'")
-            self.channel.state.websocket_counts["messages_out"] += 1
+                text = message.get("text")
+                if text is None:
+                    raise RuntimeError("ASGI 'websocket.send' needs 'bytes' or 'text'")
+                protocol.send_text(text.encode())
+            self.counts["messages_out"] += 1
             self._flush()
             channel = self.channel
             if channel.write_paused:
@@ -451,7 +478,7 @@ class WebSocketCycle(RequestCycle):
         set_deadline(NO_DEADLINE)
         self.leave_admission()  # the handshake took a slot; the session does not
         self._flush()
-        self.channel.state.websocket_counts["opened"] += 1
+        self.counts["opened"] += 1
         self.channel.websocket_opened(self)
         pending, self.pending = self.pending, []
         for data in pending:
