@@ -178,10 +178,6 @@ def bench_one(server: str, rnd: int, opts: Options, workdir: Path) -> Run:
 # -- the report -------------------------------------------------------------------------
 
 
-def _median(values: list[float]) -> float | None:
-    return statistics.median(values) if values else None
-
-
 def _ms(value: float | None) -> str:
     return "-" if value is None else f"{value * 1000:.2f}"
 
@@ -196,14 +192,14 @@ def report_lines(runs: list[Run], opts: Options) -> list[str]:
     for server in SERVERS:
         done = [r.result for r in runs if r.server == server and r.result is not None]
         failed = [r.error for r in runs if r.server == server and r.error is not None]
-        rates[server] = _median([r.rate for r in done])
+        rates[server] = harness.median_known([r.rate for r in done])
         if not done:
             lines.append(f"  {server:<10} failed: {failed[0].splitlines()[0] if failed else '?'}")
             continue
         lines.append(
             f"  {server:<10} {rates[server] or 0:>10.0f} "
-            f"{_ms(_median([p for r in done if (p := r.percentile(50)) is not None])):>8} "
-            f"{_ms(_median([p for r in done if (p := r.percentile(99)) is not None])):>8} "
+            f"{_ms(harness.median_known(r.percentile(50) for r in done)):>8} "
+            f"{_ms(harness.median_known(r.percentile(99) for r in done)):>8} "
             f"{sum(r.errors for r in done):>7}")
     tether, aio = rates.get("tether"), rates.get("grpc.aio")
     if tether and aio:

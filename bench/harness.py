@@ -36,6 +36,7 @@ import os
 import platform
 import signal
 import socket
+import statistics
 import subprocess
 import sys
 import time
@@ -54,6 +55,12 @@ HOST: Final = "127.0.0.1"
 READY_TIMEOUT: Final = 30.0  # seconds a server gets to be ready, unless a script says otherwise
 
 T = TypeVar("T")
+
+
+def median_known(values: Iterable[float | None]) -> float | None:
+    """The median of the values that are known (None: a round without that number)."""
+    known = [v for v in values if v is not None]
+    return statistics.median(known) if known else None
 
 
 class BenchError(Exception):

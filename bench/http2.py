@@ -251,11 +251,6 @@ def progress_line(run: Run, rounds: int) -> str:
             f"max {r.max_ms:8.2f} ms  server CPU {num_text(run.cpu_us, '.1f')} us/req")
 
 
-def _median(values: Sequence[float | None]) -> float | None:
-    known = [v for v in values if v is not None]
-    return statistics.median(known) if known else None
-
-
 def summarize(runs: list[Run], opts: Options) -> list[Summary]:
     summaries = []
     for server in opts.servers:
@@ -265,9 +260,9 @@ def summarize(runs: list[Run], opts: Options) -> list[Summary]:
         summaries.append(Summary(
             server=server, rounds=len(mine), rounds_ok=len(ok),
             requests_per_sec=statistics.median(rps) if rps else None,
-            mean_ms=_median([r.result.mean_ms for r in ok if r.result is not None]),
-            max_ms=_median([r.result.max_ms for r in ok if r.result is not None]),
-            cpu_us=_median([r.cpu_us for r in ok]),
+            mean_ms=harness.median_known([r.result.mean_ms for r in ok if r.result is not None]),
+            max_ms=harness.median_known([r.result.max_ms for r in ok if r.result is not None]),
+            cpu_us=harness.median_known([r.cpu_us for r in ok]),
             rps_rounds=rps,
             errors=[r.error for r in mine if r.error is not None],
         ))

@@ -255,16 +255,11 @@ def summarize(runs: list[Run], opts: Options) -> list[Summary]:
                 round_trips_per_sec=statistics.median(rtps) if rtps else None,
                 mb_per_sec=statistics.median([r.mb_per_sec for r in ok]) if ok else None,
                 p99_ms=statistics.median([r.p99_ms for r in ok]) if ok else None,
-                cpu_us=_median([r.server_cpu_us_per_round_trip for r in ok]),
+                cpu_us=harness.median_known([r.server_cpu_us_per_round_trip for r in ok]),
                 rtps_rounds=rtps,
                 errors=[r.error for r in mine if r.error is not None],
             ))
     return summaries
-
-
-def _median(values: list[float | None]) -> float | None:
-    known = [v for v in values if v is not None]
-    return statistics.median(known) if known else None
 
 
 def ratio_lines(summaries: list[Summary], opts: Options) -> list[str]:
