@@ -301,3 +301,24 @@ async def test_open_sessions_do_not_hold_admission_slots() -> None:
         assert status_of(raw) == 200
         for ws in sessions:
             await ws.close()
+
+
+@pytest.mark.parametrize("length", [0, 1, 125, 126, 127, 65535, 65536, 70000])
+@pytest.mark.parametrize("text", [False, True])
+def test_hand_written_frame_heads_are_the_librarys_own(length: int, text: bool) -> None:
+    """The one thing tether writes itself on a WebSocket (server/websocket.py,
+    data_frame_head) is byte for byte what the websockets library would send."""
+    from websockets.protocol import State
+    from websockets.server import ServerProtocol
+
+    from tether.server.websocket import data_frame_head
+
+    protocol = ServerProtocol()
+    protocol.state = State.OPEN
+    payload = b"x" * length
+    if text:
+        protocol.send_text(payload)
+    else:
+        protocol.send_binary(payload)
+    [library] = protocol.data_to_send()
+    assert data_frame_head(0x81 if text else 0x82, length) + payload == library
