@@ -12,17 +12,28 @@ import base64
 import logging
 import os
 import socket
+import ssl
 import struct
 import time
 from collections.abc import AsyncIterator, Callable
+from pathlib import Path
 
 import aiohttp
 import pytest
+import trustme
 import websockets
 from websockets.exceptions import ConnectionClosed, InvalidStatus
 
 from tests.apps import ws_app
-from tests.support import RunningServer, raw_exchange, serve, status_of, wait_for
+from tests.support import (
+    APPS,
+    RunningServer,
+    raw_exchange,
+    serve,
+    server_process,
+    status_of,
+    wait_for,
+)
 from tether.config import WebSocketSettings
 
 
@@ -322,3 +333,26 @@ def test_hand_written_frame_heads_are_the_librarys_own(length: int, text: bool) 
         protocol.send_binary(payload)
     [library] = protocol.data_to_send()
     assert data_frame_head(0x81 if text else 0x82, length) + payload == library
+
+
+async def test_a_session_over_tls_on_a_real_worker(tmp_path: Path) -> None:
+    """wss:// to a real ``tether serve`` worker (uvloop's TLS transport): text, a large
+    binary message both ways (frames written as two buffers), and a clean close."""
+    ca = trustme.CA()
+    cert = ca.issue_cert("127.0.0.1")
+    cert.private_key_and_cert_chain_pem.write_to_path(tmp_path / "server.pem")
+    client_context = ssl.create_default_context()
+    ca.configure_trust(client_context)
+    with server_process("ws_app:app", "--ssl-certfile", str(tmp_path / "server.pem"),
+                        cwd=APPS) as server:
+        async with websockets.connect(f"wss://127.0.0.1:{server.port}/echo",
+                                      ssl=client_context, max_size=None) as ws:
+            await ws.send("over tls")
+            assert await ws.recv() == "over tls"
+            big = os.urandom(300_000)
+            await ws.send(big)
+            assert await ws.recv() == big
+            small = os.urandom(1000)
+            await ws.send(small)
+            assert await ws.recv() == small
+        assert ws.close_code == 1000
