@@ -356,15 +356,19 @@ class RequestCycle:
         """Cancelled before its first step (an HTTP/2 stream reset in the read that
         opened it): the coroutine will never run, nor run_asgi's bookkeeping, so it
         is done here: the ending, the log line, the task set."""
-        gate = self.channel.state.admission
-        if reason is CancelReason.DEADLINE and gate is not None:
-            self._end(REFUSALS[Outcome.EXPIRED])  # expired before it could start
-        else:
-            self._end(CANCELLATIONS[reason])
+        self._end(self._cancelled_ending(reason, admitted=False))
         if not self.logged:
             self._log()
         if self.task is not None:
             self.channel.state.tasks.discard(self.task)
+
+    def _cancelled_ending(self, reason: CancelReason | None, admitted: bool) -> Ending:
+        """A cancelled handler's ending: a deadline that passed while the request still
+        queued for admission is a refusal (the handler never ran), else a cancellation."""
+        if reason is CancelReason.DEADLINE and not admitted \
+                and self.channel.state.admission is not None:
+            return REFUSALS[Outcome.EXPIRED]
+        return CANCELLATIONS[reason]
 
     def _response_done(self) -> None:
         """The response is complete: the deadline no longer applies to this request."""
@@ -609,12 +613,9 @@ class RequestCycle:
             await app(self.scope, self.receive, self.send)
         except asyncio.CancelledError:
             reason = self.cancel_reason
-            if reason is CancelReason.DEADLINE and gate is not None and not admitted:
-                self._end(REFUSALS[Outcome.EXPIRED])  # it expired while queued: never ran
-            else:
-                self._end(CANCELLATIONS[reason])
-                if reason is None or reason is CancelReason.STOP:
-                    raise  # the worker is stopping: not ours to swallow
+            self._end(self._cancelled_ending(reason, admitted))
+            if reason is None or reason is CancelReason.STOP:
+                raise  # the worker is stopping: not ours to swallow
         except Exception as raised:
             exc = unwrap_framework_error(raised)
             ending = ending_for(exc)

@@ -894,9 +894,7 @@ class Http2Connection(asyncio.Protocol):
         self._write_handle = None
         if self.closed or self.closing:
             return
-        data = self.h2.data_to_send()
-        if data:
-            self.transport.write(data)
+        self._write_pending()
         if not self.streams and (self.goaway_phase == 2 or self.peer_goaway):
             self.close()
 
@@ -942,12 +940,8 @@ class Http2Connection(asyncio.Protocol):
         error_log.warning("%s; closing connection (client %s)", reason, self.client_label)
         self.state.counters[counter] += 1
         if code is not None:
-            self._write_pending()
-            frame = GoAwayFrame(stream_id=0, last_stream_id=self._last_processed(),
-                                error_code=code)
-            self.transport.write(frame.serialize())
-            self.state.counters["h2_goaways_sent"] += 1
-        else:
+            self._send_goaway(self._last_processed(), code)
+        else:  # h2 queued its GOAWAY with the error's code: out with the rest
             self._write_pending()
             self.state.counters["h2_goaways_sent"] += 1
         self.transport.close()
