@@ -27,6 +27,7 @@ from hyperframe.frame import (
     PingFrame,
     RstStreamFrame,
     SettingsFrame,
+    WindowUpdateFrame,
 )
 
 from tests.h2client import (
@@ -212,11 +213,18 @@ def test_a_client_goaway_lets_its_streams_finish_then_the_connection_closes(
         shared: ServerProcess) -> None:
     with H2Client(shared.port) as client:
         stream = client.request(b"/slow?s=0.5")
-        client.send(GoAwayFrame(0, last_stream_id=0, error_code=NO_ERROR))
+        # Frames after the GOAWAY in the same read are still the connection's: the
+        # server must neither drop them nor call them a protocol error.
+        client.send(GoAwayFrame(0, last_stream_id=0, error_code=NO_ERROR),
+                    PingFrame(0, opaque_data=b"aftergoa"),
+                    WindowUpdateFrame(0, window_increment=1000))
         answer = client.answer(stream)
         client.wait_closed(10)
     assert answer.status == 200 and answer.data.startswith(b"slow ok ")
     assert client.closed and not client.reset
+    assert any(isinstance(f, PingFrame) and f.opaque_data == b"aftergoa"
+               and "ACK" in f.flags for f in client.frames), client.describe()
+    assert not any(f.error_code for f in client.goaways), client.describe()
 
 
 # -- 2. RST_STREAM cancels one stream's handler ---------------------------------------

@@ -48,7 +48,6 @@ import h2.connection
 import h2.events
 import h2.exceptions
 import h2.settings
-from h2.connection import ConnectionState
 from h2.errors import ErrorCodes
 from hyperframe.frame import GoAwayFrame
 
@@ -298,6 +297,26 @@ class Http2Stream:
             waiter.set_result(None)
 
 
+class _ServerH2Connection(h2.connection.H2Connection):
+    """h2's connection, except that a client's graceful GOAWAY leaves it open.
+
+    RFC 9113 6.8: after a GOAWAY with NO_ERROR the streams the client already opened
+    still get their responses. h2 closes its state machine on any GOAWAY and clears
+    what it had queued, after which it refuses to send those responses and treats any
+    later frame of the same read (a SETTINGS ACK, a WINDOW_UPDATE) as a protocol error.
+    Here a graceful GOAWAY only reports itself; an error GOAWAY goes through h2.
+    """
+
+    def _receive_goaway_frame(self, frame: GoAwayFrame) -> Any:
+        if frame.error_code != ErrorCodes.NO_ERROR:
+            return super()._receive_goaway_frame(frame)
+        event = h2.events.ConnectionTerminated()
+        event.error_code = ErrorCodes.NO_ERROR
+        event.last_stream_id = frame.last_stream_id
+        event.additional_data = frame.additional_data or None
+        return [], [event]
+
+
 class Http2Connection(asyncio.Protocol):
     """One HTTP/2 connection: h2's events in, streams' answers out, its timers."""
 
@@ -319,7 +338,7 @@ class Http2Connection(asyncio.Protocol):
         extensions[TRAILERS_EXTENSION] = {}
         self.extensions = extensions
         settings = state.http2
-        conn = self.h2 = h2.connection.H2Connection(config=_CONFIG)
+        conn = self.h2 = _ServerH2Connection(config=_CONFIG)
         codes = h2.settings.SettingCodes
         conn.local_settings = h2.settings.Settings(client=False, initial_values={
             codes.MAX_CONCURRENT_STREAMS: settings.max_concurrent_streams,
@@ -532,10 +551,7 @@ class Http2Connection(asyncio.Protocol):
                     self._fail(ErrorCodes.NO_ERROR, "HTTP/2 client ended the connection "
                                f"with {event.error_code!r}", "h2_protocol_errors")  # type: ignore[attr-defined]
                     return
-                # A graceful GOAWAY from the client still lets the streams it opened
-                # finish (RFC 9113 6.8), but h2 closes its state machine on it, after
-                # which it refuses to send their responses: reopen it.
-                self.h2.state_machine.state = ConnectionState.SERVER_OPEN
+                # graceful: the streams it opened finish (see _ServerH2Connection)
             if self.closed:
                 return
         self._write()
