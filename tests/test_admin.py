@@ -70,3 +70,40 @@ async def test_probes_stay_open_to_orchestrators() -> None:
         assert status_of(raw) == 503 and b"not ready" in raw
         raw = await raw_exchange(server.port, get("/status", "10.1.2.3:9100"))
         assert status_of(raw) == 403
+
+
+def dashboard_data() -> dict[str, Any]:
+    return {"now": 1.0, "status": status(), "history": {}, "timeline": [],
+            "worker_events": []}
+
+
+async def test_the_dashboard_is_guarded_like_status_and_serves_only_its_files() -> None:
+    """``/`` is the page (under a Content-Security-Policy that lets it reach nothing
+    but this port), ``/dashboard/data`` its data, ``/dashboard/...`` its files; a
+    rebound DNS name gets none of them, and no path leaves the package."""
+    app = admin_app(status, lambda: True, dashboard=dashboard_data)
+    async with serve(app) as server:
+        page = await raw_exchange(server.port, get("/", "127.0.0.1"))
+        head = page.split(b"\r\n\r\n", 1)[0].lower()
+        assert status_of(page) == 200 and b"content-type: text/html" in head
+        assert b"content-security-policy: default-src 'none'" in head
+        assert b"connect-src 'self'" in head and b"x-content-type-options: nosniff" in head
+        data = await raw_exchange(server.port, get("/dashboard/data", "localhost"))
+        assert status_of(data) == 200 and b'"worker_events"' in data
+        for path in ("/", "/dashboard/data"):
+            raw = await raw_exchange(server.port, get(path, "evil.example"))
+            assert status_of(raw) == 403, path
+        for path in ("/dashboard/../admin.py", "/dashboard/__init__.py",
+                     "/dashboard/%2e%2e/admin.py", "/dashboard/nothing.js", "/dashboard/"):
+            raw = await raw_exchange(server.port, get(path, "127.0.0.1"))
+            assert status_of(raw) == 404, path
+        raw = await raw_exchange(server.port, b"POST / HTTP/1.1\r\nHost: 127.0.0.1\r\n"
+                                 b"Content-Length: 0\r\nConnection: close\r\n\r\n")
+        assert status_of(raw) == 405  # read-only
+
+
+async def test_without_a_dashboard_there_is_no_page() -> None:
+    app = admin_app(status, lambda: True)
+    async with serve(app) as server:
+        for path in ("/", "/dashboard/data"):
+            assert status_of(await raw_exchange(server.port, get(path, "127.0.0.1"))) == 404

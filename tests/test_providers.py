@@ -24,6 +24,7 @@ from tether.client.errors import (
     WriteError,
 )
 from tether.client.providers import (
+    TIMELINE_LENGTH,
     Action,
     Answered,
     Close,
@@ -168,6 +169,22 @@ def test_dead_provider_is_evicted_and_logged_a_bounded_number_of_times() -> None
             actions = core.due(now)
     assert core.records["127.0.0.1:9"].state is ProviderState.EVICTED
     assert len(logs) < 20, logs
+    # The timeline has each change once (never each failed probe), in order.
+    assert [(c.before, c.after) for c in core.timeline] == [
+        (ProviderState.CONNECTING, ProviderState.RETRYING),
+        (ProviderState.RETRYING, ProviderState.EVICTED)]
+    assert [c.address for c in core.timeline] == ["127.0.0.1:9"] * 2
+    assert core.timeline[0].at <= core.timeline[1].at
+
+
+def test_the_timeline_is_bounded() -> None:
+    core = ProviderStateMachine("svc", ClusterConfig(ejection_failures=1))
+    provider = Provider("svc", "127.0.0.1:9", (), "r1")
+    core.on_snapshot([provider], 0.0)
+    for i in range(TIMELINE_LENGTH * 2):  # alive <-> retrying, many times
+        core.on_outcome(Probed("127.0.0.1:9", i % 2 == 0), float(i))
+    assert len(core.timeline) == TIMELINE_LENGTH
+    assert core.timeline[-1].at == float(TIMELINE_LENGTH * 2 - 1)
 
 
 def test_same_address_new_registration_reconnects_promptly() -> None:

@@ -1,12 +1,13 @@
 """The admin ASGI app the supervisor serves on ``--admin-port``: health, readiness,
-status, Prometheus metrics.
+status, Prometheus metrics, and the live dashboard (``/``, its files under
+``/dashboard/``, its data at ``/dashboard/data``).
 
 Routes are a table from path to handler, so later subsystems (``/metrics``) add a
 row rather than a branch. Must never touch a worker directly: it only reads what
 the supervisor hands it.
 
 Two guards come before every route that shows something (``/status``,
-``/metrics``). The Host must be a loopback name or address (or one of the names the
+``/metrics``, the dashboard). The Host must be a loopback name or address (or one of the names the
 operator allowed): a web page that rebinds its own DNS name to 127.0.0.1 (DNS
 rebinding) reaches the port, but its requests carry its own name and are refused
 with 403. With a token configured (required when the port is bound beyond loopback),
@@ -22,14 +23,23 @@ import json
 from collections.abc import Awaitable, Callable, Iterable
 from typing import Any, Final
 
+from tether import dashboard as dashboard_files
 from tether.asgi import ASGIApp, Receive, Scope, Send
 
 StatusFn = Callable[[], dict[str, Any]]
 ReadyFn = Callable[[], bool]
+DashboardFn = Callable[[], dict[str, Any]]
 MetricsFn = Callable[[], bytes]
 #: the Prometheus text exposition format
 PROMETHEUS_TEXT = b"text/plain; version=0.0.4; charset=utf-8"
 Handler = Callable[[], Awaitable[tuple[int, bytes, bytes]]]
+#: where the dashboard's files are served from
+DASHBOARD_PREFIX: Final = "/dashboard/"
+#: the page's own requests never go anywhere but this port
+DASHBOARD_CSP: Final = (b"default-src 'none'; script-src 'self'; "
+                        b"style-src 'self' 'unsafe-inline'; "
+                        b"img-src 'self' data:; connect-src 'self'; frame-ancestors 'none'; "
+                        b"base-uri 'none'; form-action 'none'")
 #: Host names the admin port answers to without configuration
 LOOPBACK_HOSTS: Final = frozenset({"localhost", "127.0.0.1", "::1", "[::1]"})
 
@@ -51,10 +61,11 @@ def _header(scope: Scope, name: bytes) -> str | None:
 
 
 async def _send(send: Send, status: int, body: bytes, ctype: bytes) -> None:
-    await send({"type": "http.response.start", "status": status, "headers": [
-        (b"content-type", ctype), (b"content-length", b"%d" % len(body)),
-        (b"cache-control", b"no-store"),
-    ]})
+    headers = [(b"content-type", ctype), (b"content-length", b"%d" % len(body)),
+               (b"cache-control", b"no-store"), (b"x-content-type-options", b"nosniff")]
+    if ctype.startswith(b"text/html"):
+        headers.append((b"content-security-policy", DASHBOARD_CSP))
+    await send({"type": "http.response.start", "status": status, "headers": headers})
     await send({"type": "http.response.body", "body": body})
 
 
@@ -62,13 +73,15 @@ def admin_app(
     status: StatusFn,
     ready: ReadyFn,
     metrics: MetricsFn | None = None,
+    dashboard: DashboardFn | None = None,
     *,
     allowed_hosts: Iterable[str] = (),
     token: str | None = None,
 ) -> ASGIApp:
-    """Build the admin app over the supervisor's ``status``, ``ready`` and ``metrics``
-    callables. ``allowed_hosts``: names answered besides loopback ones (``*`` for
-    any); ``token``: required as ``Authorization: Bearer <token>`` when set."""
+    """Build the admin app over the supervisor's ``status``, ``ready``, ``metrics``
+    and ``dashboard`` (the page's data) callables. ``allowed_hosts``: names answered
+    besides loopback ones (``*`` for any); ``token``: required as
+    ``Authorization: Bearer <token>`` when set."""
     text = b"text/plain; charset=utf-8"
     hosts = LOOPBACK_HOSTS | {host_name(h) for h in allowed_hosts}
     any_host = "*" in hosts
@@ -94,6 +107,28 @@ def admin_app(
     routes: dict[str, Handler] = {"/status": status_json}
     if metrics is not None:
         routes["/metrics"] = metrics_text
+    if dashboard is not None:
+        html = b"text/html; charset=utf-8"
+
+        async def page() -> tuple[int, bytes, bytes]:
+            return 200, dashboard_files.index(), html
+
+        async def data() -> tuple[int, bytes, bytes]:
+            return 200, json.dumps(dashboard()).encode(), b"application/json"
+
+        routes["/"] = page
+        routes[DASHBOARD_PREFIX + "data"] = data
+
+    def _asset(name: str) -> Handler | None:
+        found = dashboard_files.asset(name)
+        if found is None:
+            return None
+        body, ctype = found
+
+        async def file() -> tuple[int, bytes, bytes]:
+            return 200, body, ctype
+
+        return file
 
     def _refusal(scope: Scope) -> tuple[int, bytes] | None:
         """Why a request for what the port shows is refused, or None."""
@@ -118,6 +153,8 @@ def admin_app(
                 await _send(send, *refusal, text)
                 return
             handler = routes.get(path)
+            if handler is None and dashboard is not None and path.startswith(DASHBOARD_PREFIX):
+                handler = _asset(path[len(DASHBOARD_PREFIX):])
         if handler is None:
             await _send(send, 404, b"not found\n", text)
             return

@@ -299,18 +299,31 @@ class Cluster:
         }
 
     def status(self) -> dict[str, Any]:
-        """This cluster in ``/status``: every provider's state, and the counts."""
+        """This cluster in ``/status``: every provider's state, failures and next probe
+        (seconds from now), the counts, the retry budget's tokens left, and the timeline
+        of state changes (wall-clock ``t``, newest last)."""
+        now = time.monotonic()
+        wall = time.time() - now  # the machine's monotonic clock -> wall clock
+        self.budget.try_refill(now)
         return {
             "service": self.name,
             "providers": [
                 {"address": address, "state": state, "outstanding": outstanding,
-                 "failures": failures}
-                for address, state, outstanding, failures, _ in self.providers()
+                 "failures": failures,
+                 "next_probe_in": None if at is None else round(max(0.0, at - now), 3)}
+                for address, state, outstanding, failures, at in self.providers()
             ],
             "ejections": self.machine.ejections,
             "evictions": self.machine.evictions,
             "retries": self.metrics["retries"],
             "requests": self.metrics["requests"],
+            "retry_budget": round(self.budget.tokens, 2),
+            "timeline": [
+                {"t": round(wall + change.at, 3), "address": change.address,
+                 "from": change.before.value, "to": change.after.value,
+                 "trigger": change.trigger.value}
+                for change in self.machine.timeline
+            ],
         }
 
     # -- requests ------------------------------------------------------------------------------

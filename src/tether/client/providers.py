@@ -40,6 +40,7 @@ from __future__ import annotations
 
 import enum
 import random
+from collections import deque
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, replace
 from typing import Final
@@ -116,6 +117,21 @@ class ClusterConfig:
         """The schedule of reconnect probes, from the four ``backoff_*`` knobs."""
         return Backoff(initial=self.backoff_initial, maximum=self.backoff_max,
                        multiplier=self.backoff_multiplier, jitter=self.backoff_jitter)
+
+
+@dataclass(frozen=True, slots=True)
+class StateChange:
+    """One provider's move from one state to another, for the timeline operators see."""
+
+    at: float  # the state machine's clock (monotonic)
+    address: str
+    before: ProviderState
+    after: ProviderState
+    trigger: Trigger
+
+
+#: state changes a cluster remembers for its timeline (the dashboard's), newest last
+TIMELINE_LENGTH: Final = 50
 
 
 @dataclass(frozen=True, slots=True)
@@ -233,6 +249,9 @@ class ProviderStateMachine:
         self.records: dict[str, ProviderRecord] = {}
         self.evictions = 0
         self.ejections = 0
+        #: the last state changes, newest last: what an operator reads to see a
+        #: provider go alive -> retrying -> evicted (a change is rare: never per request)
+        self.timeline: deque[StateChange] = deque(maxlen=TIMELINE_LENGTH)
 
     # -- inputs -------------------------------------------------------------------------
 
@@ -386,6 +405,7 @@ class ProviderStateMachine:
         self.records[record.address] = updated
         if state is record.state:
             return NO_ACTIONS  # no change of state: nothing to log (never once per retry)
+        self.timeline.append(StateChange(now, record.address, record.state, state, trigger))
         level = "info" if state is ProviderState.ALIVE else "warning"
         return [Log(level, f"{self.service}: provider {record.address} "
                            f"{record.state.value} -> {state.value}{detail}")]

@@ -56,6 +56,10 @@ class RetryBudget:
             return True
         return False
 
+    def try_refill(self, now: float) -> None:
+        """Bring ``tokens`` up to ``now`` (to show them; spends nothing)."""
+        self._refill(now)
+
     def _refill(self, now: float) -> None:
         if self._last is not None:
             self.tokens = min(self.cap, self.tokens + self.floor * max(0.0, now - self._last))

@@ -34,7 +34,7 @@ from tether.proctitle import worker_title
 from tether.registry import Registration, Registry, RegistryError, open_registry
 from tether.registry.urls import redact
 from tether.server import control as control_mod
-from tether.server import reloader
+from tether.server import history, reloader
 from tether.server import sockets as sockets_mod
 from tether.server.control import ControlChannel
 from tether.server.lifecycle import (
@@ -99,6 +99,8 @@ class WorkerHandle:
     gauges: dict[str, float] = field(default_factory=dict)
     #: the clusters and pools of the worker's clients, as its last heartbeat saw them
     status: dict[str, list[dict[str, Any]]] = field(default_factory=dict)
+    #: the newest provider state change taken from its heartbeats (wall clock)
+    timeline_seen: float = 0.0
 
     @property
     def label(self) -> str:
@@ -146,6 +148,10 @@ class Supervisor:
         self._cancelled = 0
         #: ends the --reload watch
         self._stop_watching: asyncio.Event | None = None
+        #: the dashboard's memory: traffic samples, worker lifecycle, providers' changes
+        self.traffic = history.TrafficHistory()
+        self.worker_events = history.EventLog()
+        self.provider_changes = history.EventLog()
 
     # -- running ---------------------------------------------------------------------
 
@@ -157,6 +163,8 @@ class Supervisor:
         loop.add_signal_handler(signal.SIGQUIT, self.request_force)
         self._spawn_task(self._watchdog())  # bounds every worker from its spawn on
         await self._start_admin()
+        if self.admin_sock is not None:
+            self._spawn_task(self._sample_traffic())
         if not await self._boot():
             await self._stop()
             return EXIT_STARTUP_FAILED
@@ -281,6 +289,7 @@ class Supervisor:
         )
         self.workers[worker_id] = handle
         self._own["tether_worker_starts_total"] += 1
+        self._worker_event(handle, "spawned")
         self._spawn_task(self._watch(handle))
         self._bounds_changed.set()
         logger.info("%s started", handle.label)
@@ -313,6 +322,7 @@ class Supervisor:
             worker.metrics = dict(message.get("metrics", {}))
             worker.gauges = dict(message.get("gauges", {}))
             worker.status = dict(message.get("status", {}))
+            self._take_timelines(worker)
         elif mtype == "ready":
             worker.last_beat = asyncio.get_running_loop().time()
             # A worker told to leave before it was ready stays leaving: it reads the
@@ -371,7 +381,40 @@ class Supervisor:
         worker.state = state
         worker.entered_at = asyncio.get_running_loop().time()
         self._bounds_changed.set()
+        self._worker_event(worker, event.value)
         return True
+
+    def _worker_event(self, worker: WorkerHandle, why: str) -> None:
+        self.worker_events.add({"t": round(time.time(), 3), "worker": worker.id,
+                                "pid": worker.proc.pid, "state": worker.state.value,
+                                "reason": why})
+
+    def _take_timelines(self, worker: WorkerHandle) -> None:
+        """Move the providers' state changes of a heartbeat into the supervisor's
+        timeline (each change once: a heartbeat repeats a cluster's recent ones)."""
+        seen = worker.timeline_seen
+        for cluster in worker.status.get("clusters", []):
+            for change in cluster.pop("timeline", ()):
+                if change["t"] > seen:
+                    self.provider_changes.add(
+                        {**change, "worker": worker.id, "service": cluster["service"]})
+                    worker.timeline_seen = max(worker.timeline_seen, change["t"])
+
+    async def _sample_traffic(self) -> None:
+        """One traffic sample a second for the dashboard, while the supervisor runs."""
+        while True:
+            self.traffic.sample(self._totals(list(self.workers.values())), time.time())
+            await asyncio.sleep(1.0)
+
+    def dashboard_data(self) -> dict[str, Any]:
+        """``/dashboard/data``: the present (``/status``) and the recent past."""
+        return {
+            "now": round(time.time(), 3),
+            "status": self.status(),
+            "history": self.traffic.as_json(),
+            "timeline": self.provider_changes.as_json(),
+            "worker_events": self.worker_events.as_json(),
+        }
 
     def _leave(self, worker: WorkerHandle, event: WorkerEvent) -> None:
         """Tell a worker to leave: DRAIN_SENT (the others keep serving) or STOP_SENT
@@ -638,7 +681,7 @@ class Supervisor:
         if self.admin_sock is None:
             return
         app = admin.admin_app(self.status, self.is_ready, self.metrics_text,
-                              allowed_hosts=self.config.admin_allow_hosts,
+                              self.dashboard_data, allowed_hosts=self.config.admin_allow_hosts,
                               token=self.config.admin_token)
         config = replace(
             self.config, app="tether.admin:app", lifespan="off", access_log=False,
@@ -752,25 +795,38 @@ class Supervisor:
 
 def merged_clusters(per_worker: Iterable[list[dict[str, Any]]]) -> list[dict[str, Any]]:
     """One entry per service over every live worker: each provider's states as counts
-    of workers ("alive": 2), and the services' counts summed."""
+    of workers ("alive": 2), its most failures in a row and its soonest next probe as
+    any worker sees them; the services' counts summed, the smallest retry budget."""
     merged: dict[str, dict[str, Any]] = {}
     for clusters in per_worker:
         for cluster in clusters:
             entry = merged.setdefault(cluster["service"], {
                 "service": cluster["service"], "providers": {},
                 "ejections": 0, "evictions": 0, "retries": 0, "requests": 0,
+                "retry_budget": None,
             })
             for key in ("ejections", "evictions", "retries", "requests"):
                 entry[key] += int(cluster.get(key, 0))
+            budget = cluster.get("retry_budget")
+            if budget is not None:
+                entry["retry_budget"] = budget if entry["retry_budget"] is None \
+                    else min(budget, entry["retry_budget"])
             for provider in cluster.get("providers", []):
-                states = entry["providers"].setdefault(provider["address"], Counter())
-                states[provider["state"]] += 1
+                seen = entry["providers"].setdefault(provider["address"], {
+                    "address": provider["address"], "states": Counter(), "failures": 0,
+                    "next_probe_in": None})
+                seen["states"][provider["state"]] += 1
+                seen["failures"] = max(seen["failures"], int(provider.get("failures", 0)))
+                probe = provider.get("next_probe_in")
+                if probe is not None and (seen["next_probe_in"] is None
+                                          or probe < seen["next_probe_in"]):
+                    seen["next_probe_in"] = probe
     out = []
     for service in sorted(merged):
         entry = merged[service]
         entry["providers"] = [
-            {"address": address, "states": dict(states)}
-            for address, states in sorted(entry["providers"].items())
+            {**seen, "states": dict(seen["states"])}
+            for _, seen in sorted(entry["providers"].items())
         ]
         out.append(entry)
     return out
