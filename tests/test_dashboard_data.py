@@ -123,6 +123,8 @@ async def test_a_rolling_reload_is_seen_worker_by_worker(
     for pid in new:
         assert states(pid) == ["starting", "ready"], events
     assert [e["t"] for e in events] == sorted(e["t"] for e in events)
+    status = data(admin)["status"]
+    assert (status["reloads"], status["worker_starts"], status["worker_crashes"]) == (1, 4, 0)
 
 
 async def test_a_killed_provider_goes_retrying_then_evicted_in_the_timeline(

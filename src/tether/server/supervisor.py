@@ -731,6 +731,10 @@ class Supervisor:
             "state": "stopping" if self.stopping else "serving",
             "uptime_seconds": round(now - self.started_at, 3),
             "reloads": self.reloads_done,
+            # every worker process started (replacements included) and those that crashed
+            "worker_starts": int(self._own["tether_worker_starts_total"]),
+            "worker_crashes": int(self._own[
+                metrics.series("tether_worker_exits_total", kind="crashed")]),
             "registered": None if self._registration is None
             else self._registration.provider.address,
             # cancellation, admission and database counts, summed over every worker
