@@ -3,6 +3,7 @@ rebinding), and a bearer token when one is configured."""
 
 from __future__ import annotations
 
+import base64
 from typing import Any
 
 from tests.support import raw_exchange, serve, status_of
@@ -107,3 +108,23 @@ async def test_without_a_dashboard_there_is_no_page() -> None:
     async with serve(app) as server:
         for path in ("/", "/dashboard/data"):
             assert status_of(await raw_exchange(server.port, get(path, "127.0.0.1"))) == 404
+
+
+async def test_a_browser_passes_the_token_as_basic_credentials() -> None:
+    """A browser cannot send a bearer token with a page load; told ``WWW-Authenticate:
+    Basic`` it asks for credentials and sends them with every request of the page."""
+    app = admin_app(status, lambda: True, dashboard=dashboard_data, token="s3cret")
+    async with serve(app) as server:
+        raw = await raw_exchange(server.port, get("/", "127.0.0.1"))
+        assert status_of(raw) == 401
+        assert b'www-authenticate: basic realm="tether admin"' in raw.lower()
+        good = base64.b64encode(b"anyone:s3cret").decode()
+        for path in ("/", "/dashboard/data", "/status"):
+            raw = await raw_exchange(server.port, get(path, "127.0.0.1",
+                                                      f"Authorization: Basic {good}"))
+            assert status_of(raw) == 200, path
+        for bad in (base64.b64encode(b"anyone:wrong").decode(),
+                    base64.b64encode(b"s3cret").decode(), "!!notbase64"):
+            raw = await raw_exchange(server.port, get("/", "127.0.0.1",
+                                                      f"Authorization: Basic {bad}"))
+            assert status_of(raw) == 401, bad

@@ -11,13 +11,18 @@ Two guards come before every route that shows something (``/status``,
 operator allowed): a web page that rebinds its own DNS name to 127.0.0.1 (DNS
 rebinding) reaches the port, but its requests carry its own name and are refused
 with 403. With a token configured (required when the port is bound beyond loopback),
-such a request must carry ``Authorization: Bearer <token>``. ``/healthz`` and
+such a request must carry ``Authorization: Bearer <token>``, or HTTP Basic
+credentials whose password is the token (any user name): a browser asks for those
+itself when told ``WWW-Authenticate: Basic``, and then sends them with the
+dashboard's every request, which a bearer token cannot do. ``/healthz`` and
 ``/readyz`` say only "ok" or "ready" and stay open to any Host: orchestrators probe
 them by address (Kubernetes sends ``Host: <pod IP>:<port>``) and without a header.
 """
 
 from __future__ import annotations
 
+import base64
+import binascii
 import hmac
 import json
 from collections.abc import Awaitable, Callable, Iterable
@@ -60,9 +65,24 @@ def _header(scope: Scope, name: bytes) -> str | None:
     return None
 
 
-async def _send(send: Send, status: int, body: bytes, ctype: bytes) -> None:
+def basic_password(value: str) -> str | None:
+    """The password of an ``Authorization: Basic`` value, or None."""
+    scheme, _, encoded = value.partition(" ")
+    if scheme.lower() != "basic":
+        return None
+    try:
+        decoded = base64.b64decode(encoded.strip(), validate=True).decode("utf-8")
+    except (binascii.Error, UnicodeDecodeError):
+        return None
+    _user, colon, password = decoded.partition(":")
+    return password if colon else None
+
+
+async def _send(send: Send, status: int, body: bytes, ctype: bytes,
+                extra: list[tuple[bytes, bytes]] | None = None) -> None:
     headers = [(b"content-type", ctype), (b"content-length", b"%d" % len(body)),
-               (b"cache-control", b"no-store"), (b"x-content-type-options", b"nosniff")]
+               (b"cache-control", b"no-store"), (b"x-content-type-options", b"nosniff"),
+               *(extra or ())]
     if ctype.startswith(b"text/html"):
         headers.append((b"content-security-policy", DASHBOARD_CSP))
     await send({"type": "http.response.start", "status": status, "headers": headers})
@@ -86,6 +106,8 @@ def admin_app(
     hosts = LOOPBACK_HOSTS | {host_name(h) for h in allowed_hosts}
     any_host = "*" in hosts
     expected = None if token is None else f"Bearer {token}".encode()
+    expected_password = None if token is None else token.encode()
+    challenge = [(b"www-authenticate", b'Basic realm="tether admin", charset="UTF-8"')]
 
     async def healthz() -> tuple[int, bytes, bytes]:
         return 200, b"ok\n", text  # the supervisor is alive and answering
@@ -136,11 +158,19 @@ def admin_app(
         if not any_host and (host is None or host_name(host) not in hosts):
             return 403, (b"forbidden: this admin port answers only to loopback host "
                          b"names (see --admin-allow-host)\n")
-        if expected is not None:
-            given = _header(scope, b"authorization")
-            if given is None or not hmac.compare_digest(given.encode("latin-1"), expected):
-                return 401, b"unauthorized: admin token required\n"
+        if expected is not None and not _authorized(_header(scope, b"authorization")):
+            return 401, b"unauthorized: admin token required\n"
         return None
+
+    def _authorized(given: str | None) -> bool:
+        assert expected is not None and expected_password is not None
+        if given is None:
+            return False
+        if hmac.compare_digest(given.encode("latin-1"), expected):
+            return True
+        password = basic_password(given)
+        return password is not None and hmac.compare_digest(
+            password.encode("utf-8"), expected_password)
 
     async def app(scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] != "http":
@@ -150,7 +180,7 @@ def admin_app(
         if handler is None:
             refusal = _refusal(scope)
             if refusal is not None:
-                await _send(send, *refusal, text)
+                await _send(send, *refusal, text, challenge if refusal[0] == 401 else None)
                 return
             handler = routes.get(path)
             if handler is None and dashboard is not None and path.startswith(DASHBOARD_PREFIX):
