@@ -25,6 +25,7 @@ from hyperframe.frame import (
     GoAwayFrame,
     HeadersFrame,
     PingFrame,
+    PriorityFrame,
     RstStreamFrame,
     SettingsFrame,
     WindowUpdateFrame,
@@ -41,6 +42,7 @@ from tests.h2client import (
     PREFACE,
     PROTOCOL_ERROR,
     REFUSED_STREAM,
+    Answer,
     H2Client,
 )
 from tests.support import APPS, ServerProcess, raw_exchange, server_process, status_of, wait_for
@@ -423,6 +425,49 @@ def test_settings_flood_gets_goaway_enhance_your_calm(shared: ServerProcess) -> 
         _flood(attacker, settings)
         _ended_with_goaway(attacker, ENHANCE_YOUR_CALM)
         _logged_once(shared, _client_port(attacker), "SETTINGS flood")
+
+
+def test_empty_data_flood_gets_goaway_enhance_your_calm(shared: ServerProcess) -> None:
+    """Empty DATA frames that do not end their stream cost the server work and carry
+    nothing (CVE-2019-9518)."""
+    with _bystander(shared), H2Client(shared.port) as attacker:
+        stream = attacker.request(b"/echo", method=b"POST", end=False)
+        _flood(attacker, [DataFrame(stream, data=b"").serialize() for _ in range(1000)])
+        _ended_with_goaway(attacker, ENHANCE_YOUR_CALM)
+        _logged_once(shared, _client_port(attacker), "empty frame flood")
+
+
+def test_priority_flood_gets_goaway_enhance_your_calm(shared: ServerProcess) -> None:
+    with _bystander(shared), H2Client(shared.port) as attacker:
+        frames = [PriorityFrame(1 + 2 * (i % 100), depends_on=0, stream_weight=16).serialize()
+                  for i in range(1000)]
+        _flood(attacker, frames)
+        _ended_with_goaway(attacker, ENHANCE_YOUR_CALM)
+        _logged_once(shared, _client_port(attacker), "empty frame flood")
+
+
+def test_priority_on_the_headers_of_many_streams_is_no_flood(shared: ServerProcess) -> None:
+    """A client that gives every request a priority in its HEADERS (as browsers did)
+    sends no PRIORITY frame: 300 such requests in one burst are served."""
+    with H2Client(shared.port) as client:
+        client.wait(lambda: bool(client.server_settings), 10, "the server's SETTINGS")
+        frames, streams = [], []
+        for _ in range(300):
+            stream = client.next_stream_id
+            client.next_stream_id += 2
+            streams.append(stream)
+            client.answers[stream] = Answer()
+            block = client.header_block([(b":method", b"GET"), (b":scheme", b"http"),
+                                         (b":path", b"/"), (b":authority", b"127.0.0.1")])
+            frames.append(HeadersFrame(stream, data=block, depends_on=0, stream_weight=200,
+                                       flags=("END_HEADERS", "END_STREAM", "PRIORITY"))
+                          .serialize())
+        # in batches below the concurrency limit, each answered before the next
+        for start in range(0, 300, 50):
+            client.send_raw(b"".join(frames[start:start + 50]))
+            for stream in streams[start:start + 50]:
+                assert client.answer(stream).status == 200
+        assert not client.goaways, client.describe()
 
 
 def test_continuation_flood_gets_goaway(shared: ServerProcess) -> None:

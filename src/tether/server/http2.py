@@ -73,6 +73,9 @@ PREFACE: Final = b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n"
 RESETS_PER_SECOND: Final = 200
 PINGS_PER_SECOND: Final = 50
 SETTINGS_PER_SECOND: Final = 50
+#: frames that carry nothing: an empty DATA frame that does not end its stream, a
+#: PRIORITY frame (tether does not prioritise): CVE-2019-9518's "empty frames" flood
+EMPTY_FRAMES_PER_SECOND: Final = 200
 
 #: seconds the first GOAWAY's PING may take to come back before the second GOAWAY
 #: goes anyway (a client that never answers PINGs must not hold the stop)
@@ -376,6 +379,7 @@ class Http2Connection(asyncio.Protocol):
         self._resets = 0
         self._pings = 0
         self._settings = 0
+        self._empty = 0
 
     def start(self, data: bytes) -> None:
         """Begin HTTP/2 on the transport: our SETTINGS, then ``data`` (read already)."""
@@ -519,12 +523,23 @@ class Http2Connection(asyncio.Protocol):
             # h2 has queued a GOAWAY with the error's code already.
             self._fail(None, f"HTTP/2 protocol error: {exc}", "h2_protocol_errors")
             return
+        opened = 0  # the stream a HEADERS frame just opened (its priority is not a frame)
         for event in events:
             kind = type(event)
             if kind is h2.events.RequestReceived:
+                opened = event.stream_id  # type: ignore[attr-defined]
                 self._on_request(event)  # type: ignore[arg-type]
             elif kind is h2.events.DataReceived:
+                if not event.flow_controlled_length and event.stream_ended is None:  # type: ignore[attr-defined]
+                    self._empty += 1
+                    if not self._within_bounds():
+                        return
                 self._on_data(event)  # type: ignore[arg-type]
+            elif kind is h2.events.PriorityUpdated:
+                if event.stream_id != opened:  # type: ignore[attr-defined]
+                    self._empty += 1
+                    if not self._within_bounds():
+                        return
             elif kind is h2.events.StreamEnded:
                 self._on_stream_ended(event.stream_id)  # type: ignore[attr-defined]
             elif kind is h2.events.StreamReset:
@@ -751,12 +766,13 @@ class Http2Connection(asyncio.Protocol):
         now = self.loop.time()
         if now - self._flood_window >= 1.0:
             self._flood_window = now
-            self._resets = self._pings = self._settings = 0
+            self._resets = self._pings = self._settings = self._empty = 0
             return True
         for count, bound, what in (
             (self._resets, RESETS_PER_SECOND, "RST_STREAM"),
             (self._pings, PINGS_PER_SECOND, "PING"),
             (self._settings, SETTINGS_PER_SECOND, "SETTINGS"),
+            (self._empty, EMPTY_FRAMES_PER_SECOND, "empty frame"),
         ):
             if count > bound:
                 self._fail(ErrorCodes.ENHANCE_YOUR_CALM,
