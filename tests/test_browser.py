@@ -6,23 +6,12 @@ one BINARY frame and four continuations, seen on this machine), and reports what
 saw; the close code the page saw must be the one the server sent. A second page stays
 open across a rolling reload: it must see 1012 and reconnect to the new worker.
 
-Why Selenium with Debian's ``chromium-driver`` and not Playwright: Playwright pins
-one browser build per release and talks to it over its own protocol (plus a bundled
-Node.js driver of some 100 MB); driving Debian's Chromium with it works only while
-the two happen to agree. Debian builds ``chromium-driver`` from the same source as
-``chromium``, so the driver always matches the browser, and Selenium is pure Python
-(no browser download: it is given both paths, so Selenium Manager never runs).
-
-The browser cannot exist only where ``scripts/system-deps.sh`` has not run: there the
-tests skip and say so, except under CI (``CI`` set), where ``make test`` installs it
-and a missing browser is a failure.
+The browser and why it is driven this way: tests/browser.py.
 """
 
 from __future__ import annotations
 
 import json
-import os
-import shutil
 import signal
 from collections.abc import Iterator
 from pathlib import Path
@@ -31,58 +20,19 @@ from typing import Any
 import pytest
 
 from tests.apps import browser_app
+from tests.browser import BROWSER_SKIP, MISSING, PAGE_TIMEOUT, chromium
 from tests.support import APPS, ServerProcess, server_process
 
-CHROMIUM = shutil.which("chromium") or "/usr/bin/chromium"
-CHROMEDRIVER = shutil.which("chromedriver") or "/usr/lib/chromium/chromedriver"
-PAGE_TIMEOUT = 60.0  # seconds the page gets to report (a loaded 2-core machine)
-
-
-def _missing() -> str | None:
-    if not (os.access(CHROMIUM, os.X_OK) and os.access(CHROMEDRIVER, os.X_OK)):
-        return ("Debian's chromium and chromium-driver are not installed "
-                "(scripts/system-deps.sh installs them; `make test` runs it)")
-    try:
-        import selenium  # noqa: F401
-    except ImportError:
-        return "selenium is not installed (pip install -e '.[dev]')"
-    return None
-
-
-MISSING = _missing()
-# CI runs `make test`, which installs the browser: there its absence is a broken install
-# step (the browser fixture fails), not a reason to skip the proof.
-pytestmark = pytest.mark.skipif(MISSING is not None and not os.environ.get("CI"),
-                                reason=MISSING or "")
+pytestmark = BROWSER_SKIP
 
 
 @pytest.fixture
 def browser(tmp_path: Path) -> Iterator[Any]:
-    """Headless Chromium under chromedriver, with a profile in ``tmp_path``; quit after."""
+    """Headless Chromium with a profile in ``tmp_path``; quit after the test."""
     if MISSING is not None:
         pytest.fail(f"no browser under CI: {MISSING}")
-    from selenium import webdriver
-    from selenium.webdriver.chrome.service import Service
-
-    options = webdriver.ChromeOptions()
-    options.binary_location = CHROMIUM
-    for argument in (
-        "--headless=new",
-        "--no-sandbox",  # tests run as root, where Chromium's sandbox refuses to start
-        "--disable-dev-shm-usage",
-        "--disable-gpu",
-        "--no-first-run",
-        "--disable-background-networking",  # loopback only: nothing else to reach
-        f"--user-data-dir={tmp_path / 'profile'}",
-    ):
-        options.add_argument(argument)
-    service = Service(executable_path=CHROMEDRIVER, log_output=str(tmp_path / "driver.log"))
-    driver = webdriver.Chrome(service=service, options=options)
-    try:
-        driver.set_page_load_timeout(PAGE_TIMEOUT)
+    with chromium(tmp_path) as driver:
         yield driver
-    finally:
-        driver.quit()
 
 
 def _wait_for_title(driver: Any, titles: set[str], what: str) -> str:

@@ -1,1 +1,2 @@
-"""Helpers for testing and demonstrating services on tether (throwaway PostgreSQL)."""
+"""Helpers for testing and demonstrating services on tether (throwaway PostgreSQL, a
+headless browser)."""
