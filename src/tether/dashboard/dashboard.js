@@ -230,7 +230,8 @@
     var badges = names.map(function (s) {
       return badge(s, names.length === 1 ? s + " \u00d7" + p.states[s] : s + " " + p.states[s]);
     });
-    var probe = isNum(p.next_probe_in) ? "in " + p.next_probe_in.toFixed(1) + " s" : "-";
+    var probe = !isNum(p.next_probe_in) ? "-" : "in " + (p.next_probe_in < 60
+      ? p.next_probe_in.toFixed(1) + " s" : fmtAge(p.next_probe_in));
     return el("tr", {"data-service": c.service, "data-provider": p.address,
                      "data-state": names.join(" ")},
       el("td", null, p.address || "-"),
@@ -379,12 +380,17 @@
     renderCharts(data.history);
   }
 
-  function showFailure(why) {
+  /* unreachable: no answer at all (the supervisor is gone, or stopped); refused: it
+     answered, but not with the data (401 without the token, 403 for this Host, ...) */
+  function showFailure(unreachable, why) {
     if (failingSince === null) { failingSince = new Date(); }
     var banner = $("banner");
-    banner.textContent = "supervisor unreachable since " + fmtClock(failingSince) +
-      " (" + why + "); showing the last data received, retrying every second";
+    banner.textContent = (unreachable ? "supervisor unreachable since "
+                                      : "the admin port refuses the dashboard's data since ") +
+      fmtClock(failingSince) + " (" + why + "); showing the last data received, " +
+      "trying again every second";
     banner.setAttribute("data-since", failingSince.toISOString());
+    banner.setAttribute("data-reason", unreachable ? "unreachable" : "refused");
     banner.hidden = false;
     $("main").classList.add("stale");
     document.body.setAttribute("data-connected", "false");
@@ -394,8 +400,12 @@
     failingSince = null;
     $("banner").hidden = true;
     $("banner").removeAttribute("data-since");
+    $("banner").removeAttribute("data-reason");
     $("main").classList.remove("stale");
     document.body.setAttribute("data-connected", "true");
+  }
+
+  function markUpdated() {
     updates += 1;
     document.body.setAttribute("data-updates", String(updates));
     $("updated").textContent = fmtClock(new Date());
@@ -403,30 +413,41 @@
 
   function poll() {
     var started = Date.now();
+    var refused = null; // why the admin port answered without the data, or null
     var controller = typeof AbortController === "function" ? new AbortController() : null;
     var timer = controller ? setTimeout(function () { controller.abort(); }, FETCH_TIMEOUT_MS) : null;
     fetch(DATA_URL, {method: "GET", cache: "no-store", credentials: "same-origin",
                      signal: controller ? controller.signal : undefined})
       .then(function (response) {
         if (!response.ok) {
-          throw new Error("the admin port answered " + response.status +
-                          (response.statusText ? " " + response.statusText : ""));
+          refused = "it answered " + response.status +
+            (response.statusText ? " " + response.statusText : "");
+          throw new Error(refused);
         }
         return response.json();
       })
-      .then(function (data) {
-        render(data);
-        showSuccess();
+      .then(function (data) { return {data: data}; }, function (error) {
+        var why = refused;
+        if (why === null) {
+          why = error && error.name === "AbortError"
+            ? "no answer within " + FETCH_TIMEOUT_MS / 1000 + " s"
+            : error instanceof SyntaxError ? "its answer is not JSON"
+            : error instanceof TypeError ? "connection failed" : String(error);
+        }
+        return {error: why, unreachable: refused === null};
       })
-      .catch(function (error) {
-        var why = error && error.name === "AbortError" ? "no answer within " +
-          FETCH_TIMEOUT_MS / 1000 + " s" : (error && error.message) || String(error);
-        if (error instanceof TypeError && /fetch/i.test(why)) { why = "connection failed"; }
-        showFailure(why);
-      })
-      .then(function () {
+      .then(function (outcome) {
         if (timer !== null) { clearTimeout(timer); }
+        // scheduled first: a rendering bug must not stop the polling
         setTimeout(poll, Math.max(0, INTERVAL_MS - (Date.now() - started)));
+        if (outcome.error !== undefined) {
+          showFailure(outcome.unreachable, outcome.error);
+          return;
+        }
+        showSuccess();
+        // a throw here is a bug in this page: left uncaught, so it shows in the console
+        render(outcome.data);
+        markUpdated();
       });
   }
 
