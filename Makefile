@@ -29,7 +29,7 @@ system-deps:
 	@bash scripts/system-deps.sh
 
 demo: $(STAMP)
-	@bash scripts/system-deps.sh postgresql
+	@bash scripts/system-deps.sh postgresql chromium chromium-driver
 	QUICK=$(QUICK) $(BIN)/python examples/demo.py
 
 lint: $(STAMP)

@@ -24,6 +24,11 @@ deadline) while the demo performs and narrates the five field-report scenarios:
    mid-chain: the client gets DEADLINE_EXCEEDED and the query is cancelled in
    PostgreSQL.
 
+While it runs, ``front``'s live dashboard is at the admin URL printed at the start
+(every process has one); a headless Chromium saves a screenshot of it near the end
+(``demo-output/dashboard.png``, path printed last; skipped, saying why, without
+Debian's chromium and chromium-driver).
+
 It ends with a table read from the processes' own ``/metrics`` and exits non-zero
 if any request that should have succeeded failed. ``QUICK=1`` (or ``--quick``)
 runs it in about 15 s; the full run takes about a minute.
@@ -66,6 +71,11 @@ from rich.table import Table  # noqa: E402
 import tether  # noqa: E402
 from examples import demo_grpc  # noqa: E402
 from tether.metrics import parse_series  # noqa: E402
+from tether.testing.browser import (  # noqa: E402
+    BrowserUnavailable,
+    chromium,
+    full_page_screenshot,
+)
 from tether.testing.postgres import throwaway_postgres  # noqa: E402
 
 QUICK = os.environ.get("QUICK", "") not in ("", "0") or "--quick" in sys.argv
@@ -73,6 +83,8 @@ PACE = 0.6 if QUICK else 9.0  # seconds of steady traffic around each scenario
 DISCONNECTS = 5
 IN_FLIGHT = 5
 console = Console(highlight=False)
+#: where the dashboard's screenshot goes (git ignores it)
+SCREENSHOT = HERE.parent / "demo-output" / "dashboard.png"
 
 
 class Proc:
@@ -313,6 +325,56 @@ class TickerStream:
             await asyncio.wait_for(self._task, 10)
 
 
+class DashboardCamera:
+    """A headless Chromium that opens a dashboard at the start (on a thread of its
+    own: starting a browser takes seconds the narration should not wait for) and saves
+    a screenshot of it when asked. Without a browser it says why, and the demo goes on."""
+
+    def __init__(self, url: str, path: Path, profile: Path) -> None:
+        self.url = url
+        self.path = path
+        self.profile = profile
+        self.problem: str | None = None
+        self._shoot = threading.Event()
+        self._cancelled = threading.Event()
+        self._done = threading.Event()
+        self._thread = threading.Thread(target=self._run, name="demo-browser", daemon=True)
+
+    def start(self) -> None:
+        self._thread.start()
+
+    def _run(self) -> None:
+        try:
+            with chromium(self.profile, width=1280, height=900) as driver:
+                driver.get(self.url)
+                self._shoot.wait(300)  # bounded: the demo asks within minutes
+                if self._shoot.is_set() and not self._cancelled.is_set():
+                    # two updates at least: the charts have their data
+                    stop_at = time.monotonic() + 20
+                    while time.monotonic() < stop_at and int(driver.find_element(
+                            "tag name", "body").get_attribute("data-updates") or 0) < 2:
+                        time.sleep(0.1)  # polling the page (a thread of its own)
+                    full_page_screenshot(driver, self.path)
+        except BrowserUnavailable as exc:
+            self.problem = str(exc)
+        except Exception as exc:  # a screenshot is a bonus: never the demo's failure
+            self.problem = f"{type(exc).__name__}: {exc}"
+        finally:
+            self._done.set()
+
+    async def shoot(self, timeout: float = 60) -> Path | None:
+        """The screenshot's path, or None (``problem`` says why)."""
+        self._shoot.set()
+        if not await asyncio.to_thread(self._done.wait, timeout):
+            self.problem = f"no screenshot within {timeout:.0f} s"
+        return self.path if self._done.is_set() and self.problem is None else None
+
+    def close(self) -> None:
+        self._cancelled.set()
+        self._shoot.set()  # a browser waiting for its cue quits now
+        self._thread.join(30)
+
+
 #: the source address the demo's client uses towards the proxy (any 127/8 address is
 #: this machine), so the app behind the proxy can tell it from the proxy's own
 WHOAMI_CLIENT = "127.0.0.2"
@@ -339,6 +401,7 @@ async def main() -> int:
     procs: list[Proc] = []
     events: list[str] = []
     stack = contextlib.ExitStack()
+    camera: DashboardCamera | None = None
     try:
         console.print(f"[bold]tether demo[/]  registry {registry}")
         dsn = stack.enter_context(throwaway_postgres())
@@ -359,6 +422,10 @@ async def main() -> int:
         procs += [orders_a, orders_b, front, whoami, ticks, proxy, grpc_next, grpc_orders]
         for p in procs:
             console.print(f"  {p.name:<9} http://{p.address}  2 workers, admin {p.admin}")
+        console.print(f"  [bold]dashboard[/] of front (its workers, its orders cluster, its "
+                      f"pools), live while the demo runs: [bold]{front.admin}/[/]")
+        camera = DashboardCamera(f"{front.admin}/", SCREENSHOT, tmp / "browser")
+        camera.start()
         await until(lambda: total(front.metrics(), "tether_cluster_providers",
                                   state="alive") >= 2, 20, "front to see both orders")
         await until(lambda: total(proxy.metrics(), "tether_cluster_providers",
@@ -502,6 +569,7 @@ async def main() -> int:
                 f"{chain.queries_left_running}")
             progress.advance(step)
             await pace()
+            shot = await camera.shoot()  # with the traffic still flowing
             await traffic.finish()
             ticker.cancel()
 
@@ -548,9 +616,15 @@ async def main() -> int:
         problems += (seen.get("client") != WHOAMI_CLIENT) + (unavailable != (503, "1"))
         problems += stream.gaps + stream.repeats + (stream.closes[1012] < 1) + stream.errors
         problems += not chain.ok
+        if shot is not None:
+            console.print(f"dashboard screenshot: {shot}")
+        else:
+            console.print(f"no dashboard screenshot: {camera.problem}")
         console.print("[green]all good[/]" if not problems else "[red]PROBLEMS: see above[/]")
         return 1 if problems else 0
     finally:
+        if camera is not None:
+            camera.close()
         for p in procs:
             if p.proc.poll() is None:
                 with contextlib.suppress(ProcessLookupError):

@@ -8,7 +8,8 @@
 # has /usr/sbin/nginx with the upstream and proxy modules; nginx-light only adds a module to
 # it. Where an init system runs, installing it also starts Debian's default site on port 80:
 # harmless, the benchmark starts its own nginx from a config of its own).
-# chromium, chromium-driver: the real browser tests/test_browser.py drives with Selenium
+# chromium, chromium-driver: the real browser tests/test_browser.py and
+# tests/test_dashboard_browser.py drive with Selenium, and `make demo` screenshots its dashboard in
 # (Debian builds the driver from the same source as the browser, so they always match).
 # nghttp2-client: h2load, the HTTP/2 load tool bench/http2.py and tests/test_http2_clients.py run.
 set -euo pipefail
@@ -23,8 +24,8 @@ command -v chromium >/dev/null 2>&1 || need+=(chromium)
 command -v chromedriver >/dev/null 2>&1 || need+=(chromium-driver)
 command -v h2load >/dev/null 2>&1 || need+=(nghttp2-client)
 
-# `system-deps.sh PACKAGE...`: only those of the missing packages (make demo needs only
-# postgresql; the whole list is for make test).
+# `system-deps.sh PACKAGE...`: only those of the missing packages (make demo needs
+# postgresql and the browser; the whole list is for make test).
 if [ $# -gt 0 ]; then
     only=()
     for pkg in "${need[@]}"; do

@@ -304,11 +304,17 @@
       cursor: {drag: {x: false, y: false}},
       scales: {x: {time: true},
                y: {range: function (u, min, max) { return [0, max > 0 ? max * 1.1 : 1]; }}},
-      axes: [{stroke: axis, grid: {stroke: grid}, ticks: {stroke: grid}},
+      // one line of local HH:MM:SS per tick: uPlot's default adds a second line with
+      // the date, whose labels run into each other on a narrow chart
+      axes: [{stroke: axis, grid: {stroke: grid}, ticks: {stroke: grid}, space: 70,
+              values: function (u, splits) {
+                return splits.map(function (t) { return fmtEpoch(t); });
+              }},
              {stroke: axis, grid: {stroke: grid}, ticks: {stroke: grid}, size: 48}],
-      series: [{}].concat(series.map(function (s) {
-        return {label: s[0], stroke: s[1], width: 1.5, points: {show: false}};
-      }))
+      series: [{label: "time", value: function (u, t) { return isNum(t) ? fmtEpoch(t) : "--"; }}]
+        .concat(series.map(function (s) {
+          return {label: s[0], stroke: s[1], width: 1.5, points: {show: false}};
+        }))
     };
     var empty = [[]].concat(series.map(function () { return []; }));
     return new window.uPlot(opts, empty, target);

@@ -56,6 +56,7 @@ def chromium(profile: Path, *, width: int = 1280, height: int = 900,
     from selenium import webdriver
     from selenium.webdriver.chrome.service import Service
 
+    profile.mkdir(parents=True, exist_ok=True)
     options = webdriver.ChromeOptions()
     options.binary_location = CHROMIUM
     for argument in (
