@@ -95,6 +95,19 @@ def front(provider_a: ServeProcess, provider_b: ServeProcess) -> Iterator[Tether
         yield running
 
 
+def test_the_proxy_admin_port_serves_the_dashboard(front: Tether) -> None:
+    """``tether proxy`` runs the same supervisor: its admin port has the dashboard,
+    whose data shows the proxy's upstream clusters."""
+    assert front.admin is not None
+    page = httpx.get(f"{front.admin}/", timeout=HTTP_TIMEOUT)
+    assert page.status_code == 200 and page.headers["content-type"].startswith("text/html")
+    assert "/dashboard/dashboard.js" in page.text
+    data = httpx.get(f"{front.admin}/dashboard/data", timeout=HTTP_TIMEOUT).json()
+    providers = {p["address"] for c in data["status"]["clusters"] for p in c["providers"]}
+    assert providers == set(_provider_states(front.admin))
+    assert providers and {"history", "timeline", "worker_events"} <= set(data)
+
+
 def test_route_flag_strips_the_prefix(front: Tether, provider_a: ServeProcess) -> None:
     with httpx.Client(timeout=HTTP_TIMEOUT) as client:
         stripped = client.get(f"{front.url}/api/json", params={"via": "api"})
