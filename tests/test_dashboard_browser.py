@@ -9,7 +9,8 @@ pids ``/status`` names; the request count rising while bounded traffic runs; a S
 showing old workers draining then gone and new ones ready; a provider killed with
 ``kill -9`` shown as retrying then evicted; the banner when the supervisor is gone,
 and gone again when it is back; a 400 px window with nothing wider than it; and no
-console errors. One more test serves a saved snapshot and a sparse one (an older
+console errors. The page works on a token-protected port too, opened with its Basic
+credentials. One more test serves a saved snapshot and a sparse one (an older
 supervisor's) in-process, to check every section renders either without an error.
 """
 
@@ -290,6 +291,22 @@ def test_the_banner_when_the_supervisor_is_gone_and_a_narrow_window(page: Any) -
         # only the polls that found nobody there, nothing from the page's own code
         errors = console_errors(page)
         assert errors and all("/dashboard/data" in e["message"] for e in errors), errors
+
+
+def test_a_token_protected_admin_port_opened_with_its_credentials(page: Any) -> None:
+    # What a browser does after its Basic prompt, here with the credentials in the URL
+    # (no prompt in headless mode). Before the page built its data URL from the origin,
+    # fetch() refused the relative URL (it inherited the credentials) and the page
+    # said the supervisor was unreachable.
+    with server_process("hello:app", "--workers", "2", "--admin-port", "0",
+                        "--admin-token", "s3cret", cwd=EXAMPLES) as server:
+        admin = admin_url(server)
+        assert httpx.get(f"{admin}/dashboard/data", timeout=5).status_code == 401
+        open_dashboard(page, admin.replace("http://", "http://ops:s3cret@"))
+        until(page, lambda: len(rendered_workers(page)) == 2, "two workers")
+        assert not page.find_element("id", "banner").is_displayed()
+        assert page.find_element("id", "sup-pid").text == str(server.proc.pid)
+        assert console_errors(page) == []
 
 
 @pytest.mark.processes  # Chromium and its driver are processes, even with no tether one

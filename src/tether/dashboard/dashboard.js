@@ -14,7 +14,10 @@
 (function () {
   "use strict";
 
-  var DATA_URL = "/dashboard/data";
+  // from the origin, not relative to the page: a page opened at a URL holding user:token@
+  // would lend a relative URL its credentials, and fetch refuses any URL with them
+  // (the browser still sends the Basic credentials it holds for this origin)
+  var DATA_URL = window.location.origin + "/dashboard/data";
   var INTERVAL_MS = 1000;
   var FETCH_TIMEOUT_MS = 3000; // a stopped (SIGSTOP) supervisor must still show the banner
   var CHART_HEIGHT = 180;
