@@ -78,20 +78,6 @@ _REQUEST_DROP: Final = HOP_BY_HOP | {
     DEADLINE_HEADER, "grpc-timeout", "x-forwarded-proto", "x-forwarded-host"}
 
 
-def _connection_tokens(headers: list[tuple[str, str]]) -> set[str]:
-    tokens: set[str] = set()
-    for name, value in headers:
-        if name == "connection":
-            tokens.update(t.strip().lower() for t in value.split(",") if t.strip())
-    return tokens
-
-
-def _end_to_end(headers: list[tuple[str, str]]) -> list[tuple[str, str]]:
-    """``headers`` without the hop-by-hop ones, including any Connection names."""
-    drop = HOP_BY_HOP | _connection_tokens(headers)
-    return [(n, v) for n, v in headers if n not in drop]
-
-
 def _quoted(value: str) -> str:
     """An RFC 7230 quoted-string: a client's Host cannot add Forwarded parameters."""
     return '"' + value.replace("\\", "\\\\").replace('"', '\\"') + '"'
@@ -102,39 +88,62 @@ def _node(host: str) -> str:
     return f'"[{host}]"' if ":" in host else host
 
 
-def received_headers(scope: Scope) -> list[tuple[str, str]]:
-    """The client's request headers: names lower-case, values as received, in order."""
-    return [(n.decode("latin-1").lower(), v.decode("latin-1")) for n, v in scope["headers"]]
+def _tokens(value: str) -> set[str]:
+    return {t.strip().lower() for t in value.split(",") if t.strip()}
 
 
-def request_headers(
-    scope: Scope, received: list[tuple[str, str]], host_override: str | None
-) -> list[tuple[str, str]]:
-    """The headers sent upstream (rule 2), in one pass; repeated headers keep their
-    order, and each chain (X-Forwarded-For, Forwarded, Via) gets this hop last."""
-    drop = _REQUEST_DROP | _connection_tokens(received) if any(
-        n == "connection" for n, _ in received) else _REQUEST_DROP
+def upstream_request_head(
+    scope: Scope, host_override: str | None
+) -> tuple[list[tuple[str, str]], str | None, bool]:
+    """The headers sent upstream (rule 2), the request's Content-Length and whether
+    it is chunked, in one pass over what the client sent (this runs for every
+    request: it decodes each header once and allocates nothing per header it drops).
+    Repeated headers keep their order, and each chain (X-Forwarded-For, Forwarded,
+    Via) gets this hop last."""
     out: list[tuple[str, str]] = []
-    chains: dict[str, list[str]] = {"x-forwarded-for": [], "forwarded": [], "via": []}
-    host = None
-    for name, value in received:
+    forwarded_for: list[str] = []
+    forwarded_chain: list[str] = []
+    via_chain: list[str] = []
+    host = length = None
+    chunked = False
+    named: set[str] | None = None  # what Connection names: hop-by-hop too
+    for raw_name, raw_value in scope["headers"]:
+        name = raw_name.decode("latin-1").lower()
+        value = raw_value.decode("latin-1")
         if name == "host":
             host = value
             if host_override is not None:
                 continue
-        if name in drop:
+        elif name == "content-length":
+            if length is None:
+                length = value
+        elif name == "transfer-encoding":
+            chunked = True
+        elif name == "connection":
+            named = _tokens(value) if named is None else named | _tokens(value)
+        if name in _REQUEST_DROP:
             continue
-        chain = chains.get(name)
-        if chain is not None:
-            chain.append(value)
+        if name == "x-forwarded-for":
+            forwarded_for.append(value)
+        elif name == "forwarded":
+            forwarded_chain.append(value)
+        elif name == "via":
+            via_chain.append(value)
         else:
             out.append((name, value))
+    if named:
+        out = [(n, v) for n, v in out if n not in named]
+        forwarded_for = [] if "x-forwarded-for" in named else forwarded_for
+        forwarded_chain = [] if "forwarded" in named else forwarded_chain
+        via_chain = [] if "via" in named else via_chain
     # X-Forwarded-For and Forwarded are chains: each proxy appends the peer it
     # received the request from (the upstream decides how many hops to trust). When
     # the server's proxy headers named an earlier client, the peer is in
     # extensions["tether"]["transport"]: appending the named client instead would
     # drop a hop and make the upstream trust what this proxy trusted.
-    transport = scope.get("extensions", {}).get("tether", {}).get("transport") or scope
+    extensions = scope.get("extensions")
+    tether_ext = extensions.get("tether") if extensions else None
+    transport = (tether_ext.get("transport") if tether_ext else None) or scope
     client = transport.get("client")
     client_host = client[0] if client else "unknown"
     # Proto is the scheme the client used (as the server resolved it: a trusted
@@ -146,21 +155,37 @@ def request_headers(
     if host is not None:
         out.append(("x-forwarded-host", host))
         forwarded += f";host={_quoted(host)}"
-    out.append(("x-forwarded-for", ", ".join([*chains["x-forwarded-for"], client_host])))
-    out.append(("forwarded", ", ".join([*chains["forwarded"], forwarded])))
-    out.append(("via", ", ".join([*chains["via"], VIA])))
+    forwarded_for.append(client_host)
+    forwarded_chain.append(forwarded)
+    via_chain.append(VIA)
+    out.append(("x-forwarded-for", ", ".join(forwarded_for)))
+    out.append(("forwarded", ", ".join(forwarded_chain)))
+    out.append(("via", ", ".join(via_chain)))
     if host_override is not None:
         out.append(("host", host_override))
-    return out
+    return out, length, chunked
 
 
 def response_headers(headers: list[tuple[str, str]]) -> list[tuple[bytes, bytes]]:
     """The upstream's response headers for the client: end-to-end ones, plus Via."""
-    lowered = [(n.lower(), v) for n, v in headers]
-    out = [(n.encode("latin-1"), v.encode("latin-1")) for n, v in _end_to_end(lowered)
-           if n != "via"]
-    via = [v for n, v in lowered if n == "via"]
-    out.append((b"via", ", ".join([*via, VIA]).encode("latin-1")))
+    out: list[tuple[bytes, bytes]] = []
+    via: list[str] = []
+    named: set[str] | None = None
+    for name, value in headers:
+        lname = name.lower()
+        if lname in HOP_BY_HOP:
+            if lname == "connection":
+                named = _tokens(value) if named is None else named | _tokens(value)
+            continue
+        if lname == "via":
+            via.append(value)
+            continue
+        out.append((lname.encode("latin-1"), value.encode("latin-1")))
+    if named:
+        out = [(n, v) for n, v in out if n.decode("latin-1") not in named]
+        via = [] if "via" in named else via
+    via.append(VIA)
+    out.append((b"via", ", ".join(via).encode("latin-1")))
     return out
 
 
@@ -177,12 +202,10 @@ async def _stream_body(receive: Receive) -> AsyncIterator[bytes]:
 
 
 async def request_body(
-    headers: list[tuple[str, str]], receive: Receive
+    length: str | None, chunked: bool, receive: Receive
 ) -> bytes | AsyncIterator[bytes] | None:
     """None without a body; the bytes of a small one (replayable); else a stream."""
-    length = next((v for n, v in headers if n == "content-length"), None)
     if length is None:
-        chunked = any(n == "transfer-encoding" for n, _ in headers)
         return _stream_body(receive) if chunked else None
     if int(length) > BUFFER_LIMIT:
         return _stream_body(receive)
@@ -279,8 +302,7 @@ class Proxy:
                                f"tether proxy reaches upstream {route.upstream} over "
                                "HTTP/1.1, which cannot carry gRPC: call the service directly")
             return
-        received = received_headers(scope)
-        headers = request_headers(scope, received, route.host)
+        headers, length, chunked = upstream_request_head(scope, route.host)
         target = route.upstream_path(scope["raw_path"].decode("latin-1") or path, path)
         if scope["query_string"]:
             target += "?" + scope["query_string"].decode("latin-1")
@@ -289,7 +311,7 @@ class Proxy:
         started = False
         # Framing comes from what the client sent (Transfer-Encoding is hop-by-hop and
         # already gone from ``headers``).
-        body = await request_body(received, receive)
+        body = await request_body(length, chunked, receive)
         try:
             async with (
                 deadline_after(route.timeout) if route.timeout is not None else _NO_SCOPE,
@@ -355,7 +377,7 @@ class Proxy:
         await forward_websocket(
             scope, receive, send, cluster=self.clusters[route.upstream],
             upstream=route.upstream, target=target,
-            headers=request_headers(hop, received_headers(scope), route.host),
+            headers=upstream_request_head(hop, route.host)[0],
             timeout=route.timeout, ping=(upstream.ws_ping_interval or None,
                                          upstream.ws_ping_timeout))
 

@@ -1,0 +1,55 @@
+"""The proxy's header rules (rule 2 of tether.proxy) as pure functions: what goes
+upstream, the request's framing read in the same pass, and what comes back."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from tether.proxy import VIA, response_headers, upstream_request_head
+
+
+def scope(*headers: tuple[bytes, bytes], client: str = "10.0.0.7") -> dict[str, Any]:
+    return {"type": "http", "scheme": "http", "client": (client, 5555),
+            "headers": list(headers)}
+
+
+def test_hop_by_hop_and_connection_named_headers_stay_behind() -> None:
+    head, length, chunked = upstream_request_head(scope(
+        (b"host", b"shop.example"), (b"connection", b"keep-alive, X-Secret"),
+        (b"x-secret", b"1"), (b"keep-alive", b"timeout=5"), (b"te", b"trailers"),
+        (b"transfer-encoding", b"chunked"), (b"x-request-timeout-ms", b"900"),
+        (b"accept", b"*/*"), (b"accept", b"text/html"), (b"x-forwarded-proto", b"https"),
+    ), None)
+    names = [n for n, _ in head]
+    assert names == ["host", "accept", "accept", "x-forwarded-proto", "x-forwarded-host",
+                     "x-forwarded-for", "forwarded", "via"]
+    assert dict(head)["x-forwarded-proto"] == "http"  # set, never the client's
+    assert (length, chunked) == (None, True)
+
+
+def test_chains_get_this_hop_last_and_the_host_override_replaces_host() -> None:
+    head, length, chunked = upstream_request_head(scope(
+        (b"Host", b"shop.example"), (b"X-Forwarded-For", b"1.2.3.4"),
+        (b"forwarded", b"for=1.2.3.4"), (b"via", b"1.1 edge"), (b"content-length", b"12"),
+        (b"content-length", b"13"),
+    ), "orders.internal")
+    fields = dict(head)
+    assert fields["x-forwarded-for"] == "1.2.3.4, 10.0.0.7"
+    assert fields["forwarded"] == 'for=1.2.3.4, for=10.0.0.7;proto=http;host="shop.example"'
+    assert fields["via"] == f"1.1 edge, {VIA}"
+    assert [v for n, v in head if n == "host"] == ["orders.internal"]
+    assert (length, chunked) == ("12", False)  # the first Content-Length
+
+
+def test_a_chain_named_in_connection_is_dropped_but_this_hop_still_added() -> None:
+    head, _, _ = upstream_request_head(scope(
+        (b"connection", b"X-Forwarded-For"), (b"x-forwarded-for", b"6.6.6.6")), None)
+    assert dict(head)["x-forwarded-for"] == "10.0.0.7"
+
+
+def test_response_headers_drop_hop_by_hop_and_append_via() -> None:
+    out = response_headers([("Content-Type", "text/plain"), ("Connection", "close, X-Resp"),
+                            ("X-Resp", "1"), ("Keep-Alive", "timeout=5"),
+                            ("Via", "1.1 app"), ("Set-Cookie", "a=1"), ("Set-Cookie", "b=2")])
+    assert out == [(b"content-type", b"text/plain"), (b"set-cookie", b"a=1"),
+                   (b"set-cookie", b"b=2"), (b"via", f"1.1 app, {VIA}".encode())]
