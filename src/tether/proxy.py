@@ -22,7 +22,10 @@ Rules, in order:
    is not copied: the client writes a fresh one with the time actually left.
 3. Bodies stream both ways with back-pressure; nothing holds a whole body, except
    a request body of at most :data:`BUFFER_LIMIT` bytes with a Content-Length,
-   kept so an idempotent request can be retried on another provider.
+   kept so an idempotent request can be retried on another provider, and a response
+   body of at most that size with a Content-Length, read whole before the response
+   starts (one write less per request; an upstream failing while sending it gets
+   the client a clean ``502``, not a cut response).
 4. Deadlines: the client's deadline (``x-request-timeout-ms``), narrowed by the
    route's ``timeout``, bounds the upstream exchange and travels upstream. A client
    that disconnects cancels the handler (the server's cancel-on-disconnect), which
@@ -168,12 +171,21 @@ def upstream_request_head(
 
 def response_headers(headers: list[tuple[str, str]]) -> list[tuple[bytes, bytes]]:
     """The upstream's response headers for the client: end-to-end ones, plus Via."""
+    return response_head(headers)[0]
+
+
+def response_head(headers: list[tuple[str, str]]) -> tuple[list[tuple[bytes, bytes]], bool]:
+    """:func:`response_headers`, and whether the body is small enough to read whole
+    before answering (a Content-Length of at most :data:`BUFFER_LIMIT`)."""
     out: list[tuple[bytes, bytes]] = []
     via: list[str] = []
     named: set[str] | None = None
+    small = False
     for name, value in headers:
         lname = name.lower()
-        if lname in HOP_BY_HOP:
+        if lname == "content-length":
+            small = value.isdigit() and int(value) <= BUFFER_LIMIT
+        elif lname in HOP_BY_HOP:
             if lname == "connection":
                 named = _tokens(value) if named is None else named | _tokens(value)
             continue
@@ -186,7 +198,7 @@ def response_headers(headers: list[tuple[str, str]]) -> list[tuple[bytes, bytes]
         via = [] if "via" in named else via
     via.append(VIA)
     out.append((b"via", ", ".join(via).encode("latin-1")))
-    return out
+    return out, small
 
 
 async def _stream_body(receive: Receive) -> AsyncIterator[bytes]:
@@ -317,15 +329,24 @@ class Proxy:
                 deadline_after(route.timeout) if route.timeout is not None else _NO_SCOPE,
                 cluster.stream(method, target, headers=headers, content=body) as response,
             ):
-                await send({
-                    "type": "http.response.start", "status": response.status_code,
-                    "headers": response_headers(response.headers.items()),
-                })
-                started = True
-                async for chunk in response.aiter_bytes():
-                    await send({"type": "http.response.body", "body": chunk,
-                                "more_body": True})
-                await send({"type": "http.response.body", "body": b""})
+                head, small = response_head(response.headers.items())
+                start = {"type": "http.response.start", "status": response.status_code,
+                         "headers": head}
+                if small:
+                    # A small body with a length (most responses): read whole, then
+                    # head and body go out in two sends. A failure while reading it
+                    # is still a clean 502/504, not a cut response.
+                    content = await response.aread()
+                    await send(start)
+                    started = True
+                    await send({"type": "http.response.body", "body": content})
+                else:
+                    await send(start)
+                    started = True
+                    async for chunk in response.aiter_bytes():
+                        await send({"type": "http.response.body", "body": chunk,
+                                    "more_body": True})
+                    await send({"type": "http.response.body", "body": b""})
         except TransportError as exc:
             self._failed(method, path, route.upstream, exc, started)
             if started:
