@@ -1,7 +1,7 @@
 """Reverse proxy throughput, tail latency and upstream connection reuse: ``tether
 proxy`` next to nginx.
 
-Both proxies run ONE worker on 127.0.0.1 in front of the same upstream, a
+Both proxies run ONE worker (``--workers`` changes it) on 127.0.0.1 in front of the same upstream, a
 ``tether serve`` of ``bench.proxy_upstream:app`` (``bench.apps:hello`` that also
 counts the connections it is reached on), and keep connections to it alive. Each
 is driven by ``wrk --latency -t2 -c64`` for a fixed time. Printed per proxy:
@@ -17,9 +17,10 @@ The proxies (``U`` is the upstream's port, ``P`` the proxy's, ``A`` tether's adm
 port; each a free port picked per run):
 
 * tether: ``python -m tether proxy --listen 127.0.0.1:P --route /=127.0.0.1:U
-  --workers 1 --no-access-log --log-level warning --admin-port A``.
+  --workers N --no-access-log --log-level warning --admin-port A`` (``N`` is
+  ``--workers``, 1 by default).
 * nginx: ``nginx -c <tmp>/nginx.conf -p <tmp> -e <tmp>/error.log`` with the
-  configuration of :func:`nginx_conf`: ``worker_processes 1``, ``access_log off``,
+  configuration of :func:`nginx_conf`: ``worker_processes N``, ``access_log off``,
   an ``upstream`` block with ``keepalive 64``, ``proxy_http_version 1.1`` and an
   empty ``Connection`` header (so upstream connections are kept alive), and the
   request headers tether's proxy adds (X-Forwarded-For/-Proto/-Host, Forwarded,
@@ -110,6 +111,9 @@ class Options:
     threads: int
     nginx: str
     json_path: Path | None
+    # Worker processes of each proxy (tether --workers, nginx worker_processes): the
+    # issue's comparison is 1 each; 2 shows what a second core buys.
+    workers: int = 1
 
 
 @dataclass
@@ -202,19 +206,20 @@ def answers_hello(port: int, what: str) -> bool:
 # -- the proxies ---------------------------------------------------------------------------
 
 
-def tether_cmd(port: int, upstream: int, admin: int) -> list[str]:
+def tether_cmd(port: int, upstream: int, admin: int, workers: int = 1) -> list[str]:
     return [
         PYTHON, "-m", "tether", "proxy", "--listen", f"{HOST}:{port}",
-        "--route", f"/={HOST}:{upstream}", "--workers", "1", "--no-access-log",
+        "--route", f"/={HOST}:{upstream}", "--workers", str(workers), "--no-access-log",
         "--log-level", "warning", "--admin-port", str(admin),
     ]
 
 
-def nginx_conf(tmp: Path, port: int, upstream: int) -> str:
-    """The nginx configuration: one worker, upstream keep-alive, tether's headers."""
+def nginx_conf(tmp: Path, port: int, upstream: int, workers: int = 1) -> str:
+    """The nginx configuration: ``workers`` workers (one by default), upstream
+    keep-alive, tether's headers."""
     # As root the worker would switch to user nobody, who cannot enter ``tmp``.
     user = "user root root;\n" if os.geteuid() == 0 else ""
-    return f"""{user}worker_processes 1;
+    return f"""{user}worker_processes {workers};
 daemon off;
 error_log {tmp}/error.log warn;
 pid {tmp}/nginx.pid;
@@ -381,11 +386,11 @@ def bench_one(proxy: str, rep: int, opts: Options, workdir: Path) -> Run:
     admin: int | None = None
     if proxy == "tether":
         admin = harness.free_port()
-        argv = tether_cmd(port, upstream, admin)
+        argv = tether_cmd(port, upstream, admin, opts.workers)
     else:
         nginx_dir.mkdir()
         conf = nginx_dir / "nginx.conf"
-        conf.write_text(nginx_conf(nginx_dir, port, upstream))
+        conf.write_text(nginx_conf(nginx_dir, port, upstream, opts.workers))
         argv = [opts.nginx, "-c", str(conf), "-p", f"{nginx_dir}/",
                 "-e", str(nginx_dir / "error.log")]
     try:
@@ -558,7 +563,7 @@ _non_negative = harness.count_type(0, "_non_negative")
 
 def parse_args(argv: Sequence[str]) -> Options:
     parser = argparse.ArgumentParser(
-        description="Benchmark tether proxy against nginx (1 worker each) with wrk.",
+        description="Benchmark tether proxy against nginx (1 worker each by default) with wrk.",
     )
     parser.add_argument("--seconds", type=_positive, default=None, metavar="S",
                         help="measured wrk run per proxy and repeat (default: 10)")
@@ -574,6 +579,9 @@ def parse_args(argv: Sequence[str]) -> Options:
                         help="wrk connections (default: 64)")
     parser.add_argument("--threads", type=_positive, default=2, metavar="N",
                         help="wrk threads (default: 2)")
+    parser.add_argument("--workers", type=_positive, default=1, metavar="N",
+                        help="worker processes of each proxy: tether --workers, nginx "
+                             "worker_processes (default: 1)")
     parser.add_argument("--nginx", default=None, metavar="PATH",
                         help=f"the nginx binary (default: nginx on PATH, else {NGINX_DEFAULT})")
     parser.add_argument("--json", type=Path, default=None, metavar="PATH", dest="json_path",
@@ -586,6 +594,7 @@ def parse_args(argv: Sequence[str]) -> Options:
     return Options(
         seconds=seconds, warmup=warmup, repeat=args.repeat, connections=args.connections,
         threads=args.threads, nginx=args.nginx or find_nginx(), json_path=args.json_path,
+        workers=args.workers,
     )
 
 
