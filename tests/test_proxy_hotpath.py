@@ -1,20 +1,21 @@
 """The proxy's fast path (one header pass, a small response read whole and answered
 in two sends) keeps the guarantees speed must never come from skipping (issue 18):
-an idempotent request that a provider drops is retried on another one, and a small
+an idempotent request that a provider drops is retried on another one; a small
 response cut short by its upstream is a clean ``502``, never a short body that looks
-complete. The deadline travelling upstream (504) and a client disconnect cancelling
-the upstream handler are tests/test_proxy.py's
-``test_client_deadline_is_504_and_travels_upstream`` and
-``test_client_disconnect_cancels_upstream_handler``, whose small JSON answers take
-this same path.
+complete; the client's deadline travels upstream as the time left and ends in a
+``504``; a client that hangs up while a small answer is awaited cancels the upstream
+handler. Every request here takes the small-response path.
 """
 
 from __future__ import annotations
 
+import asyncio
+import time
 from pathlib import Path
 
 import httpx
 
+from tests.support import wait_for
 from tests.test_proxy import HTTP_TIMEOUT, RawUpstream, _healthz_or, proxy, upstream
 
 
@@ -40,3 +41,32 @@ async def test_a_small_response_cut_short_is_a_clean_502() -> None:
     assert r.status_code == 502, (r.status_code, r.text)
     assert b"only part" not in r.content
     assert ("POST", "/cut") in raw.requests
+
+
+async def test_a_deadline_travels_upstream_and_ends_in_504(tmp_path: Path) -> None:
+    with upstream("A", tmp_path) as up, proxy("--route", f"/=127.0.0.1:{up.port}") as px:
+        async with httpx.AsyncClient(timeout=HTTP_TIMEOUT) as client:
+            started = time.monotonic()
+            r = await client.get(f"{px.url}/slow", params={"token": "hot", "s": "5"},
+                                 headers={"x-request-timeout-ms": "300"})
+            elapsed = time.monotonic() - started
+    assert r.status_code == 504, (r.status_code, r.text)
+    assert elapsed < 3.0, elapsed  # well before the upstream's 5 s
+    seen = (tmp_path / "deadline-hot").read_text()
+    assert seen != "none" and 0 < int(seen) <= 300, seen  # the time left, not the client's
+
+
+async def test_a_client_that_leaves_cancels_the_upstream_handler(tmp_path: Path) -> None:
+    """The client hangs up while the proxy waits for a small answer: the upstream
+    handler is cancelled (its connection closed at once), not left to run 60 s."""
+    with upstream("A", tmp_path) as up, proxy("--route", f"/=127.0.0.1:{up.port}") as px:
+        _reader, writer = await asyncio.open_connection("127.0.0.1", px.port)
+        try:
+            writer.write(b"GET /wait?token=gone HTTP/1.1\r\nHost: t\r\n\r\n")
+            await writer.drain()
+            await wait_for(lambda: (tmp_path / "started-gone").exists(), 10,
+                           "the upstream handler to start")
+        finally:
+            writer.close()
+        await wait_for(lambda: (tmp_path / "cancelled-gone").exists(), 10,
+                       "the upstream handler's cancellation")

@@ -14,6 +14,9 @@ the last path segment picks the handler):
 - ``download?size=N``: streams ``N`` bytes of :func:`pattern` in 64 KiB chunks.
 - ``hang?token=T``: sends a first chunk, then waits (60 s at most); when cancelled
   writes ``time.time()`` to ``$PROXY_MARKS/cancelled-T``.
+- ``wait?token=T``: writes ``$PROXY_MARKS/started-T``, then waits (60 s at most)
+  before a small JSON answer (a Content-Length: the proxy's small-response path);
+  when cancelled writes ``time.time()`` to ``$PROXY_MARKS/cancelled-T``.
 - ``slow?token=T&s=S``: writes the ``x-request-timeout-ms`` header it received
   (or ``none``) to ``$PROXY_MARKS/deadline-T``, then answers after ``S`` seconds.
 """
@@ -123,6 +126,14 @@ async def app(scope: Scope, receive: Receive, send: Send) -> None:
             _write_mark(f"cancelled-{query['token']}", repr(time.time()))
             raise
         await send({"type": "http.response.body", "body": b"too late\n"})
+    elif action == "wait":
+        _write_mark(f"started-{query['token']}", repr(time.time()))
+        try:
+            await asyncio.sleep(HANG_LIMIT)
+        except asyncio.CancelledError:
+            _write_mark(f"cancelled-{query['token']}", repr(time.time()))
+            raise
+        await _json(send, {"waited": HANG_LIMIT})
     elif action == "slow":
         seen = next((v for n, v in headers if n == "x-request-timeout-ms"), "none")
         _write_mark(f"deadline-{query['token']}", seen)
