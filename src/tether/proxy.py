@@ -50,8 +50,8 @@ from tether.asgi import Receive, Scope, Send
 from tether.client import Client
 from tether.client.cluster import Cluster, NoProviderAvailable
 from tether.client.errors import LocalProtocolError, TimeoutException, TLSError, TransportError
-from tether.client.models import Timeout
-from tether.deadline import HEADER as DEADLINE_HEADER
+from tether.client.models import Timeout, origin_form
+from tether.deadline import HEADER_BYTES as DEADLINE_HEADER_BYTES
 from tether.deadline import DeadlineExceeded, deadline_after
 from tether.errors import ClientDisconnected, ResponseAborted
 from tether.proxy_config import ProxyConfig, Upstream
@@ -67,78 +67,87 @@ ENV_CONFIG: Final = "TETHER_PROXY_INPUTS"
 #: request bodies up to this size (with a Content-Length) are read before sending, so
 #: they can be sent again to another provider; larger ones stream and are sent once
 BUFFER_LIMIT: Final = 64 * 1024
-VIA: Final = "1.1 tether"
+VIA: Final = b"1.1 tether"
 ALLOWED_METHODS: Final = b"GET, HEAD, POST, PUT, PATCH, DELETE, OPTIONS"
 _NO_SCOPE: Final = contextlib.nullcontext()
+#: methods that get ``content-length: 0`` when the client sent no body
+_BODY_METHODS: Final = frozenset({"POST", "PUT", "PATCH"})
 
 HOP_BY_HOP: Final = frozenset({
-    "connection", "proxy-connection", "keep-alive", "te", "trailer", "transfer-encoding",
-    "upgrade", "proxy-authorization", "proxy-authenticate",
+    b"connection", b"proxy-connection", b"keep-alive", b"te", b"trailer",
+    b"transfer-encoding", b"upgrade", b"proxy-authorization", b"proxy-authenticate",
 })
 #: request headers not copied upstream: hop-by-hop, and those the proxy writes itself
 #: (the client writes a fresh deadline header with the time actually left)
 _REQUEST_DROP: Final = HOP_BY_HOP | {
-    DEADLINE_HEADER, "grpc-timeout", "x-forwarded-proto", "x-forwarded-host"}
+    DEADLINE_HEADER_BYTES, b"grpc-timeout", b"x-forwarded-proto", b"x-forwarded-host"}
+#: the request headers rule 2 looks at; every other one is copied as it is
+_REQUEST_SPECIAL: Final = _REQUEST_DROP | {
+    b"host", b"content-length", b"x-forwarded-for", b"forwarded", b"via"}
+#: the response headers rule 2 looks at
+_RESPONSE_SPECIAL: Final = HOP_BY_HOP | {b"content-length", b"via"}
 
 
-def _quoted(value: str) -> str:
+def _quoted(value: bytes) -> bytes:
     """An RFC 7230 quoted-string: a client's Host cannot add Forwarded parameters."""
-    return '"' + value.replace("\\", "\\\\").replace('"', '\\"') + '"'
+    return b'"' + value.replace(b"\\", b"\\\\").replace(b'"', b'\\"') + b'"'
 
 
-def _node(host: str) -> str:
+def _node(host: bytes) -> bytes:
     """A Forwarded node: IPv6 in brackets and quotes (RFC 7239 section 6)."""
-    return f'"[{host}]"' if ":" in host else host
+    return b'"[%s]"' % host if b":" in host else host
 
 
-def _tokens(value: str) -> set[str]:
-    return {t.strip().lower() for t in value.split(",") if t.strip()}
+def _tokens(value: bytes) -> set[bytes]:
+    return {t.strip().lower() for t in value.split(b",") if t.strip()}
 
 
 def upstream_request_head(
     scope: Scope, host_override: str | None
-) -> tuple[list[tuple[str, str]], str | None, bool]:
+) -> tuple[list[tuple[bytes, bytes]], bytes | None, bool]:
     """The headers sent upstream (rule 2), the request's Content-Length and whether
     it is chunked, in one pass over what the client sent (this runs for every
-    request: it decodes each header once and allocates nothing per header it drops).
-    Repeated headers keep their order, and each chain (X-Forwarded-For, Forwarded,
-    Via) gets this hop last."""
-    out: list[tuple[str, str]] = []
-    forwarded_for: list[str] = []
-    forwarded_chain: list[str] = []
-    via_chain: list[str] = []
+    request: it works on the bytes the server parsed, and allocates nothing per
+    header it drops). Repeated headers keep their order, and each chain
+    (X-Forwarded-For, Forwarded, Via) gets this hop last."""
+    out: list[tuple[bytes, bytes]] = []
+    forwarded_for: list[bytes] = []
+    forwarded_chain: list[bytes] = []
+    via_chain: list[bytes] = []
     host = length = None
     chunked = False
-    named: set[str] | None = None  # what Connection names: hop-by-hop too
-    for raw_name, raw_value in scope["headers"]:
-        name = raw_name.decode("latin-1").lower()
-        value = raw_value.decode("latin-1")
-        if name == "host":
-            host = value
-            if host_override is not None:
+    named: set[bytes] | None = None  # what Connection names: hop-by-hop too
+    for name, value in scope["headers"]:
+        name = name.lower()  # already lower case from tether's server: no copy made
+        if name in _REQUEST_SPECIAL:
+            if name == b"host":
+                host = value
+                if host_override is not None:
+                    continue
+            elif name == b"content-length":
+                if length is None:
+                    length = value
+            elif name == b"transfer-encoding":
+                chunked = True
+            elif name == b"connection":
+                named = _tokens(value) if named is None else named | _tokens(value)
+            if name in _REQUEST_DROP:
                 continue
-        elif name == "content-length":
-            if length is None:
-                length = value
-        elif name == "transfer-encoding":
-            chunked = True
-        elif name == "connection":
-            named = _tokens(value) if named is None else named | _tokens(value)
-        if name in _REQUEST_DROP:
-            continue
-        if name == "x-forwarded-for":
-            forwarded_for.append(value)
-        elif name == "forwarded":
-            forwarded_chain.append(value)
-        elif name == "via":
-            via_chain.append(value)
-        else:
-            out.append((name, value))
+            if name == b"x-forwarded-for":
+                forwarded_for.append(value)
+                continue
+            if name == b"forwarded":
+                forwarded_chain.append(value)
+                continue
+            if name == b"via":
+                via_chain.append(value)
+                continue
+        out.append((name, value))
     if named:
         out = [(n, v) for n, v in out if n not in named]
-        forwarded_for = [] if "x-forwarded-for" in named else forwarded_for
-        forwarded_chain = [] if "forwarded" in named else forwarded_chain
-        via_chain = [] if "via" in named else via_chain
+        forwarded_for = [] if b"x-forwarded-for" in named else forwarded_for
+        forwarded_chain = [] if b"forwarded" in named else forwarded_chain
+        via_chain = [] if b"via" in named else via_chain
     # X-Forwarded-For and Forwarded are chains: each proxy appends the peer it
     # received the request from (the upstream decides how many hops to trust). When
     # the server's proxy headers named an earlier client, the peer is in
@@ -148,57 +157,102 @@ def upstream_request_head(
     tether_ext = extensions.get("tether") if extensions else None
     transport = (tether_ext.get("transport") if tether_ext else None) or scope
     client = transport.get("client")
-    client_host = client[0] if client else "unknown"
+    client_host = client[0].encode("latin-1") if client else b"unknown"
     # Proto is the scheme the client used (as the server resolved it: a trusted
     # proxy in front may have ended TLS), set, never taken from the client's headers;
     # the Forwarded element describes this hop, so it has the hop's own scheme.
     proto = scope.get("scheme", "http")
-    forwarded = f"for={_node(client_host)};proto={transport.get('scheme', proto)}"
-    out.append(("x-forwarded-proto", proto))
+    forwarded = b"for=%s;proto=%s" % (_node(client_host),
+                                      transport.get("scheme", proto).encode("latin-1"))
+    out.append((b"x-forwarded-proto", proto.encode("latin-1")))
     if host is not None:
-        out.append(("x-forwarded-host", host))
-        forwarded += f";host={_quoted(host)}"
+        out.append((b"x-forwarded-host", host))
+        forwarded += b";host=" + _quoted(host)
     forwarded_for.append(client_host)
     forwarded_chain.append(forwarded)
     via_chain.append(VIA)
-    out.append(("x-forwarded-for", ", ".join(forwarded_for)))
-    out.append(("forwarded", ", ".join(forwarded_chain)))
-    out.append(("via", ", ".join(via_chain)))
+    out.append((b"x-forwarded-for", b", ".join(forwarded_for)))
+    out.append((b"forwarded", b", ".join(forwarded_chain)))
+    out.append((b"via", b", ".join(via_chain)))
     if host_override is not None:
-        out.append(("host", host_override))
+        out.append((b"host", host_override.encode("latin-1")))
     return out, length, chunked
 
 
-def response_headers(headers: list[tuple[str, str]]) -> list[tuple[bytes, bytes]]:
+def response_headers(headers: list[tuple[bytes, bytes]]) -> list[tuple[bytes, bytes]]:
     """The upstream's response headers for the client: end-to-end ones, plus Via."""
     return response_head(headers)[0]
 
 
-def response_head(headers: list[tuple[str, str]]) -> tuple[list[tuple[bytes, bytes]], bool]:
-    """:func:`response_headers`, and whether the body is small enough to read whole
-    before answering (a Content-Length of at most :data:`BUFFER_LIMIT`)."""
+def response_head(headers: list[tuple[bytes, bytes]]) -> tuple[list[tuple[bytes, bytes]], bool]:
+    """:func:`response_headers` (names lower-cased), and whether the body is small
+    enough to read whole before answering (a Content-Length of at most
+    :data:`BUFFER_LIMIT`)."""
     out: list[tuple[bytes, bytes]] = []
-    via: list[str] = []
-    named: set[str] | None = None
+    via: list[bytes] = []
+    named: set[bytes] | None = None
     small = False
     for name, value in headers:
         lname = name.lower()
-        if lname == "content-length":
-            small = value.isdigit() and int(value) <= BUFFER_LIMIT
-        elif lname in HOP_BY_HOP:
-            if lname == "connection":
-                named = _tokens(value) if named is None else named | _tokens(value)
-            continue
-        if lname == "via":
-            via.append(value)
-            continue
-        out.append((lname.encode("latin-1"), value.encode("latin-1")))
+        if lname in _RESPONSE_SPECIAL:
+            if lname == b"content-length":
+                small = value.isdigit() and int(value) <= BUFFER_LIMIT
+            elif lname == b"via":
+                via.append(value)
+                continue
+            else:  # hop-by-hop
+                if lname == b"connection":
+                    named = _tokens(value) if named is None else named | _tokens(value)
+                continue
+        out.append((lname, value))
     if named:
-        out = [(n, v) for n, v in out if n.decode("latin-1") not in named]
-        via = [] if "via" in named else via
+        out = [(n, v) for n, v in out if n not in named]
+        via = [] if b"via" in named else via
     via.append(VIA)
-    out.append((b"via", ", ".join(via).encode("latin-1")))
+    out.append((b"via", b", ".join(via)))
     return out, small
+
+
+def request_line(method: str, target: str, query: bytes) -> bytes:
+    """The upstream request line for the origin-form ``target`` (rule 1), checked as
+    every client request target is (:class:`LocalProtocolError` otherwise)."""
+    if query:
+        target += "?" + query.decode("latin-1")
+    try:
+        return b"%s %s HTTP/1.1\r\n" % (method.encode("ascii"),
+                                        origin_form(target).encode("latin-1"))
+    except UnicodeEncodeError as exc:
+        raise LocalProtocolError(f"request target not encodable as latin-1: {exc}") from exc
+
+
+def framed_fields(
+    fields: list[tuple[bytes, bytes]], method: str, length: bytes | None, chunked: bool
+) -> tuple[bytes, int | None]:
+    """The header lines sent upstream, with the body's framing, and the length a
+    streamed body must have (None: chunked, or a body held whole).
+
+    The names and values come from tether's own parsers (HTTP/1.1 and HTTP/2 refuse
+    CR, LF and NUL in them) and from the proxy's configuration, so nothing here can
+    end a line early; the counts below make sure of it at the cost of three scans in
+    C, instead of a check per header."""
+    lines = b"".join([b"%s: %s\r\n" % field for field in fields])
+    expected = len(fields)
+    declared = None
+    if length is not None:
+        if not length.isdigit():
+            raise LocalProtocolError(f"invalid Content-Length {length[:32]!r}")
+        if int(length) > BUFFER_LIMIT:
+            declared = int(length)  # streamed: it must match exactly
+    elif chunked:
+        lines += b"transfer-encoding: chunked\r\n"
+        expected += 1
+    elif method in _BODY_METHODS:
+        lines += b"content-length: 0\r\n"
+        expected += 1
+    if not (lines.count(b"\r\n") == lines.count(b"\r") == lines.count(b"\n") == expected
+            and b"\0" not in lines):
+        raise LocalProtocolError("a header name or value holds CR, LF or NUL")
+    return lines, declared
 
 
 async def _stream_body(receive: Receive) -> AsyncIterator[bytes]:
@@ -214,7 +268,7 @@ async def _stream_body(receive: Receive) -> AsyncIterator[bytes]:
 
 
 async def request_body(
-    length: str | None, chunked: bool, receive: Receive
+    length: bytes | None, chunked: bool, receive: Receive
 ) -> bytes | AsyncIterator[bytes] | None:
     """None without a body; the bytes of a small one (replayable); else a stream."""
     if length is None:
@@ -314,39 +368,42 @@ class Proxy:
                                f"tether proxy reaches upstream {route.upstream} over "
                                "HTTP/1.1, which cannot carry gRPC: call the service directly")
             return
-        headers, length, chunked = upstream_request_head(scope, route.host)
-        target = route.upstream_path(scope["raw_path"].decode("latin-1") or path, path)
-        if scope["query_string"]:
-            target += "?" + scope["query_string"].decode("latin-1")
+        fields, length, chunked = upstream_request_head(scope, route.host)
         method = scope["method"]
         cluster = self.clusters[route.upstream]
         started = False
-        # Framing comes from what the client sent (Transfer-Encoding is hop-by-hop and
-        # already gone from ``headers``).
-        body = await request_body(length, chunked, receive)
         try:
-            async with (
-                deadline_after(route.timeout) if route.timeout is not None else _NO_SCOPE,
-                cluster.stream(method, target, headers=headers, content=body) as response,
-            ):
-                head, small = response_head(response.headers.items())
-                start = {"type": "http.response.start", "status": response.status_code,
-                         "headers": head}
-                if small:
-                    # A small body with a length (most responses): read whole, then
-                    # head and body go out in two sends. A failure while reading it
-                    # is still a clean 502/504, not a cut response.
-                    content = await response.aread()
-                    await send(start)
-                    started = True
-                    await send({"type": "http.response.body", "body": content})
-                else:
-                    await send(start)
-                    started = True
-                    async for chunk in response.aiter_bytes():
-                        await send({"type": "http.response.body", "body": chunk,
-                                    "more_body": True})
-                    await send({"type": "http.response.body", "body": b""})
+            start = request_line(method, route.upstream_path(
+                scope["raw_path"].decode("latin-1") or path, path), scope["query_string"])
+            head, declared = framed_fields(fields, method, length, chunked)
+            # Framing comes from what the client sent (Transfer-Encoding is hop-by-hop
+            # and already gone from ``fields``).
+            body = await request_body(length, chunked, receive)
+            async with deadline_after(route.timeout) if route.timeout is not None else _NO_SCOPE:
+                response = await cluster.forward(method, start, head, body, declared)
+                try:
+                    out, small = response_head(response.headers)
+                    start_message = {"type": "http.response.start",
+                                     "status": response.status_code, "headers": out}
+                    if small:
+                        # A small body with a length (most responses): read whole, then
+                        # head and body go out in two sends. A failure while reading it
+                        # is still a clean 502/504, not a cut response.
+                        content = response.complete_body()
+                        if content is None:
+                            content = await response.aread()
+                        await send(start_message)
+                        started = True
+                        await send({"type": "http.response.body", "body": content})
+                    else:
+                        await send(start_message)
+                        started = True
+                        async for chunk in response.aiter_bytes():
+                            await send({"type": "http.response.body", "body": chunk,
+                                        "more_body": True})
+                        await send({"type": "http.response.body", "body": b""})
+                finally:
+                    response.close()
         except TransportError as exc:
             self._failed(method, path, route.upstream, exc, started)
             if started:
@@ -398,7 +455,8 @@ class Proxy:
         await forward_websocket(
             scope, receive, send, cluster=self.clusters[route.upstream],
             upstream=route.upstream, target=target,
-            headers=upstream_request_head(hop, route.host)[0],
+            headers=[(n.decode("latin-1"), v.decode("latin-1"))
+                     for n, v in upstream_request_head(hop, route.host)[0]],
             timeout=route.timeout, ping=(upstream.ws_ping_interval or None,
                                          upstream.ws_ping_timeout))
 

@@ -47,6 +47,7 @@ from tether.client.models import (
     parse_url,
 )
 from tether.client.pool import ConnectionPool
+from tether.client.raw import RawResponse
 from tether.client.retries import IDEMPOTENT
 from tether.client.websocket import (
     HANDSHAKE_HEADERS,
@@ -70,6 +71,8 @@ _BAD_VALUE: Final = re.compile(r"[\r\n\0]")
 _FRAMING_NAMES: Final = frozenset(
     {"host", "user-agent", "content-type", "content-length", "transfer-encoding"})
 USER_AGENT: Final = f"tether/{__version__}"
+#: the deadline header line a forwarded request gets (the milliseconds left)
+DEADLINE_LINE: Final = DEADLINE_HEADER.encode() + b": %s\r\n"
 
 
 class _Unset:
@@ -134,8 +137,11 @@ class Client:
             max_connections_per_origin=sys.maxsize,
             keepalive_expiry=keepalive_expiry,
         )
+        #: pool keys of forwarded requests by origin (built once per origin)
+        self._forward_keys: dict[Origin, PoolKey] = {}
         self._link = ClientLink(
-            send=self._request_to, deadline_scope=self._deadline_scope, probe=self._probe,
+            send=self._request_to, forward=self._forward_to,
+            deadline_scope=self._deadline_scope, probe=self._probe,
             retire=self._retire, probing=self._probing, websocket=self._websocket_to,
         )
         self._contexts: dict[TLSIdentity, ssl.SSLContext] = {}
@@ -509,6 +515,23 @@ class Client:
         self, method: str, key: PoolKey, head: bytes, body: Body, timeouts: Timeout, url: str,
         declared_length: int | None, pool: ConnectionPool[HTTPConnection],
     ) -> Response:
+        status, raw_headers, conn = await self._attempt(
+            method, key, head, body, timeouts, declared_length, pool)
+        return Response(
+            status, Headers.from_raw([(n.decode("latin-1"), v.decode("latin-1"))
+                                      for n, v in raw_headers]),
+            url=url, method=method,
+            reader=lambda conn=conn, t=timeouts.read: conn.read_body(t),  # type: ignore[misc]
+            # release() keeps it only if reusable (read to its end, keep-alive)
+            on_close=lambda conn=conn: pool.release(conn),  # type: ignore[misc]
+        )
+
+    async def _attempt(
+        self, method: str, key: PoolKey, head: bytes, body: Body, timeouts: Timeout,
+        declared_length: int | None, pool: ConnectionPool[HTTPConnection],
+    ) -> tuple[int, list[tuple[bytes, bytes]], HTTPConnection]:
+        """One request on a pooled connection, up to its response head; the caller
+        owns the connection until it gives it back."""
         retryable = method in IDEMPOTENT
         for attempt in (0, 1):
             conn = await pool.acquire(key, timeouts.pool, timeouts.connect, fresh=attempt > 0)
@@ -528,13 +551,33 @@ class Client:
             except BaseException:
                 pool.discard(conn)  # includes cancellation: never reuse a half-done exchange
                 raise
-            return Response(
-                status, Headers.from_raw(raw_headers), url=url, method=method,
-                reader=lambda conn=conn, t=timeouts.read: conn.read_body(t),  # type: ignore[misc]
-                # release() keeps it only if reusable (read to its end, keep-alive)
-                on_close=lambda conn=conn: pool.release(conn),  # type: ignore[misc]
-            )
+            return status, raw_headers, conn
         raise AssertionError("unreachable")  # pragma: no cover
+
+    async def _forward_to(
+        self, method: str, origin: Origin, start: bytes, fields: bytes, body: Body,
+        declared_length: int | None,
+    ) -> RawResponse:
+        """One forwarded request (the proxy's path, issue 18) to ``origin``: ``start``
+        is the request line, ``fields`` the header lines the caller built and checked
+        (framing included, no deadline header); the time left before the deadline is
+        added here as for any request. Returns the response as received."""
+        if current_deadline().at is None:
+            head = start + fields + b"\r\n"
+        else:
+            ms = self._deadline_header(method, start.decode("latin-1").rstrip())
+            head = (start + fields + b"\r\n" if ms is None
+                    else start + DEADLINE_LINE % ms.encode() + fields + b"\r\n")
+        key = self._forward_keys.get(origin)
+        if key is None:
+            if len(self._forward_keys) > 4096:  # origins come and go: keep it bounded
+                self._forward_keys.clear()
+            key = self._forward_keys[origin] = self._key(origin, self.sni_hostname)
+        timeouts = self.timeout
+        pool = self._pool
+        status, raw_headers, conn = await self._attempt(
+            method, key, head, body, timeouts, declared_length, pool)
+        return RawResponse(status, raw_headers, conn, pool, timeouts.read)
 
     def _absolute(self, url: str) -> str:
         if self.base_url and not url.startswith(("http://", "https://")):

@@ -23,7 +23,7 @@ from collections import Counter
 from collections.abc import AsyncIterator, Awaitable, Callable, Coroutine, Sequence
 from contextlib import AbstractAsyncContextManager
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, Protocol, TypeVar, cast
 
 from tether import metrics
 from tether.client.balancer import Balancer
@@ -42,6 +42,7 @@ from tether.client.providers import (
     ProviderStateMachine,
     outcome_of,
 )
+from tether.client.raw import SMALL_BODY, is_small
 from tether.client.retries import RETRYABLE_STATUS, RetryBudget, may_resend
 from tether.client.websocket import Connecting, WebSocketRejected
 from tether.deadline import current_deadline
@@ -50,12 +51,28 @@ from tether.registry.base import Provider, Snapshot, Unreachable
 from tether.tasks import cancel_and_wait
 
 if TYPE_CHECKING:
+    from tether.client.connection import Body
+    from tether.client.raw import RawResponse
     from tether.client.websocket import WebSocket
     from tether.registry.base import Registry
 
 __all__ = ["ClientLink", "Cluster", "ClusterConfig", "NoProviderAvailable", "ProviderState"]
 
 logger = logging.getLogger("tether.cluster")
+
+
+class _Answer(Protocol):
+    """What the request cycle needs of a response: a Response or a RawResponse."""
+
+    @property
+    def status_code(self) -> int: ...
+
+    async def aread(self) -> bytes: ...
+
+    async def aclose(self) -> None: ...
+
+
+_R = TypeVar("_R", bound=_Answer)
 
 
 @dataclass(frozen=True, slots=True)
@@ -85,6 +102,10 @@ class ClientLink:
     #: one WebSocket handshake: ``websocket(origin, target, url, **options)``, returning
     #: the open session (options: ``Client.websocket``'s but params, and ``on_close``)
     websocket: Callable[..., Awaitable[WebSocket]] | None = None
+    #: one forwarded attempt: ``forward(method, origin, start, fields, body,
+    #: declared_length)``, the request line and header lines given as bytes, returning
+    #: the response as received (see :meth:`Cluster.forward`)
+    forward: Callable[..., Awaitable[RawResponse]] | None = None
 
 
 class NoProviderAvailable(ServiceUnavailable):
@@ -148,6 +169,8 @@ class Cluster:
         self.last_error: dict[str, BaseException | None] = {}
         #: each provider's origin and URL prefix, built from its address once
         self._origins: dict[str, tuple[Origin, str]] = {}
+        #: each provider's "a forwarded response is done" callback, built once
+        self._ended: dict[str, Callable[[], None]] = {}
         self._ready = asyncio.Event()
         # Prometheus: the series this cluster counts under, and the machine's counts
         # already exported (the machine keeps plain totals; we export the deltas).
@@ -359,8 +382,10 @@ class Cluster:
     async def request(self, method: str, path: str, **kwargs: Any) -> Response:
         """Send to a chosen provider and read the response; retry on a different
         provider when it is safe."""
+        method = method.upper()
         async with self.link.deadline_scope():
-            response, _ = await self._exchange(method, path, kwargs, read=True)
+            response, _ = await self._exchange(
+                method, _replayable(kwargs), self._attempt(method, path, kwargs), read=True)
             return response
 
     @contextlib.asynccontextmanager
@@ -369,8 +394,10 @@ class Cluster:
         :meth:`Client.stream`). Retries happen only before the response is yielded,
         and a streamed request body (an iterator) is sent once: only a failed connect
         is retried with it."""
+        method = method.upper()
         async with self.link.deadline_scope():
-            response, address = await self._exchange(method, path, kwargs, read=False)
+            response, address = await self._exchange(
+                method, _replayable(kwargs), self._attempt(method, path, kwargs), read=False)
             try:
                 yield response
             finally:
@@ -378,42 +405,86 @@ class Cluster:
                 self.outstanding[address] -= 1
                 await response.aclose()
 
+    def _attempt(
+        self, method: str, path: str, kwargs: dict[str, Any]
+    ) -> Callable[[str], Awaitable[Response]]:
+        """One attempt of a :meth:`request` or :meth:`stream` at a provider's address."""
+        # Validated before any provider is chosen: a path that is not origin-form is
+        # the caller's error, never evidence against a provider (issue 13).
+        target = origin_form(path, kwargs.pop("params", None))
+        send = self.link.send
+
+        def attempt(address: str) -> Awaitable[Response]:
+            origin, prefix = self._origin(address)
+            url = prefix + target if target != "*" else prefix
+            return send(method, origin, target, url, **kwargs)
+
+        return attempt
+
+    async def forward(
+        self, method: str, start: bytes, fields: bytes, body: Body,
+        declared_length: int | None = None,
+    ) -> RawResponse:
+        """A proxy's request, with the same choice, outcome reports, retries and
+        deadline as :meth:`stream`, its head already rendered: ``start`` is the
+        request line (origin-form target, checked by the caller), ``fields`` the
+        header lines with the request's framing; the client adds the time left before
+        the deadline. Returns the response as received; its ``close()`` gives the
+        connection back and ends the provider's outstanding count."""
+        forward = self.link.forward
+        if forward is None:
+            raise RuntimeError("this cluster's client cannot forward requests")
+        replayable = body is None or isinstance(body, bytes)
+
+        def attempt(address: str) -> Awaitable[RawResponse]:
+            return forward(method, self._origin(address)[0], start, fields, body,
+                           declared_length)
+
+        if current_deadline().at is None:
+            response, address = await self._exchange(method, replayable, attempt, read=False)
+        else:
+            async with self.link.deadline_scope():
+                response, address = await self._exchange(
+                    method, replayable, attempt, read=False)
+        response.after = self._ended.get(address) or self._ended_callback(address)
+        return response
+
+    def _ended_callback(self, address: str) -> Callable[[], None]:
+        if len(self._ended) > 4096:  # addresses come and go: keep it bounded
+            self._ended.clear()
+        ended = self._ended[address] = functools.partial(self._session_ended, address)
+        return ended
+
     async def _exchange(
-        self, method: str, path: str, kwargs: dict[str, Any], *, read: bool
-    ) -> tuple[Response, str]:
-        """The one request cycle of a cluster: choose, send, report, maybe retry.
+        self, method: str, replayable: bool, attempt: Callable[[str], Awaitable[_R]], *,
+        read: bool,
+    ) -> tuple[_R, str]:
+        """The one request cycle of a cluster: choose, send (``attempt`` at the chosen
+        address), report, maybe retry.
 
         Returns the response and its provider. With ``read=False`` the provider's
         outstanding count stays raised for the caller to lower when the body is done.
         """
-        method = method.upper()
-        # Validated before any provider is chosen: a path that is not origin-form is
-        # the caller's error, never evidence against a provider (issue 13).
-        target = origin_form(path, kwargs.pop("params", None))
         await self._begin()
         avoid: set[str] = set()
-        replayable = _replayable(kwargs)
-        send = self.link.send
-        attempt = 0
+        attempts = 0
         while True:
-            attempt += 1
+            attempts += 1
             address = await self._choose(avoid)
             self.outstanding[address] += 1
             kept = False
             try:
                 try:
-                    origin, prefix = self._origin(address)
-                    url = prefix + target if target != "*" else prefix
-                    response = await send(method, origin, target, url, **kwargs)
+                    response = await attempt(address)
                     if read:
                         await response.aread()
                 except TransportError as exc:
-                    if not self._transport_failed(address, exc, method, replayable, attempt):
+                    if not self._transport_failed(address, exc, method, replayable, attempts):
                         raise
                     avoid.add(address)
                     continue
                 if self._answered(address, response.status_code, method, replayable,
-                                  attempt):
+                                  attempts):
                     await _discard(response)
                     avoid.add(address)
                     continue
@@ -575,11 +646,15 @@ class Cluster:
         return await self.request("DELETE", path, **kwargs)
 
 
-async def _discard(response: Response) -> None:
+async def _discard(response: _Answer) -> None:
     """Let go of a response we will not use: read a small framed body so the
     connection is kept (a 503 storm must not open a connection per retry), else close."""
-    length = response.headers.get("content-length")
-    if length is not None and length.isdigit() and int(length) <= 64 * 1024:
+    if isinstance(response, Response):
+        length = response.headers.get("content-length")
+        small = length is not None and length.isdigit() and int(length) <= SMALL_BODY
+    else:
+        small = is_small(cast("RawResponse", response).headers)
+    if small:
         with contextlib.suppress(TransportError):
             await response.aread()
             return

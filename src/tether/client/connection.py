@@ -79,7 +79,8 @@ class HTTPConnection(asyncio.Protocol):
         self.slot_released = False
         self._in_request = False
         self._status = 0
-        self._headers: list[tuple[str, str]] = []
+        #: the response's header lines as received (names in the server's case)
+        self._headers: list[tuple[bytes, bytes]] = []
         self._head_bytes = 0
         self._head_done = False
         self._complete = False
@@ -187,7 +188,7 @@ class HTTPConnection(asyncio.Protocol):
             # RemoteProtocolError and closes the connection.
             raise ValueError(f"response head over {MAX_HEAD_BYTES} bytes or "
                              f"{MAX_HEADERS} header lines")
-        self._headers.append((name.decode("latin-1"), value.decode("latin-1")))
+        self._headers.append((name, value))
 
     def on_headers_complete(self) -> None:
         status = self.parser.get_status_code()
@@ -247,8 +248,9 @@ class HTTPConnection(asyncio.Protocol):
         self, head: bytes, body: Body, *, head_request: bool,
         write_timeout: float | None, read_timeout: float | None,
         declared_length: int | None = None,
-    ) -> tuple[int, list[tuple[str, str]]]:
-        """Write one request and wait for the response head; return (status, headers).
+    ) -> tuple[int, list[tuple[bytes, bytes]]]:
+        """Write one request and wait for the response head; return (status, headers
+        as received: bytes, names in the server's case).
 
         A streamed body is sent chunked, or as it comes when the head declares its
         Content-Length (``declared_length``: a proxy passing a length through), which
@@ -286,7 +288,8 @@ class HTTPConnection(asyncio.Protocol):
                     raise
                 # The server answered before taking the whole body (a 413, a 401) and
                 # closed: its answer is the response, not a write error.
-        await self._wait_for(lambda: self._head_done, read_timeout, "response head")
+        if not self._head_done:
+            await self._wait_for(lambda: self._head_done, read_timeout, "response head")
         return self._status, self._headers
 
     async def _write_stream(
@@ -325,6 +328,21 @@ class HTTPConnection(asyncio.Protocol):
         self.transport.write(b"%x\r\n%s\r\n" % (len(chunk), chunk) if chunked else chunk)
         self._body_sent = True
         await self._drain(timeout)
+
+    def complete_body(self) -> bytes | None:
+        """The whole response body if it has all arrived (a small response usually
+        comes in the same read as its head), else None: taking it needs no await."""
+        if not self._complete or self._error is not None:
+            return None
+        body = self._body
+        chunk = b"" if not body else body.popleft() if len(body) == 1 else b"".join(body)
+        body.clear()
+        self._buffered = 0
+        self._in_request = False
+        if self._read_paused and self.transport is not None:
+            self._read_paused = False
+            self.transport.resume_reading()
+        return chunk
 
     async def read_body(self, timeout: float | None = None) -> bytes | None:
         """The next piece of the response body, or None once it is complete."""
@@ -399,13 +417,13 @@ class HTTPConnection(asyncio.Protocol):
         self._wake()
 
 
-def _framed(headers: list[tuple[str, str]]) -> bool:
+def _framed(headers: list[tuple[bytes, bytes]]) -> bool:
     """A Content-Length or a chunked Transfer-Encoding: the body does not end at EOF.
     Asked only when the server closes mid-response, not on every response."""
     for name, value in headers:
         lname = name.lower()
-        if lname == "content-length" or (
-            lname == "transfer-encoding" and "chunked" in value.lower()
+        if lname == b"content-length" or (
+            lname == b"transfer-encoding" and b"chunked" in value.lower()
         ):
             return True
     return False

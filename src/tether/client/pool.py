@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import time
 from collections import deque
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
@@ -179,7 +180,7 @@ class ConnectionPool(Generic[C]):
         stack = self._idle.get(key)
         if not stack:
             return None
-        now = asyncio.get_running_loop().time()
+        now = time.monotonic()
         expiry = self.keepalive_expiry
         while stack:
             conn = stack.pop()  # LIFO: the most recently used is the least likely stale
@@ -233,7 +234,7 @@ class ConnectionPool(Generic[C]):
         expired. Otherwise they are found only when a request next takes one, and a
         provider that died takes no more requests: its dead connections would hold
         their slots (and show in the gauges) for good."""
-        now = asyncio.get_running_loop().time()
+        now = time.monotonic()
         expiry = self.keepalive_expiry
         for key, stack in list(self._idle.items()):
             if (key.host, key.port) == (host, port):
@@ -254,7 +255,7 @@ class ConnectionPool(Generic[C]):
         if self.closed or not conn.reusable or (key.host, key.port) in self._retired:
             self._discard(conn)
             return
-        conn.idle_since = asyncio.get_running_loop().time()
+        conn.idle_since = time.monotonic()
         for waiter in self._waiters:  # hand it straight to the first waiter for its key
             if waiter.key == conn.key and not waiter.future.done():
                 self._waiters.remove(waiter)
