@@ -53,6 +53,8 @@ if TYPE_CHECKING:
 
 error_log = logging.getLogger("tether.error")
 
+#: the name of every request's task (what asyncio's debug output and task dumps show)
+TASK_NAME: Final = "tether request"
 _DISCONNECT: Final = {"type": "http.disconnect"}
 # RequestCycle.trailers: none declared, declared (the body goes on), body done (next)
 _TRAILERS_DECLARED: Final = 1
@@ -276,7 +278,8 @@ class RequestCycle:
         """Run the application for this request, under its deadline."""
         channel = self.channel
         state = channel.state
-        task = self.task = channel.loop.create_task(self.run_asgi(state.app))
+        # A constant name: by default each task formats "Task-<n>", a string per request
+        task = self.task = channel.loop.create_task(self.run_asgi(state.app), name=TASK_NAME)
         state.tasks.add(task)  # run_asgi removes it when it ends
         if self.deadline.at is not None:
             deadline_at = self.deadline.loop_time(channel.loop)

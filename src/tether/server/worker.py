@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import gc
 import logging
 import os
 import random
@@ -21,7 +22,7 @@ import ssl
 import sys
 from collections.abc import Callable
 from dataclasses import dataclass, replace
-from typing import Any
+from typing import Any, Final
 
 from setproctitle import setproctitle
 
@@ -114,6 +115,7 @@ class Worker:
         """Run lifespan startup, then begin accepting. Raises LifespanFailure, and
         SupervisorGone when ``supervised`` and the supervisor exited meanwhile."""
         await self.lifespan.startup()
+        tune_gc()
         loop = asyncio.get_running_loop()
         loop.set_exception_handler(_quiet_handshake_failures)
         self.ssl = server_ssl_context(self.config)
@@ -438,6 +440,29 @@ class Worker:
 #: what ALPN offers for each --http mode, most preferred first
 ALPN: dict[str, tuple[str, ...]] = {
     "auto": ("h2", "http/1.1"), "1": ("http/1.1",), "2": ("h2",)}
+
+
+#: allocations (net of frees) between two young-generation collections; CPython's
+#: default is 700
+GC_YOUNG_THRESHOLD: Final = 20_000
+
+
+def tune_gc() -> None:
+    """Tune the cycle collector for a server, once the app has started.
+
+    With CPython's default (a young collection every 700 net allocations), the
+    objects of the requests in flight (64 concurrent requests hold about a thousand)
+    keep crossing the threshold: the collector traverses live requests and promotes
+    them to older generations, which it traverses again; perf showed 6.5% of a proxy
+    worker's CPU in the collector. At 20,000 it runs only when garbage really
+    accumulates (reference cycles), a few MB at most. What the app built at import and
+    startup lives as long as the worker: frozen (``gc.freeze``), full collections no
+    longer traverse it.
+    """
+    gc.collect()
+    gc.freeze()
+    _, older, oldest = gc.get_threshold()
+    gc.set_threshold(GC_YOUNG_THRESHOLD, older, oldest)
 
 
 def server_ssl_context(config: ServerConfig) -> ssl.SSLContext | None:
