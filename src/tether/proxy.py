@@ -378,7 +378,8 @@ class Proxy:
             head, declared = framed_fields(fields, method, length, chunked)
             # Framing comes from what the client sent (Transfer-Encoding is hop-by-hop
             # and already gone from ``fields``).
-            body = await request_body(length, chunked, receive)
+            body = (None if length is None and not chunked
+                    else await request_body(length, chunked, receive))
             async with deadline_after(route.timeout) if route.timeout is not None else _NO_SCOPE:
                 response = await cluster.forward(method, start, head, body, declared)
                 try:

@@ -534,7 +534,8 @@ class Client:
         owns the connection until it gives it back."""
         retryable = method in IDEMPOTENT
         for attempt in (0, 1):
-            conn = await pool.acquire(key, timeouts.pool, timeouts.connect, fresh=attempt > 0)
+            conn = (None if attempt else pool.take_idle(key)) or await pool.acquire(
+                key, timeouts.pool, timeouts.connect, fresh=attempt > 0)
             try:
                 status, raw_headers = await conn.send_request(
                     head, body, head_request=method == "HEAD",

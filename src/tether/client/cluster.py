@@ -470,7 +470,10 @@ class Cluster:
         attempts = 0
         while True:
             attempts += 1
-            address = await self._choose(avoid)
+            # The common case needs no await: providers are alive, pick one now.
+            alive = self.machine.alive()
+            address = (self.balancer.pick(alive, self.outstanding, avoid) if alive else None
+                       ) or await self._choose(avoid)
             self.outstanding[address] += 1
             kept = False
             try:
@@ -544,7 +547,8 @@ class Cluster:
         """Before a request's first attempt: start watching the providers, wait (at
         most the probe timeout) for a first view of them, and count the request (the
         retry budget, metrics)."""
-        self._start()
+        if not self._started:
+            self._start()
         if not self._ready.is_set():
             with contextlib.suppress(TimeoutError):
                 async with asyncio.timeout(self.probe_timeout):

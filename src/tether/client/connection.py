@@ -278,7 +278,8 @@ class HTTPConnection(asyncio.Protocol):
         if body is None or isinstance(body, bytes):
             transport.write(head + body if body else head)
             self._body_sent = bool(body)
-            await self._drain(write_timeout)
+            if self._write_paused or self.closed:
+                await self._drain(write_timeout)
         else:
             transport.write(head)
             try:

@@ -109,10 +109,7 @@ class ConnectionPool(Generic[C]):
         ``timeout`` bounds the wait for a slot, ``connect_timeout`` the opening of a
         new connection. ``fresh`` skips idle connections (a retry after a stale one).
         """
-        self.stats.outgoing_requests += 1
-        counters = metrics.PROCESS.counters
-        names = self._series.get(key) or self._name_series(key)
-        counters[names[0]] += 1
+        names = self._count_request(key)
         conn = None if fresh else self._pop_idle(key)
         if conn is None and not self._reserve(key):
             conn = await self._wait(key, timeout)
@@ -125,8 +122,23 @@ class ConnectionPool(Generic[C]):
             self._free_slot(key)
             raise
         self.stats.connections_opened += 1
-        counters[names[1]] += 1
+        metrics.PROCESS.counters[names[1]] += 1
         return conn
+
+    def take_idle(self, key: PoolKey) -> C | None:
+        """:meth:`acquire` for the common case, without an await: an idle connection
+        for ``key`` if there is one (counted as a reused one), else None."""
+        conn = self._pop_idle(key)
+        if conn is not None:
+            self._count_request(key)
+            self.stats.connections_reused += 1
+        return conn
+
+    def _count_request(self, key: PoolKey) -> tuple[str, str]:
+        self.stats.outgoing_requests += 1
+        names = self._series.get(key) or self._name_series(key)
+        metrics.PROCESS.counters[names[0]] += 1
+        return names
 
     def _name_series(self, key: PoolKey) -> tuple[str, str]:
         origin = str(key.origin)
