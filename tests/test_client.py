@@ -130,6 +130,26 @@ async def test_read_timeout_closes_connection() -> None:
         assert (await client.get(server.url)).status_code == 200
 
 
+async def test_the_read_timeout_guards_each_request_on_a_reused_connection() -> None:
+    """One timer per connection, re-armed lazily (issue 18): a timer armed for an
+    earlier request must neither cut a later one short nor let it wait forever."""
+    loop = asyncio.get_running_loop()
+    timeout = Timeout(connect=5, read=1.0, write=5, pool=5)
+    async with serve(echo_app) as server, tether.Client(timeout=timeout) as client:
+        first = loop.time()
+        assert (await client.get(server.url)).status_code == 200  # arms the timer
+        # Then a request that starts 0.5 s later and takes 0.8 s: it is still waiting
+        # when the first request's timer (1 s after it) fires, within its own 1 s.
+        await asyncio.sleep(max(0.0, first + 0.5 - loop.time()))
+        assert (await client.get(f"{server.url}/slow?s=0.8")).status_code == 200
+        # Same connection, and one that overruns its own timeout fails at it.
+        started = loop.time()
+        with pytest.raises(ReadTimeout, match=r"within 1\.0s"):
+            await client.get(f"{server.url}/slow?s=5")
+        assert 0.9 <= loop.time() - started < 3.0
+        assert client.stats()["connections_opened"] == 1
+
+
 async def test_connect_error_names_target() -> None:
     async with serve(echo_app) as server:
         port = server.port

@@ -233,3 +233,28 @@ async def test_disconnect_reaches_a_waiting_app(cancel_on_disconnect: bool) -> N
         await writer.wait_closed()
         await wait_for(lambda: bool(seen), what="the app to notice")
     assert seen == (["cancelled"] if cancel_on_disconnect else ["http.disconnect"])
+
+
+async def test_a_head_goes_out_before_a_slow_body() -> None:
+    """The head waits for the end of the loop turn (its body usually follows in the
+    same write) and no longer: two responses started together, whose bodies wait
+    for their client to have read the heads, both finish."""
+    heads_read = asyncio.Event()
+
+    async def app(scope: Scope, receive: Receive, send: Send) -> None:
+        await send({"type": "http.response.start", "status": 200,
+                    "headers": [(b"content-length", b"4")]})
+        await heads_read.wait()
+        await send({"type": "http.response.body", "body": b"done"})
+
+    async with serve(app) as server:
+        streams = [await asyncio.open_connection(server.host, server.port) for _ in range(2)]
+        for _, writer in streams:
+            writer.write(b"GET / HTTP/1.1\r\nHost: x\r\n\r\n")
+        async with asyncio.timeout(5):
+            heads = [await reader.readuntil(b"\r\n\r\n") for reader, _ in streams]
+            heads_read.set()
+            bodies = [await reader.readexactly(4) for reader, _ in streams]
+        assert all(h.startswith(b"HTTP/1.1 200") for h in heads) and bodies == [b"done"] * 2
+        for _, writer in streams:
+            writer.close()

@@ -5,7 +5,10 @@ from __future__ import annotations
 
 from typing import Any
 
-from tether.proxy import VIA, response_headers, upstream_request_head
+import pytest
+
+from tether.client.errors import LocalProtocolError
+from tether.proxy import VIA, framed_fields, request_line, response_headers, upstream_request_head
 
 
 def scope(*headers: tuple[bytes, bytes], client: str = "10.0.0.7") -> dict[str, Any]:
@@ -54,3 +57,35 @@ def test_response_headers_drop_hop_by_hop_and_append_via() -> None:
                             (b"Set-Cookie", b"a=1"), (b"Set-Cookie", b"b=2")])
     assert out == [(b"content-type", b"text/plain"), (b"set-cookie", b"a=1"),
                    (b"set-cookie", b"b=2"), (b"via", b"1.1 app, " + VIA)]
+
+
+def test_the_upstream_head_carries_the_framing_the_client_sent() -> None:
+    fields = [(b"host", b"shop.example"), (b"accept", b"*/*")]
+    lines, declared = framed_fields(fields, "GET", None, False)
+    assert lines == b"host: shop.example\r\naccept: */*\r\n" and declared is None
+    # a streamed body the client sent chunked goes chunked (its Transfer-Encoding was
+    # hop-by-hop); a POST without a body says so
+    assert framed_fields(fields, "POST", None, True)[0].endswith(
+        b"transfer-encoding: chunked\r\n")
+    assert framed_fields(fields, "POST", None, False)[0].endswith(b"content-length: 0\r\n")
+    # a body over the buffer limit streams with its length, which it must then match
+    length = [*fields, (b"content-length", b"100000")]
+    assert framed_fields(length, "PUT", b"100000", False)[1] == 100000
+    assert framed_fields([*length[:2], (b"content-length", b"12")], "PUT", b"12", False)[1] \
+        is None  # read whole before sending: no length to hold it to
+
+
+@pytest.mark.parametrize("field", [
+    (b"x-a", b"1\r\nx-injected: 1"), (b"x-a", b"1\nx-injected: 1"), (b"x-a", b"1\r"),
+    (b"x-a\r\nx-b", b"1"), (b"x-a", b"nul\0"),
+])
+def test_a_field_that_could_end_its_line_is_refused(field: tuple[bytes, bytes]) -> None:
+    with pytest.raises(LocalProtocolError):
+        framed_fields([(b"host", b"h"), field], "GET", None, False)
+
+
+def test_the_request_line_is_origin_form_only() -> None:
+    assert request_line("GET", "/a/b", b"x=1") == b"GET /a/b?x=1 HTTP/1.1\r\n"
+    for bad in ("http://elsewhere/", "/a b", "/a\r\nx"):
+        with pytest.raises(LocalProtocolError):
+            request_line("GET", bad, b"")

@@ -20,7 +20,7 @@ import functools
 import re
 import ssl
 import sys
-from collections.abc import AsyncIterator, Callable, Mapping, Sequence
+from collections.abc import AsyncIterator, Awaitable, Callable, Mapping, Sequence
 from typing import Any, Final, TypeVar
 
 from tether import metrics
@@ -515,23 +515,23 @@ class Client:
         self, method: str, key: PoolKey, head: bytes, body: Body, timeouts: Timeout, url: str,
         declared_length: int | None, pool: ConnectionPool[HTTPConnection],
     ) -> Response:
-        status, raw_headers, conn = await self._attempt(
-            method, key, head, body, timeouts, declared_length, pool)
+        raw = await self._attempt(method, key, head, body, timeouts, declared_length, pool)
+        conn = raw.connection
         return Response(
-            status, Headers.from_raw([(n.decode("latin-1"), v.decode("latin-1"))
-                                      for n, v in raw_headers]),
+            raw.status_code, Headers.from_raw([(n.decode("latin-1"), v.decode("latin-1"))
+                                               for n, v in raw.headers]),
             url=url, method=method,
-            reader=lambda conn=conn, t=timeouts.read: conn.read_body(t),  # type: ignore[misc]
+            reader=lambda t=timeouts.read: conn.read_body(t),  # type: ignore[misc]
             # release() keeps it only if reusable (read to its end, keep-alive)
-            on_close=lambda conn=conn: pool.release(conn),  # type: ignore[misc]
+            on_close=raw.close,
         )
 
     async def _attempt(
         self, method: str, key: PoolKey, head: bytes, body: Body, timeouts: Timeout,
         declared_length: int | None, pool: ConnectionPool[HTTPConnection],
-    ) -> tuple[int, list[tuple[bytes, bytes]], HTTPConnection]:
-        """One request on a pooled connection, up to its response head; the caller
-        owns the connection until it gives it back."""
+    ) -> RawResponse:
+        """One request on a pooled connection, up to its response head; the
+        connection is the response's until it is closed."""
         retryable = method in IDEMPOTENT
         for attempt in (0, 1):
             conn = (None if attempt else pool.take_idle(key)) or await pool.acquire(
@@ -552,17 +552,19 @@ class Client:
             except BaseException:
                 pool.discard(conn)  # includes cancellation: never reuse a half-done exchange
                 raise
-            return status, raw_headers, conn
+            return RawResponse(status, raw_headers, conn, pool, timeouts.read)
         raise AssertionError("unreachable")  # pragma: no cover
 
-    async def _forward_to(
+    def _forward_to(
         self, method: str, origin: Origin, start: bytes, fields: bytes, body: Body,
         declared_length: int | None,
-    ) -> RawResponse:
+    ) -> Awaitable[RawResponse]:
         """One forwarded request (the proxy's path, issue 18) to ``origin``: ``start``
         is the request line, ``fields`` the header lines the caller built and checked
         (framing included, no deadline header); the time left before the deadline is
-        added here as for any request. Returns the response as received."""
+        added here as for any request. Returns the response as received. (Not a
+        coroutine itself: the attempt's is awaited directly, one frame less to resume
+        on every upstream event.)"""
         if current_deadline().at is None:
             head = start + fields + b"\r\n"
         else:
@@ -574,11 +576,7 @@ class Client:
             if len(self._forward_keys) > 4096:  # origins come and go: keep it bounded
                 self._forward_keys.clear()
             key = self._forward_keys[origin] = self._key(origin, self.sni_hostname)
-        timeouts = self.timeout
-        pool = self._pool
-        status, raw_headers, conn = await self._attempt(
-            method, key, head, body, timeouts, declared_length, pool)
-        return RawResponse(status, raw_headers, conn, pool, timeouts.read)
+        return self._attempt(method, key, head, body, self.timeout, declared_length, self._pool)
 
     def _absolute(self, url: str) -> str:
         if self.base_url and not url.startswith(("http://", "https://")):

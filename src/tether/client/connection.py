@@ -93,6 +93,10 @@ class HTTPConnection(asyncio.Protocol):
         self._buffered = 0
         self._error: Exception | None = None
         self._waiter: asyncio.Future[None] | None = None
+        #: the read timeout: when the current wait fails, what it waits for, the timer
+        self._read_deadline: float | None = None
+        self._read_what = ("response", 0.0)
+        self._read_timer: asyncio.TimerHandle | None = None
         self._read_paused = False
         self._write_paused = False
         self._drain_waiter: asyncio.Future[None] | None = None
@@ -145,6 +149,9 @@ class HTTPConnection(asyncio.Protocol):
 
     def connection_lost(self, exc: Exception | None) -> None:
         self.closed = True
+        if self._read_timer is not None:
+            self._read_timer.cancel()
+            self._read_timer = None
         if self._in_request and not self._complete and self._error is None:
             if self._head_done and not _framed(self._headers):
                 self._complete = True  # a close-delimited body ends here
@@ -384,16 +391,41 @@ class HTTPConnection(asyncio.Protocol):
                 raise ReadError(f"connection closed while waiting for the {what}",
                                 target=self.target, phase="read")
             waiter = self._waiter = self.loop.create_future()
-            # The error is built only if the timer fires (it almost never does).
-            handle = None if timeout is None else self.loop.call_later(
-                timeout, _expire, waiter, lambda: ReadTimeout(
-                    f"no {what} within {timeout}s", target=self.target, phase="read"))
+            if timeout is not None:
+                self._arm_read_timer(timeout, what)
             try:
                 await waiter
             finally:
                 self._waiter = None
-                if handle is not None:
-                    handle.cancel()
+                self._read_deadline = None
+
+    def _arm_read_timer(self, timeout: float, what: str) -> None:
+        """Fail the waiter if nothing arrives within ``timeout``. One timer per
+        connection, re-armed lazily: a handle per wait (``call_later`` and its cancel)
+        cost about 2 us, paid by every request for a timer that almost never fires.
+        The timer finds the deadline it guards moved on, and goes again for it."""
+        deadline = self._read_deadline = self.loop.time() + timeout
+        self._read_what = (what, timeout)
+        timer = self._read_timer
+        if timer is not None and timer.when() <= deadline:
+            return  # it fires first, and re-arms then for what is current
+        if timer is not None:
+            timer.cancel()
+        self._read_timer = self.loop.call_at(deadline, self._read_timer_fired)
+
+    def _read_timer_fired(self) -> None:
+        self._read_timer = None
+        deadline = self._read_deadline
+        if deadline is None or self.closed:
+            return  # nothing waits: stay disarmed until something does
+        if self.loop.time() < deadline:
+            self._read_timer = self.loop.call_at(deadline, self._read_timer_fired)
+            return
+        waiter = self._waiter
+        if waiter is not None and not waiter.done():
+            what, timeout = self._read_what
+            waiter.set_exception(ReadTimeout(f"no {what} within {timeout}s",
+                                             target=self.target, phase="read"))
 
     def _wake(self) -> None:
         waiter = self._waiter
@@ -415,6 +447,9 @@ class HTTPConnection(asyncio.Protocol):
         if self.transport is not None and not self.transport.is_closing():
             self.transport.close()
         self.closed = True
+        if self._read_timer is not None:
+            self._read_timer.cancel()
+            self._read_timer = None
         self._wake()
 
 

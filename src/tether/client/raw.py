@@ -42,6 +42,12 @@ class RawResponse:
         #: called once when the response is closed (a cluster lowers its count)
         self.after: Callable[[], None] | None = None
 
+    @property
+    def connection(self) -> HTTPConnection:
+        """The connection the body is read from (until the response is closed)."""
+        assert self._conn is not None, "the response is closed"
+        return self._conn
+
     def complete_body(self) -> bytes | None:
         """The whole body if it has already arrived (no await needed), else None."""
         conn = self._conn

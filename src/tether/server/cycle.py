@@ -176,7 +176,7 @@ class RequestCycle:
         "expected_length",
         "failure",
         "final_delivered",
-        "flush_handle",
+        "flush_pending",
         "head",
         "head_request",
         "head_written",
@@ -227,7 +227,8 @@ class RequestCycle:
         self.status = 0
         self.head: list[bytes] = []
         self.head_written = False
-        self.flush_handle: asyncio.Handle | None = None
+        #: the head waits for the end of the loop turn (ServerState.flush_later)
+        self.flush_pending = False
         #: the application declared Transfer-Encoding: chunked, or HTTP/1.1 chose it
         self.chunked = False
         self.no_body = False
@@ -442,8 +443,7 @@ class RequestCycle:
                 self._count_body(body)
             channel.send_body(self, body, more)
         else:
-            if self.flush_handle is not None:
-                self._cancel_flush()
+            self.flush_pending = False
             expected = self.expected_length
             if expected is not None and len(body) > expected and not self.no_body:
                 # Nothing is on the wire yet, so this can still become a clean 500.
@@ -532,15 +532,18 @@ class RequestCycle:
             self.trailers = _TRAILERS_DECLARED
         # Defer the head by one loop turn: the body usually follows at once and goes
         # out in the same write (one syscall); a slow body still gets an early head.
-        self.flush_handle = channel.loop.call_soon(self._flush_head)
+        self.flush_pending = True
+        state.flush_later(self, channel.loop)
 
     def _cancel_flush(self) -> None:
-        if self.flush_handle is not None:
-            self.flush_handle.cancel()
-            self.flush_handle = None
+        self.flush_pending = False
 
-    def _flush_head(self) -> None:
-        self.flush_handle = None
+    def flush_head(self) -> None:
+        """The loop turn that started the response is over and no body came: the head
+        goes out alone (a slow body still gets an early head)."""
+        if not self.flush_pending:
+            return
+        self.flush_pending = False
         if not self.head_written and not self.disconnected and not self.response_complete:
             self.head_written = True
             self.channel.send_head(self, b"", True)

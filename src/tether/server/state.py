@@ -30,6 +30,7 @@ if TYPE_CHECKING:
     from tether.server.websocket import WebSocketCycle
 
 access_log = logging.getLogger("tether.access")
+error_log = logging.getLogger("tether.error")
 _INFO = logging.INFO
 _ACCESS_LINE = '%s "%s %s" %d %d %.1fms'
 
@@ -65,6 +66,12 @@ class Connection(Protocol):
         """The request cycles this connection carries now (the stop cancels them)."""
 
     def close(self) -> None: ...
+
+
+class HeadFlush(Protocol):
+    """A response whose head may be written on its own (see ServerState.flush_later)."""
+
+    def flush_head(self) -> None: ...
 
 
 class ServerState:
@@ -123,6 +130,26 @@ class ServerState:
         self.refresh_date()
         #: called with each completed response (worker counts, recycling)
         self.on_request_done: Callable[[], None] | None = None
+        #: responses whose head waits for the end of this loop turn (see flush_later)
+        self._pending_heads: list[HeadFlush] = []
+
+    def flush_later(self, cycle: HeadFlush, loop: asyncio.AbstractEventLoop) -> None:
+        """Call ``cycle.flush_head()`` at the end of this loop turn. One scheduled
+        callback serves every response started in the turn: a handle per response
+        (``call_soon`` and its cancel) cost about 1 us each, paid by nearly every
+        response for nothing, since its body usually follows at once."""
+        pending = self._pending_heads
+        pending.append(cycle)
+        if len(pending) == 1:
+            loop.call_soon(self._flush_heads)
+
+    def _flush_heads(self) -> None:
+        pending, self._pending_heads = self._pending_heads, []
+        for cycle in pending:
+            try:
+                cycle.flush_head()
+            except Exception:  # one response's failure must not hold back the others
+                error_log.exception("writing a response head failed")
 
     def refresh_date(self) -> None:
         """Render this second's ``date`` line and the default head that carries it

@@ -115,7 +115,6 @@ class Worker:
         """Run lifespan startup, then begin accepting. Raises LifespanFailure, and
         SupervisorGone when ``supervised`` and the supervisor exited meanwhile."""
         await self.lifespan.startup()
-        tune_gc()
         loop = asyncio.get_running_loop()
         loop.set_exception_handler(_quiet_handshake_failures)
         self.ssl = server_ssl_context(self.config)
@@ -282,6 +281,7 @@ class Worker:
                            os.getpid())
             await self._shut_down_app()
             return EXIT_STARTUP_FAILED
+        tune_gc()  # the app has started; before this worker says it is ready
         loop.add_signal_handler(signal.SIGTERM, self._on_stop_signal)
         if control is None:
             loop.add_signal_handler(signal.SIGINT, self._on_stop_signal)
