@@ -157,17 +157,15 @@ def upstream_request_head(
     tether_ext = extensions.get("tether") if extensions else None
     transport = (tether_ext.get("transport") if tether_ext else None) or scope
     client = transport.get("client")
-    client_host = client[0].encode("latin-1") if client else b"unknown"
-    # Proto is the scheme the client used (as the server resolved it: a trusted
-    # proxy in front may have ended TLS), set, never taken from the client's headers;
-    # the Forwarded element describes this hop, so it has the hop's own scheme.
     proto = scope.get("scheme", "http")
-    forwarded = b"for=%s;proto=%s" % (_node(client_host),
-                                      transport.get("scheme", proto).encode("latin-1"))
-    out.append((b"x-forwarded-proto", proto.encode("latin-1")))
+    key = (client[0] if client else None, proto, transport.get("scheme", proto), host)
+    hop = _hops.get(key)
+    if hop is None:
+        hop = _hop(*key)
+    client_host, proto_bytes, forwarded = hop
+    out.append((b"x-forwarded-proto", proto_bytes))
     if host is not None:
         out.append((b"x-forwarded-host", host))
-        forwarded += b";host=" + _quoted(host)
     forwarded_for.append(client_host)
     forwarded_chain.append(forwarded)
     via_chain.append(VIA)
@@ -177,6 +175,28 @@ def upstream_request_head(
     if host_override is not None:
         out.append((b"host", host_override.encode("latin-1")))
     return out, length, chunked
+
+
+#: this hop's part of the chains, by (peer, scheme, the hop's scheme, Host): a
+#: connection's requests share them, so each is rendered once
+_hops: dict[tuple[str | None, str, str, bytes | None], tuple[bytes, bytes, bytes]] = {}
+
+
+def _hop(peer: str | None, proto: str, hop_proto: str,
+         host: bytes | None) -> tuple[bytes, bytes, bytes]:
+    """(X-Forwarded-For node, X-Forwarded-Proto, Forwarded element) of this hop."""
+    client_host = peer.encode("latin-1") if peer is not None else b"unknown"
+    # Proto is the scheme the client used (as the server resolved it: a trusted
+    # proxy in front may have ended TLS), set, never taken from the client's headers;
+    # the Forwarded element describes this hop, so it has the hop's own scheme.
+    forwarded = b"for=%s;proto=%s" % (_node(client_host), hop_proto.encode("latin-1"))
+    if host is not None:
+        forwarded += b";host=" + _quoted(host)
+    if len(_hops) >= 4096:  # peers and hosts come and go: keep it bounded
+        _hops.clear()
+    hop = _hops[(peer, proto, hop_proto, host)] = (
+        client_host, proto.encode("latin-1"), forwarded)
+    return hop
 
 
 def response_headers(headers: list[tuple[bytes, bytes]]) -> list[tuple[bytes, bytes]]:
