@@ -40,6 +40,7 @@ TOML (``--config tether.toml``)::
 from __future__ import annotations
 
 import json
+import re
 import tomllib
 from dataclasses import dataclass, field, fields
 from typing import Any, Final
@@ -116,6 +117,10 @@ class Upstream:
                               "ws_ping_timeout positive")
 
 
+#: what a route's ``host`` may not hold: it is sent upstream as the Host header
+_NOT_IN_HOST: Final = re.compile(r"[\x00-\x20\x7f]")
+
+
 @dataclass(frozen=True)
 class Route:
     """A path prefix and the upstream it forwards to (rule 1)."""
@@ -133,6 +138,9 @@ class Route:
             raise ConfigError(f"route {self.prefix!r}: a prefix starts with '/'")
         if self.timeout is not None and self.timeout <= 0:
             raise ConfigError(f"route {self.prefix!r}: timeout must be positive")
+        if self.host is not None and (not self.host or _NOT_IN_HOST.search(self.host)):
+            raise ConfigError(f"route {self.prefix!r}: host {self.host!r} is not a host name "
+                              "(no spaces or control characters)")
 
     def matches(self, path: str) -> bool:
         base = self.prefix.rstrip("/")
