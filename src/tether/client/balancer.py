@@ -24,7 +24,7 @@ class Balancer:
 
     def pick(self, alive: Sequence[str], outstanding: Mapping[str, int],
              avoid: frozenset[str] | set[str] = frozenset()) -> str | None:
-        candidates = [a for a in alive if a not in avoid] or list(alive)
+        candidates = ([a for a in alive if a not in avoid] or list(alive)) if avoid else alive
         if not candidates:
             return None
         if len(candidates) == 1:
