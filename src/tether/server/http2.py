@@ -497,6 +497,7 @@ class Http2Connection(asyncio.Protocol):
             stream.ended = True
             if stream.cycle is not None:
                 stream.cycle.on_disconnect()
+                stream.cycle = None  # (see _forget)
             stream.wake_writer()
         self.streams.clear()
 
@@ -747,6 +748,7 @@ class Http2Connection(asyncio.Protocol):
                 # The client cancelled this stream: its handler (and the queries and
                 # calls it awaits) is cancelled, as on an HTTP/1.1 disconnect.
                 stream.cycle.on_disconnect()
+                stream.cycle = None  # (see _forget)
             stream.wake_writer()
         self._within_bounds()
 
@@ -913,6 +915,11 @@ class Http2Connection(asyncio.Protocol):
         self._forget(stream)
 
     def _forget(self, stream: Http2Stream) -> None:
+        # The stream and its cycle point at each other: unlinked here (nothing looks
+        # a forgotten stream's cycle up), both are freed when the handler's task ends
+        # instead of waiting for the cycle collector (a cycle per request was 6% of
+        # a busy worker's CPU in the collector).
+        stream.cycle = None
         if self.streams.pop(stream.stream_id, None) is not None and not self.streams:
             self.idle_since = self.loop.time()
             if self.goaway_phase == 2 or self.peer_goaway:
