@@ -296,8 +296,13 @@ class HTTPConnection(asyncio.Protocol):
                     raise
                 # The server answered before taking the whole body (a 413, a 401) and
                 # closed: its answer is the response, not a write error.
-        if not self._head_done:
-            await self._wait_for(lambda: self._head_done, read_timeout, "response head")
+        while not self._head_done:
+            # (the wait inline, not through _wait_for: one coroutine less per request)
+            waiter = self._new_waiter(read_timeout, "response head")
+            try:
+                await waiter
+            finally:
+                self._waiter = self._read_deadline = None
         return self._status, self._headers
 
     async def _write_stream(
@@ -385,19 +390,24 @@ class HTTPConnection(asyncio.Protocol):
 
     async def _wait_for(self, ready: Callable[[], bool], timeout: float | None, what: str) -> None:
         while not ready():
-            if self._error is not None:
-                raise self._error
-            if self.closed:
-                raise ReadError(f"connection closed while waiting for the {what}",
-                                target=self.target, phase="read")
-            waiter = self._waiter = self.loop.create_future()
-            if timeout is not None:
-                self._arm_read_timer(timeout, what)
+            waiter = self._new_waiter(timeout, what)
             try:
                 await waiter
             finally:
-                self._waiter = None
-                self._read_deadline = None
+                self._waiter = self._read_deadline = None
+
+    def _new_waiter(self, timeout: float | None, what: str) -> asyncio.Future[None]:
+        """The future the next event from the server completes (under the read
+        timeout); the error already seen, or a closed connection, instead."""
+        if self._error is not None:
+            raise self._error
+        if self.closed:
+            raise ReadError(f"connection closed while waiting for the {what}",
+                            target=self.target, phase="read")
+        waiter = self._waiter = self.loop.create_future()
+        if timeout is not None:
+            self._arm_read_timer(timeout, what)
+        return waiter
 
     def _arm_read_timer(self, timeout: float, what: str) -> None:
         """Fail the waiter if nothing arrives within ``timeout``. One timer per
