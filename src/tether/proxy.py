@@ -54,7 +54,7 @@ from tether.client.models import Timeout, origin_form
 from tether.deadline import HEADER_BYTES as DEADLINE_HEADER_BYTES
 from tether.deadline import DeadlineExceeded, deadline_after
 from tether.errors import ClientDisconnected, ResponseAborted
-from tether.proxy_config import ProxyConfig, Upstream
+from tether.proxy_config import ProxyConfig, Route, Upstream
 from tether.proxy_websocket import forward_websocket
 from tether.registry.base import Registry
 from tether.registry.urls import open_registry
@@ -233,11 +233,19 @@ def response_head(headers: list[tuple[bytes, bytes]]) -> tuple[list[tuple[bytes,
     return out, small
 
 
-def request_line(method: str, target: str, query: bytes) -> bytes:
+def upstream_target(route: Route, scope: Scope) -> str:
+    """The target sent upstream (rule 1): the route's path for the request's, and
+    its query."""
+    path = scope["path"]
+    target = route.upstream_path(scope["raw_path"].decode("latin-1") or path, path)
+    if scope["query_string"]:
+        target += "?" + scope["query_string"].decode("latin-1")
+    return target
+
+
+def request_line(method: str, target: str) -> bytes:
     """The upstream request line for the origin-form ``target`` (rule 1), checked as
     every client request target is (:class:`LocalProtocolError` otherwise)."""
-    if query:
-        target += "?" + query.decode("latin-1")
     try:
         return b"%s %s HTTP/1.1\r\n" % (method.encode("ascii"),
                                         origin_form(target).encode("latin-1"))
@@ -392,8 +400,7 @@ class Proxy:
         cluster = self.clusters[route.upstream]
         started = False
         try:
-            start = request_line(method, route.upstream_path(
-                scope["raw_path"].decode("latin-1") or path, path), scope["query_string"])
+            start = request_line(method, upstream_target(route, scope))
             head, declared = framed_fields(fields, method, length, chunked)
             # Framing comes from what the client sent (Transfer-Encoding is hop-by-hop
             # and already gone from ``fields``).
@@ -465,9 +472,7 @@ class Proxy:
             await send({"type": "websocket.http.response.body",
                         "body": f"no route for {path}\n".encode()})
             return
-        target = route.upstream_path(scope["raw_path"].decode("latin-1") or path, path)
-        if scope["query_string"]:
-            target += "?" + scope["query_string"].decode("latin-1")
+        target = upstream_target(route, scope)
         # X-Forwarded-Proto and Forwarded's proto name the HTTP scheme of the hop
         # (http/https), which frameworks expect, not the ws/wss of the ASGI scope.
         hop = {**scope, "scheme": "https" if scope["scheme"] == "wss" else "http"}

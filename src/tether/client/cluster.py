@@ -42,7 +42,7 @@ from tether.client.providers import (
     ProviderStateMachine,
     outcome_of,
 )
-from tether.client.raw import SMALL_BODY, is_small
+from tether.client.raw import SMALL_BODY, RawResponse, is_small
 from tether.client.retries import RETRYABLE_STATUS, RetryBudget, may_resend
 from tether.client.websocket import Connecting, WebSocketRejected
 from tether.deadline import current_deadline
@@ -52,7 +52,6 @@ from tether.tasks import cancel_and_wait
 
 if TYPE_CHECKING:
     from tether.client.connection import Body
-    from tether.client.raw import RawResponse
     from tether.client.websocket import WebSocket
     from tether.registry.base import Registry
 
@@ -440,7 +439,7 @@ class Cluster:
             return forward(method, self._origin(address)[0], start, fields, body,
                            declared_length)
 
-        if current_deadline().at is None:
+        if current_deadline().at is None:  # (deadline_scope would do nothing: skip it)
             response, address = await self._exchange(method, replayable, attempt, read=False)
         else:
             async with self.link.deadline_scope():
@@ -471,9 +470,7 @@ class Cluster:
         while True:
             attempts += 1
             # The common case needs no await: providers are alive, pick one now.
-            alive = self.machine.alive()
-            address = (self.balancer.pick(alive, self.outstanding, avoid) if alive else None
-                       ) or await self._choose(avoid)
+            address = self._pick(avoid) or await self._choose(avoid)
             self.outstanding[address] += 1
             kept = False
             try:
@@ -599,10 +596,15 @@ class Cluster:
         if actions:
             self._apply(actions)
 
+    def _pick(self, avoid: set[str]) -> str | None:
+        """An alive provider chosen by the balancer (a different one than ``avoid``
+        when there is one), or None when none is alive."""
+        alive = self.machine.alive()
+        return self.balancer.pick(alive, self.outstanding, avoid) if alive else None
+
     async def _choose(self, avoid: set[str]) -> str:
         machine = self.machine
-        alive = machine.alive()
-        if not alive and machine.connecting():
+        if not machine.alive() and machine.connecting():
             # Providers just listed are being probed: wait for the first verdict
             # (bounded by the probe timeout and the deadline) rather than fail.
             with contextlib.suppress(TimeoutError):
@@ -610,8 +612,7 @@ class Cluster:
                     while not machine.alive() and machine.connecting():
                         self._changed.clear()
                         await self._changed.wait()
-            alive = machine.alive()
-        address = self.balancer.pick(alive, self.outstanding, avoid)
+        address = self._pick(avoid)
         if address is None:
             self.metrics["no_provider"] += 1
             metrics.PROCESS.inc(self._series["no_provider"])
@@ -653,11 +654,11 @@ class Cluster:
 async def _discard(response: _Answer) -> None:
     """Let go of a response we will not use: read a small framed body so the
     connection is kept (a 503 storm must not open a connection per retry), else close."""
-    if isinstance(response, Response):
-        length = response.headers.get("content-length")
-        small = length is not None and length.isdigit() and int(length) <= SMALL_BODY
+    if isinstance(response, RawResponse):
+        small = is_small(response.headers)
     else:
-        small = is_small(cast("RawResponse", response).headers)
+        length = cast("Response", response).headers.get("content-length")
+        small = length is not None and length.isdigit() and int(length) <= SMALL_BODY
     if small:
         with contextlib.suppress(TransportError):
             await response.aread()
