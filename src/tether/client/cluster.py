@@ -464,7 +464,10 @@ class Cluster:
         Returns the response and its provider. With ``read=False`` the provider's
         outstanding count stays raised for the caller to lower when the body is done.
         """
-        await self._begin()
+        if self._ready.is_set():  # (the common case, without a coroutine)
+            self._count()
+        else:
+            await self._begin()
         avoid: set[str] = set()
         attempts = 0
         while True:
@@ -550,6 +553,10 @@ class Cluster:
             with contextlib.suppress(TimeoutError):
                 async with asyncio.timeout(self.probe_timeout):
                     await self._ready.wait()
+        self._count()
+
+    def _count(self) -> None:
+        """Count a request: the retry budget, metrics."""
         self.budget.on_request(time.monotonic())
         self.metrics["requests"] += 1
         metrics.PROCESS.inc(self._series["requests"])

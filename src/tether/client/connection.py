@@ -190,14 +190,15 @@ class HTTPConnection(asyncio.Protocol):
 
     def on_header(self, name: bytes, value: bytes) -> None:
         self._head_bytes += len(name) + len(value)
-        if self._head_bytes > MAX_HEAD_BYTES or len(self._headers) >= MAX_HEADERS:
+        if self._head_bytes > MAX_HEAD_BYTES:
             # Raised inside the parser's callback: data_received turns it into a
             # RemoteProtocolError and closes the connection.
-            raise ValueError(f"response head over {MAX_HEAD_BYTES} bytes or "
-                             f"{MAX_HEADERS} header lines")
+            raise ValueError(f"response head over {MAX_HEAD_BYTES} bytes")
         self._headers.append((name, value))
 
     def on_headers_complete(self) -> None:
+        if len(self._headers) > MAX_HEADERS:  # (their bytes are bounded as they come)
+            raise ValueError(f"response head over {MAX_HEADERS} header lines")
         status = self.parser.get_status_code()
         if 100 <= status < 200:
             if status == 101:

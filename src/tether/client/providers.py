@@ -247,6 +247,8 @@ class ProviderStateMachine:
         self.rng = rng or random.Random()
         self.backoff = self.config.reconnect_backoff()
         self.records: dict[str, ProviderRecord] = {}
+        #: alive()'s answer until a provider is listed, unlisted or changes state
+        self._alive: list[str] | None = None
         self.evictions = 0
         self.ejections = 0
         #: the last state changes, newest last: what an operator reads to see a
@@ -259,6 +261,7 @@ class ProviderStateMachine:
         """A full registry snapshot. Unlisted providers are closed, unconditionally."""
         listed = {p.address: p for p in providers}  # our own dict: nothing aliases
         actions: list[Action] = []
+        self._alive = None
         if not listed and self.config.empty == "keep" and self.records:
             actions.append(Log("warning", f"{self.service}: the registry lists no providers; "
                                           f"keeping the last {len(self.records)} (empty=keep)"))
@@ -328,7 +331,13 @@ class ProviderStateMachine:
     # -- queries ------------------------------------------------------------------------
 
     def alive(self) -> list[str]:
-        return [a for a, r in self.records.items() if r.state is ProviderState.ALIVE]
+        """The alive providers' addresses. The list is kept until a state changes
+        (it is asked for on every request): read it, never modify it."""
+        alive = self._alive
+        if alive is None:
+            alive = self._alive = [
+                a for a, r in self.records.items() if r.state is ProviderState.ALIVE]
+        return alive
 
     def connecting(self) -> bool:
         """Whether a just-listed provider still waits for its first probe's verdict."""
@@ -405,6 +414,7 @@ class ProviderStateMachine:
         self.records[record.address] = updated
         if state is record.state:
             return NO_ACTIONS  # no change of state: nothing to log (never once per retry)
+        self._alive = None
         self.timeline.append(StateChange(now, record.address, record.state, state, trigger))
         level = "info" if state is ProviderState.ALIVE else "warning"
         return [Log(level, f"{self.service}: provider {record.address} "
