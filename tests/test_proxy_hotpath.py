@@ -70,3 +70,34 @@ async def test_a_client_that_leaves_cancels_the_upstream_handler(tmp_path: Path)
             writer.close()
         await wait_for(lambda: (tmp_path / "cancelled-gone").exists(), 10,
                        "the upstream handler's cancellation")
+
+
+async def test_the_upstreams_head_reaches_the_client_by_rule_2() -> None:
+    """The server writes the proxied head as the proxy rendered it (no second check):
+    hop-by-hop headers, and those Connection names, stay behind; the upstream's Date
+    and Server replace the proxy's own, never doubled; Via gets this hop."""
+    answer = (b"HTTP/1.1 200 OK\r\nServer: upstream-app\r\n"
+              b"Date: Mon, 01 Jan 2024 00:00:00 GMT\r\nConnection: keep-alive, X-Hop\r\n"
+              b"X-Hop: 1\r\nKeep-Alive: timeout=5\r\nX-App: a\r\nContent-Length: 2\r\n\r\nok")
+    with RawUpstream(_healthz_or(answer)) as raw, proxy("--route", f"/={raw.address}") as px:
+        async with httpx.AsyncClient(timeout=HTTP_TIMEOUT) as client:
+            r = await client.get(f"{px.url}/page")
+    assert r.status_code == 200 and r.content == b"ok", (r.status_code, r.text)
+    assert r.headers.get_list("server") == ["upstream-app"]
+    assert r.headers.get_list("date") == ["Mon, 01 Jan 2024 00:00:00 GMT"]
+    assert r.headers["x-app"] == "a" and r.headers["content-length"] == "2"
+    assert "x-hop" not in r.headers and "keep-alive" not in r.headers
+    assert r.headers["via"] == "1.1 tether"
+
+
+async def test_an_upstream_header_the_server_would_refuse_is_a_502() -> None:
+    """The proxied head is written unchecked because tether's client parser refuses
+    what the server's check would (here a control character in a value): the client
+    gets a clean 502, and nothing of that head."""
+    answer = b"HTTP/1.1 200 OK\r\nX-Bad: a\x01b\r\nContent-Length: 2\r\n\r\nok"
+    with RawUpstream(_healthz_or(answer)) as raw, proxy("--route", f"/={raw.address}") as px:
+        async with httpx.AsyncClient(timeout=HTTP_TIMEOUT) as client:
+            r = await client.post(f"{px.url}/bad", content=b"x")
+    assert r.status_code == 502, (r.status_code, r.text)
+    assert "x-bad" not in r.headers
+    assert ("POST", "/bad") in raw.requests

@@ -44,7 +44,7 @@ import contextlib
 import logging
 import os
 from collections.abc import AsyncIterator
-from typing import Any, Final
+from typing import Any, Final, NamedTuple
 
 from tether.asgi import Receive, Scope, Send
 from tether.client import Client
@@ -58,7 +58,7 @@ from tether.proxy_config import ProxyConfig, Route, Upstream
 from tether.proxy_websocket import forward_websocket
 from tether.registry.base import Registry
 from tether.registry.urls import open_registry
-from tether.server import grpc
+from tether.server import grpc, wire
 
 logger = logging.getLogger("tether.proxy")
 
@@ -102,18 +102,26 @@ def _tokens(value: bytes) -> set[bytes]:
     return {t.strip().lower() for t in value.split(b",") if t.strip()}
 
 
+class HopFields(NamedTuple):
+    """The headers this hop adds after the ones it copies (rule 2): X-Forwarded-Proto,
+    X-Forwarded-Host, the three chains with this hop last, the route's Host."""
+
+    pairs: tuple[tuple[bytes, bytes], ...]
+    #: the same, rendered as header lines ("name: value\r\n" each)
+    lines: bytes
+
+
 def upstream_request_head(
     scope: Scope, host_override: str | None
-) -> tuple[list[tuple[bytes, bytes]], bytes | None, bool]:
-    """The headers sent upstream (rule 2), the request's Content-Length and whether
-    it is chunked, in one pass over what the client sent (this runs for every
-    request: it works on the bytes the server parsed, and allocates nothing per
-    header it drops). Repeated headers keep their order, and each chain
-    (X-Forwarded-For, Forwarded, Via) gets this hop last."""
+) -> tuple[list[tuple[bytes, bytes]], HopFields, bytes | None, bool]:
+    """The headers sent upstream (rule 2): those copied from the client and those
+    this hop adds; the request's Content-Length and whether it is chunked. One pass
+    over what the client sent (this runs for every request: it works on the bytes
+    the server parsed, and allocates nothing per header it drops). Repeated headers
+    keep their order, and each chain (X-Forwarded-For, Forwarded, Via) gets this hop
+    last."""
     out: list[tuple[bytes, bytes]] = []
-    forwarded_for: list[bytes] = []
-    forwarded_chain: list[bytes] = []
-    via_chain: list[bytes] = []
+    chains: tuple[list[bytes], list[bytes], list[bytes]] | None = None
     host = length = None
     chunked = False
     named: set[bytes] | None = None  # what Connection names: hop-by-hop too
@@ -133,21 +141,20 @@ def upstream_request_head(
                 named = _tokens(value) if named is None else named | _tokens(value)
             if name in _REQUEST_DROP:
                 continue
-            if name == b"x-forwarded-for":
-                forwarded_for.append(value)
-                continue
-            if name == b"forwarded":
-                forwarded_chain.append(value)
-                continue
-            if name == b"via":
-                via_chain.append(value)
+            chain = _CHAINS.get(name)
+            if chain is not None:  # X-Forwarded-For, Forwarded, Via
+                if chains is None:
+                    chains = ([], [], [])
+                chains[chain].append(value)
                 continue
         out.append((name, value))
     if named:
         out = [(n, v) for n, v in out if n not in named]
-        forwarded_for = [] if b"x-forwarded-for" in named else forwarded_for
-        forwarded_chain = [] if b"forwarded" in named else forwarded_chain
-        via_chain = [] if b"via" in named else via_chain
+        if chains is not None:
+            forwarded_for, forwarded, via = chains
+            chains = ([] if b"x-forwarded-for" in named else forwarded_for,
+                      [] if b"forwarded" in named else forwarded,
+                      [] if b"via" in named else via)
     # X-Forwarded-For and Forwarded are chains: each proxy appends the peer it
     # received the request from (the upstream decides how many hops to trust). When
     # the server's proxy headers named an earlier client, the peer is in
@@ -158,33 +165,39 @@ def upstream_request_head(
     transport = (tether_ext.get("transport") if tether_ext else None) or scope
     client = transport.get("client")
     proto = scope.get("scheme", "http")
-    key = (client[0] if client else None, proto, transport.get("scheme", proto), host)
-    hop = _hops.get(key)
-    if hop is None:
-        hop = _hop(*key)
-    client_host, proto_bytes, forwarded = hop
-    out.append((b"x-forwarded-proto", proto_bytes))
-    if host is not None:
-        out.append((b"x-forwarded-host", host))
-    forwarded_for.append(client_host)
-    forwarded_chain.append(forwarded)
-    via_chain.append(VIA)
-    out.append((b"x-forwarded-for", b", ".join(forwarded_for)))
-    out.append((b"forwarded", b", ".join(forwarded_chain)))
-    out.append((b"via", b", ".join(via_chain)))
-    if host_override is not None:
-        out.append((b"host", host_override.encode("latin-1")))
-    return out, length, chunked
+    key = (client[0] if client else None, proto, transport.get("scheme", proto), host,
+           host_override)
+    if chains is None or not any(chains):
+        hop = _hops.get(key) or _hop(*key)  # the common case: rendered once
+    else:
+        hop = _hop_fields(*key, chains)
+    return out, hop, length, chunked
 
 
-#: this hop's part of the chains, by (peer, scheme, the hop's scheme, Host): a
-#: connection's requests share them, so each is rendered once
-_hops: dict[tuple[str | None, str, str, bytes | None], tuple[bytes, bytes, bytes]] = {}
+#: the chains a request may carry, and their order in HopFields
+_CHAIN_NAMES: Final = (b"x-forwarded-for", b"forwarded", b"via")
+_CHAINS: Final = {name: i for i, name in enumerate(_CHAIN_NAMES)}
+_NO_CHAINS: Final[tuple[list[bytes], list[bytes], list[bytes]]] = ([], [], [])
+
+#: this hop's fields for a request that brought no chains, by (peer, scheme, the
+#: hop's scheme, Host, the route's Host): a connection's requests share them, so
+#: each is rendered once
+_hops: dict[tuple[str | None, str, str, bytes | None, str | None], HopFields] = {}
 
 
-def _hop(peer: str | None, proto: str, hop_proto: str,
-         host: bytes | None) -> tuple[bytes, bytes, bytes]:
-    """(X-Forwarded-For node, X-Forwarded-Proto, Forwarded element) of this hop."""
+def _hop(peer: str | None, proto: str, hop_proto: str, host: bytes | None,
+         host_override: str | None) -> HopFields:
+    if len(_hops) >= 4096:  # peers and hosts come and go: keep it bounded
+        _hops.clear()
+    hop = _hops[(peer, proto, hop_proto, host, host_override)] = _hop_fields(
+        peer, proto, hop_proto, host, host_override, _NO_CHAINS)
+    return hop
+
+
+def _hop_fields(peer: str | None, proto: str, hop_proto: str, host: bytes | None,
+                host_override: str | None,
+                chains: tuple[list[bytes], list[bytes], list[bytes]]) -> HopFields:
+    """This hop's fields, after the chains the client sent."""
     client_host = peer.encode("latin-1") if peer is not None else b"unknown"
     # Proto is the scheme the client used (as the server resolved it: a trusted
     # proxy in front may have ended TLS), set, never taken from the client's headers;
@@ -192,45 +205,76 @@ def _hop(peer: str | None, proto: str, hop_proto: str,
     forwarded = b"for=%s;proto=%s" % (_node(client_host), hop_proto.encode("latin-1"))
     if host is not None:
         forwarded += b";host=" + _quoted(host)
-    if len(_hops) >= 4096:  # peers and hosts come and go: keep it bounded
-        _hops.clear()
-    hop = _hops[(peer, proto, hop_proto, host)] = (
-        client_host, proto.encode("latin-1"), forwarded)
-    return hop
+    pairs = [(b"x-forwarded-proto", proto.encode("latin-1"))]
+    if host is not None:
+        pairs.append((b"x-forwarded-host", host))
+    this_hop = (client_host, forwarded, VIA)
+    for name, values, node in zip(_CHAIN_NAMES, chains, this_hop, strict=True):
+        pairs.append((name, b", ".join([*values, node])))
+    if host_override is not None:
+        pairs.append((b"host", host_override.encode("latin-1")))
+    return HopFields(tuple(pairs), b"".join([b"%s: %s\r\n" % pair for pair in pairs]))
 
 
 def response_headers(headers: list[tuple[bytes, bytes]]) -> list[tuple[bytes, bytes]]:
-    """The upstream's response headers for the client: end-to-end ones, plus Via."""
-    return response_head(headers)[0]
+    """The upstream's response headers for the client (rule 2): end-to-end ones,
+    names lower-cased, then Via with this hop appended."""
+    return _end_to_end(headers)[0]
 
 
-def response_head(headers: list[tuple[bytes, bytes]]) -> tuple[list[tuple[bytes, bytes]], bool]:
-    """:func:`response_headers` (names lower-cased), and whether the body is small
-    enough to read whole before answering (a Content-Length of at most
-    :data:`BUFFER_LIMIT`)."""
+def response_head(headers: list[tuple[bytes, bytes]]) -> tuple[wire.CheckedHead, bool]:
+    """:func:`response_headers` rendered for the server (``wire.CHECKED_HEAD``: the
+    lines, the Content-Length, the default headers they replace), and whether the
+    body is small enough to read whole before answering (a Content-Length of at most
+    :data:`BUFFER_LIMIT`).
+
+    The server writes the lines as they are: tether's client parser (llhttp, strict)
+    has already refused every name that is not a token, every value holding a
+    control character (CR, LF, NUL...) and a Content-Length that is not digits,
+    which is all the server's own check would refuse; Transfer-Encoding and
+    Connection are dropped here, so the server frames the response itself."""
+    fields, length, overridden = _end_to_end(headers)
+    lines = b"\r\n".join([b": ".join(field) for field in fields]) + b"\r\n"
+    return (lines, length, overridden), length is not None and length <= BUFFER_LIMIT
+
+
+def _end_to_end(
+    headers: list[tuple[bytes, bytes]]
+) -> tuple[list[tuple[bytes, bytes]], int | None, int]:
+    """:func:`response_headers`, the Content-Length among them, and the bits of the
+    server's default headers (date, server) they set: one pass over the headers."""
     out: list[tuple[bytes, bytes]] = []
     via: list[bytes] = []
     named: set[bytes] | None = None
-    small = False
+    length = None
+    overridden = 0
+    defaults = wire.DEFAULT_BITS
     for name, value in headers:
         lname = name.lower()
         if lname in _RESPONSE_SPECIAL:
             if lname == b"content-length":
-                small = value.isdigit() and int(value) <= BUFFER_LIMIT
+                length = int(value)  # digits: the client's parser checked them
             elif lname == b"via":
                 via.append(value)
                 continue
-            else:  # hop-by-hop
-                if lname == b"connection":
-                    named = _tokens(value) if named is None else named | _tokens(value)
+            elif lname == b"connection":
+                named = _tokens(value) if named is None else named | _tokens(value)
                 continue
+            else:  # hop-by-hop
+                continue
+        elif lname in defaults:  # date, server, --header names: the upstream's win
+            overridden |= defaults[lname]
         out.append((lname, value))
-    if named:
+    if named:  # headers the upstream's Connection named are hop-by-hop too (rare)
         out = [(n, v) for n, v in out if n not in named]
         via = [] if b"via" in named else via
+        length = next((int(v) for n, v in out if n == b"content-length"), None)
+        overridden = 0
+        for n, _ in out:
+            overridden |= defaults.get(n, 0)
     via.append(VIA)
     out.append((b"via", b", ".join(via)))
-    return out, small
+    return out, length, overridden
 
 
 def upstream_target(route: Route, scope: Scope) -> str:
@@ -254,17 +298,22 @@ def request_line(method: str, target: str) -> bytes:
 
 
 def framed_fields(
-    fields: list[tuple[bytes, bytes]], method: str, length: bytes | None, chunked: bool
+    fields: list[tuple[bytes, bytes]], hop: HopFields, method: str, length: bytes | None,
+    chunked: bool,
 ) -> tuple[bytes, int | None]:
-    """The header lines sent upstream, with the body's framing, and the length a
-    streamed body must have (None: chunked, or a body held whole).
+    """The header lines sent upstream (the copied ``fields``, then ``hop``'s), with
+    the body's framing, and the length a streamed body must have (None: chunked, or a
+    body held whole).
 
     The names and values come from tether's own parsers (HTTP/1.1 and HTTP/2 refuse
     CR, LF and NUL in them) and from the proxy's configuration (a route's ``host`` is
     checked when it is loaded), so nothing here can end a line early; counting the
     line ends makes sure of it in one scan in C, instead of a check per header."""
-    lines = b"\r\n".join([b": ".join(field) for field in fields]) + b"\r\n" if fields else b""
-    expected = len(fields)
+    if fields:
+        lines = b"\r\n".join([b": ".join(field) for field in fields]) + b"\r\n" + hop.lines
+    else:
+        lines = hop.lines
+    expected = len(fields) + len(hop.pairs)
     declared = None
     if length is not None:
         if not length.isdigit():
@@ -395,13 +444,13 @@ class Proxy:
                                f"tether proxy reaches upstream {route.upstream} over "
                                "HTTP/1.1, which cannot carry gRPC: call the service directly")
             return
-        fields, length, chunked = upstream_request_head(scope, route.host)
+        fields, hop, length, chunked = upstream_request_head(scope, route.host)
         method = scope["method"]
         cluster = self.clusters[route.upstream]
         started = False
         try:
             start = request_line(method, upstream_target(route, scope))
-            head, declared = framed_fields(fields, method, length, chunked)
+            head, declared = framed_fields(fields, hop, method, length, chunked)
             # Framing comes from what the client sent (Transfer-Encoding is hop-by-hop
             # and already gone from ``fields``).
             body = (None if length is None and not chunked
@@ -409,9 +458,9 @@ class Proxy:
             async with deadline_after(route.timeout) if route.timeout is not None else _NO_SCOPE:
                 response = await cluster.forward(method, start, head, body, declared)
                 try:
-                    out, small = response_head(response.headers)
+                    checked, small = response_head(response.headers)
                     start_message = {"type": "http.response.start",
-                                     "status": response.status_code, "headers": out}
+                                     "status": response.status_code, wire.CHECKED_HEAD: checked}
                     if small:
                         # A small body with a length (most responses): read whole, then
                         # head and body go out in two sends. A failure while reading it
@@ -477,11 +526,12 @@ class Proxy:
         # (http/https), which frameworks expect, not the ws/wss of the ASGI scope.
         hop = {**scope, "scheme": "https" if scope["scheme"] == "wss" else "http"}
         upstream = self.config.upstreams[route.upstream]
+        fields, added, _, _ = upstream_request_head(hop, route.host)
         await forward_websocket(
             scope, receive, send, cluster=self.clusters[route.upstream],
             upstream=route.upstream, target=target,
             headers=[(n.decode("latin-1"), v.decode("latin-1"))
-                     for n, v in upstream_request_head(hop, route.host)[0]],
+                     for n, v in (*fields, *added.pairs)],
             timeout=route.timeout, ping=(upstream.ws_ping_interval or None,
                                          upstream.ws_ping_timeout))
 

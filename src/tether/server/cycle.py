@@ -503,8 +503,12 @@ class RequestCycle:
             raise RuntimeError(f"invalid HTTP status {status}")
         head = [wire.status_line(status)]
         overridden = 0  # bits of the default headers (date, server...) the app sent
+        checked: wire.CheckedHead | None = message.get(wire.CHECKED_HEAD)
+        if checked is not None:  # tether proxy's (see wire.CHECKED_HEAD)
+            lines, self.expected_length, overridden = checked
+            head.append(lines)
         render = wire.render_header
-        for name, value in message.get("headers", ()):
+        for name, value in message.get("headers", ()) if checked is None else ():
             try:
                 kind, line, argument = render(name, value)
             except ValueError as exc:

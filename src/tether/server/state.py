@@ -127,6 +127,8 @@ class ServerState:
         self.defaults = defaults if defaults is not None else wire.ResponseDefaults()
         self.date_header = b""
         self.default_head = b""
+        #: defaults_without's answers for this second, by bit set
+        self._without: dict[int, bytes] = {}
         self.refresh_date()
         #: called with each completed response (worker counts, recycling)
         self.on_request_done: Callable[[], None] | None = None
@@ -157,12 +159,18 @@ class ServerState:
         self.date_header = wire.date_header() if self.defaults.date else b""
         #: what a response gets after its own headers: the defaults, then the date
         self.default_head = self.defaults.static + self.date_header
+        self._without = {}
 
     def defaults_without(self, overridden: int) -> bytes:
         """The default head minus the headers the application sent itself (their
-        bits in ``overridden``, from wire.render_header): the application's wins."""
-        date = b"" if overridden & wire.DATE_BIT else self.date_header
-        return self.defaults.without(overridden) + date
+        bits in ``overridden``, from wire.render_header): the application's wins.
+        Kept for the second: a proxied response carries its upstream's date and
+        server on every response."""
+        lines = self._without.get(overridden)
+        if lines is None:
+            date = b"" if overridden & wire.DATE_BIT else self.date_header
+            lines = self._without[overridden] = self.defaults.without(overridden) + date
+        return lines
 
     def log_access(
         self, client: str, method: str, target: str, status: int, size: int, seconds: float,

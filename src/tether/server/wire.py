@@ -60,12 +60,23 @@ HEADER_DEFAULTED = 4
 # comparisons per response). --header names get the next bits at startup.
 DATE_BIT = 1
 SERVER_BIT = 2
-_default_bits: dict[bytes, int] = {b"date": DATE_BIT, b"server": SERVER_BIT}
+#: the bit of each default header name (updated in place at startup, when ``--header``
+#: names get theirs: a reference to it stays valid)
+DEFAULT_BITS: dict[bytes, int] = {b"date": DATE_BIT, b"server": SERVER_BIT}
 #: what ``--server-header`` sends (no version: it would tell scanners what to try)
 SERVER_HEADER = b"server: tether\r\n"
 #: names ``--header`` may not set: tether frames every response and manages the
 #: connection itself, and the date is ``--date-header``'s
 FORBIDDEN_DEFAULTS = frozenset({"content-length", "transfer-encoding", "connection", "date"})
+
+#: A key of ``http.response.start`` that tether's own proxy uses instead of
+#: ``headers``: (header lines, Content-Length or None, bits of DEFAULT_BITS those
+#: lines set). The lines are rendered ("name: value\r\n", names lower-cased) and
+#: already checked (they come from tether's client parser, which refuses what
+#: render_header would, and the proxy drops Transfer-Encoding and Connection); the
+#: server writes them as they are. Internal: not an ASGI extension for applications.
+CHECKED_HEAD = "tether.checked_head"
+CheckedHead = tuple[bytes, "int | None", int]
 
 RenderedHeader = tuple[int, bytes, int]
 _rendered: dict[tuple[bytes, bytes], RenderedHeader] = {}
@@ -111,7 +122,7 @@ def _render(name: bytes, value: bytes) -> RenderedHeader:
         return HEADER_TRANSFER_ENCODING, line, int(b"chunked" in value.lower())
     if lname == b"connection":
         return HEADER_CONNECTION, line, int(b"close" in value.lower())
-    bit = _default_bits.get(lname)
+    bit = DEFAULT_BITS.get(lname)
     if bit is not None:
         return HEADER_DEFAULTED, line, bit
     return HEADER_PLAIN, line, 0
@@ -182,9 +193,9 @@ def invalid_default_header(name: str, value: str) -> str | None:
 
 def _default_bit(lname: bytes) -> int:
     """The bit of a default header name, given a new one at startup if needed."""
-    bit = _default_bits.get(lname)
+    bit = DEFAULT_BITS.get(lname)
     if bit is None:
-        bit = _default_bits[lname] = 1 << len(_default_bits)
+        bit = DEFAULT_BITS[lname] = 1 << len(DEFAULT_BITS)
         _rendered.clear()  # results cached before may have this name as a plain header
     return bit
 
