@@ -131,6 +131,11 @@ class HTTPConnection(asyncio.Protocol):
                 detail = exc.args[0] if exc.args else "malformed response"
                 self._fail(RemoteProtocolError(
                     f"malformed response: {detail}", target=self.target, phase="read"))
+        # Whatever the callbacks saw (a head, body, the end, an error): the waiter
+        # learns it once per read, not once per callback.
+        waiter = self._waiter
+        if waiter is not None and not waiter.done():
+            waiter.set_result(None)
 
     def _drop_after_response(self) -> None:
         """Bytes followed a complete response in the same exchange. tether never
@@ -217,7 +222,6 @@ class HTTPConnection(asyncio.Protocol):
             self._complete = True
             self._keep_alive = self.parser.should_keep_alive()
             self._reset_parser = True
-        self._wake()
 
     def on_body(self, body: bytes) -> None:
         if self._complete:
@@ -229,7 +233,6 @@ class HTTPConnection(asyncio.Protocol):
         if self._buffered > HIGH_WATER and not self._read_paused and self.transport is not None:
             self._read_paused = True
             self.transport.pause_reading()
-        self._wake()
 
     def on_message_complete(self) -> None:
         if not self._head_done:
@@ -238,7 +241,6 @@ class HTTPConnection(asyncio.Protocol):
         # (llhttp never keeps a close-delimited message alive, and completes one only
         # at EOF: connection_lost)
         self._keep_alive = self.parser.should_keep_alive()
-        self._wake()
 
     # -- used by the client ---------------------------------------------------------
 
