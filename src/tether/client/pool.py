@@ -264,16 +264,20 @@ class ConnectionPool(Generic[C]):
     def release(self, conn: C) -> None:
         """Return a connection: kept idle if reusable, closed otherwise."""
         key = conn.key
-        if self.closed or not conn.reusable or (key.host, key.port) in self._retired:
+        if self.closed or not conn.reusable or (
+                self._retired and (key.host, key.port) in self._retired):
             self._discard(conn)
             return
         conn.idle_since = time.monotonic()
         for waiter in self._waiters:  # hand it straight to the first waiter for its key
-            if waiter.key == conn.key and not waiter.future.done():
+            if waiter.key == key and not waiter.future.done():
                 self._waiters.remove(waiter)
                 waiter.future.set_result(conn)
                 return
-        self._idle.setdefault(conn.key, []).append(conn)
+        stack = self._idle.get(key)
+        if stack is None:
+            stack = self._idle[key] = []
+        stack.append(conn)
         if self._waiters:
             # Waiters for other keys may be stuck on the total limit: this idle
             # connection can be closed to make room for them (_reserve evicts it).

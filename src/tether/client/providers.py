@@ -292,13 +292,7 @@ class ProviderStateMachine:
         if record is None:
             return NO_ACTIONS  # it left meanwhile
         if isinstance(outcome, Answered):  # first: the request path's common case
-            if outcome.status >= 500:
-                # Every 5xx counts (Envoy's consecutive_5xx), a 500 too: only whether
-                # it is *retried* depends on the status (see retries.py).
-                return self._request_failed(record, now)
-            if record.consecutive_failures:
-                self.records[record.address] = replace(record, consecutive_failures=0)
-            return NO_ACTIONS
+            return self.on_answer(outcome.address, outcome.status, now)
         if isinstance(outcome, NotSent):
             return NO_ACTIONS  # our own congestion: no evidence against the provider
         if isinstance(outcome, Probed):
@@ -313,6 +307,20 @@ class ProviderStateMachine:
         # RequestFailed: it took the request and failed it. Count it, and probe it now
         # to tell a dead provider (-> retrying) from one that fails requests.
         return [*self._request_failed(record, now), Probe(record.address)]
+
+    def on_answer(self, address: str, status: int, now: float) -> Sequence[Action]:
+        """``on_outcome(Answered(address, status), now)``, for the request path: no
+        outcome object per response."""
+        record = self.records.get(address)
+        if record is None:
+            return NO_ACTIONS  # it left meanwhile
+        if status >= 500:
+            # Every 5xx counts (Envoy's consecutive_5xx), a 500 too: only whether it is
+            # *retried* depends on the status (see retries.py).
+            return self._request_failed(record, now)
+        if record.consecutive_failures:
+            self.records[address] = replace(record, consecutive_failures=0)
+        return NO_ACTIONS
 
     def due(self, now: float) -> list[Action]:
         """Timers: probes that are due, ejections that are over."""

@@ -46,8 +46,12 @@ class RetryBudget:
         self._last: float | None = None  # no request seen yet: nothing to refill
 
     def on_request(self, now: float) -> None:
-        self._refill(now)
-        self.tokens = min(self.cap, self.tokens + self.ratio)
+        # (_refill inline: this runs for every request)
+        last, self._last = self._last, now
+        tokens = self.tokens + self.ratio
+        if last is not None:
+            tokens += self.floor * max(0.0, now - last)
+        self.tokens = min(self.cap, tokens)
 
     def try_retry(self, now: float) -> bool:
         self._refill(now)
