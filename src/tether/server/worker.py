@@ -12,7 +12,6 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import gc
 import logging
 import os
 import random
@@ -22,7 +21,7 @@ import ssl
 import sys
 from collections.abc import Callable
 from dataclasses import dataclass, replace
-from typing import Any, Final
+from typing import Any
 
 from setproctitle import setproctitle
 
@@ -43,6 +42,7 @@ from tether.server.http1 import HttpProtocol
 from tether.server.http2 import Http2Connection
 from tether.server.lifespan import Lifespan
 from tether.server.state import ServerState
+from tether.server.tuning import tune_gc, tune_malloc
 from tether.server.websocket import GOING_AWAY, SERVICE_RESTART, websocket_values
 from tether.tls import server_context
 
@@ -281,7 +281,9 @@ class Worker:
                            os.getpid())
             await self._shut_down_app()
             return EXIT_STARTUP_FAILED
-        tune_gc()  # the app has started; before this worker says it is ready
+        # The app has started; before this worker says it is ready (server/tuning.py)
+        tune_gc()
+        tune_malloc()
         loop.add_signal_handler(signal.SIGTERM, self._on_stop_signal)
         if control is None:
             loop.add_signal_handler(signal.SIGINT, self._on_stop_signal)
@@ -440,29 +442,6 @@ class Worker:
 #: what ALPN offers for each --http mode, most preferred first
 ALPN: dict[str, tuple[str, ...]] = {
     "auto": ("h2", "http/1.1"), "1": ("http/1.1",), "2": ("h2",)}
-
-
-#: allocations (net of frees) between two young-generation collections; CPython's
-#: default is 700
-GC_YOUNG_THRESHOLD: Final = 20_000
-
-
-def tune_gc() -> None:
-    """Tune the cycle collector for a server, once the app has started.
-
-    With CPython's default (a young collection every 700 net allocations), the
-    objects of the requests in flight (64 concurrent requests hold about a thousand)
-    keep crossing the threshold: the collector traverses live requests and promotes
-    them to older generations, which it traverses again; perf showed 6.5% of a proxy
-    worker's CPU in the collector. At 20,000 it runs only when garbage really
-    accumulates (reference cycles), a few MB at most. What the app built at import and
-    startup lives as long as the worker: frozen (``gc.freeze``), full collections no
-    longer traverse it.
-    """
-    gc.collect()
-    gc.freeze()
-    _, older, oldest = gc.get_threshold()
-    gc.set_threshold(GC_YOUNG_THRESHOLD, older, oldest)
 
 
 def server_ssl_context(config: ServerConfig) -> ssl.SSLContext | None:
