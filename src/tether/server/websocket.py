@@ -37,7 +37,8 @@ import asyncio
 import logging
 import struct
 from collections import Counter, deque
-from typing import TYPE_CHECKING, Any, Final, Protocol, cast
+from collections.abc import Coroutine
+from typing import TYPE_CHECKING, Any, Final, Protocol
 
 from websockets.extensions.permessage_deflate import ServerPerMessageDeflateFactory
 from websockets.frames import Frame, Opcode
@@ -265,7 +266,8 @@ class WebSocketCycle(RequestCycle):
         protocol.receive_data(data)
         # Once open, the library's events are frames only (the request was handshake()'s).
         control = False  # a control frame came: the library may have answered it
-        for frame in cast("list[Frame]", protocol.events_received()):
+        frames: list[Frame] = protocol.events_received()  # type: ignore[assignment]
+        for frame in frames:
             opcode = frame.opcode
             if opcode is _BINARY or opcode is _TEXT:
                 if frame.fin:  # a whole message in one frame: the common case
@@ -530,12 +532,15 @@ class WebSocketCycle(RequestCycle):
 
     # -- endings --------------------------------------------------------------------------
 
-    async def run_asgi(self, app: Any) -> None:
+    def run_asgi(self, app: Any) -> Coroutine[Any, Any, None]:
+        """The request cycle's, with the session closed when the application returns.
+        (Not a coroutine itself: the session's task resumes one frame less on every
+        message.)"""
         async def session(scope: Any, receive: Any, send: Any) -> None:
             await app(scope, receive, send)
             self._app_returned()
 
-        await RequestCycle.run_asgi(self, session)
+        return RequestCycle.run_asgi(self, session)
 
     def _app_returned(self) -> None:
         if self.opened:
