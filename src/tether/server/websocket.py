@@ -213,6 +213,7 @@ class WebSocketCycle(RequestCycle):
         "pending",
         "ping_outstanding",
         "ping_sent_at",
+        "plain",
         "protocol",
         "queued",
         "queued_bytes",
@@ -237,6 +238,8 @@ class WebSocketCycle(RequestCycle):
         self.protocol = protocol
         self.handshake_response = response
         self.opened = False
+        #: the session has no extension transforming its frames (no permessage-deflate)
+        self.plain = False
         self.connect_delivered = False
         #: received messages the application has not taken, with their sizes
         self.queued: deque[tuple[Message, int]] = deque()
@@ -455,10 +458,12 @@ class WebSocketCycle(RequestCycle):
                     raise RuntimeError("ASGI 'websocket.send' needs 'bytes' or 'text'")
                 data, first = text.encode(), _FIN_TEXT
             channel = self.channel
-            if (protocol.state is _OPEN and not protocol.extensions and not protocol.writes
-                    and not protocol.expect_continuation_frame):
+            if self.plain and not protocol.writes:
                 # The common case, written here (see data_frame_head): one whole
-                # message, no extension to transform it, nothing queued before it.
+                # message (tether never sends fragments), no extension to transform
+                # it, nothing queued before it, and the session open: the library's
+                # state leaves OPEN only through a close sent or received or a
+                # protocol error, and each of those sets close_code (checked above).
                 head = data_frame_head(first, len(data))
                 if len(data) < _JOIN_BELOW:
                     channel.transport.write(head + data)
@@ -516,6 +521,7 @@ class WebSocketCycle(RequestCycle):
         self.protocol.send_response(response)
         self.status = 101
         self.opened = True
+        self.plain = not self.protocol.extensions
         self.head_written = True
         # The deadline bounded the handshake; the session may last as long as it lasts.
         if self.deadline_handle is not None:
