@@ -29,7 +29,7 @@ async def test_probes_outlive_the_first_requests_deadline() -> None:
         await asyncio.sleep(0.5)  # let heartbeats run well past that deadline
         await wait_for(lambda: cluster.metrics["probes"] >= probes + 3,
                        what="heartbeats after the deadline")
-        assert cluster.machine.alive() == [f"127.0.0.1:{server.port}"]
+        assert cluster.machine.alive() == (f"127.0.0.1:{server.port}",)
         assert (await cluster.get("/")).status_code == 200
 
 

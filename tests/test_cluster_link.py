@@ -91,7 +91,7 @@ async def test_pool_timeouts_never_touch_the_provider() -> None:
         for _ in range(20):
             with pytest.raises(PoolTimeout):
                 await cluster.get("/")
-        assert cluster.machine.alive() == [A]
+        assert cluster.machine.alive() == (A,)
         assert cluster.stats()["ejections"] == 0
         assert fake.probed[A] == probes  # no probe was sent on its account
         assert cluster.last_error.get(A) is None  # and nothing blamed on it
@@ -109,7 +109,7 @@ async def test_a_failed_connect_takes_the_provider_out_and_goes_elsewhere() -> N
     try:
         for _ in range(10):  # POST too: it never reached A
             assert (await cluster.post("/", content=b"x")).status_code == 200
-        assert cluster.machine.alive() == [B]
+        assert cluster.machine.alive() == (B,)
         assert {a: state for a, state, *_ in cluster.providers()} == {
             A: "retrying", B: "alive"}
         assert isinstance(cluster.last_error[A], ConnectError)
@@ -129,7 +129,7 @@ async def test_a_sent_request_that_failed_counts_is_probed_and_resent_only_if_sa
         assert {r.status_code for r in responses} == {200}
         await wait_for(lambda: fake.probed[A] > probes, 2, "a probe of the failing provider")
         assert cluster.stats()["ejections"] == 1  # 2 failures in a row, under the cap
-        assert cluster.machine.alive() == [B]
+        assert cluster.machine.alive() == (B,)
 
         fake.answers[B] = ReadTimeout("slow", target=B, phase="read")
         sent = fake.sent.copy()

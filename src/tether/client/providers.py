@@ -248,7 +248,7 @@ class ProviderStateMachine:
         self.backoff = self.config.reconnect_backoff()
         self.records: dict[str, ProviderRecord] = {}
         #: alive()'s answer until a provider is listed, unlisted or changes state
-        self._alive: list[str] | None = None
+        self._alive: tuple[str, ...] | None = None
         self.evictions = 0
         self.ejections = 0
         #: the last state changes, newest last: what an operator reads to see a
@@ -338,13 +338,13 @@ class ProviderStateMachine:
 
     # -- queries ------------------------------------------------------------------------
 
-    def alive(self) -> list[str]:
-        """The alive providers' addresses. The list is kept until a state changes
-        (it is asked for on every request): read it, never modify it."""
+    def alive(self) -> tuple[str, ...]:
+        """The alive providers' addresses: a snapshot, kept until a provider is
+        listed, unlisted or changes state (it is asked for on every request)."""
         alive = self._alive
         if alive is None:
-            alive = self._alive = [
-                a for a, r in self.records.items() if r.state is ProviderState.ALIVE]
+            alive = self._alive = tuple(
+                a for a, r in self.records.items() if r.state is ProviderState.ALIVE)
         return alive
 
     def connecting(self) -> bool:
