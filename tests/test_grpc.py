@@ -31,6 +31,7 @@ import pytest
 from examples.grpc.gen import orders_pb2 as pb
 from examples.grpc.gen import orders_pb2_grpc as pb_grpc
 from tests.support import ROOT, ServerProcess, server_process
+from tests.test_proxy import RawUpstream
 
 SERVICE = "examples.grpc.service:app"
 NEXT_HOP = "examples.grpc.next_hop:app"
@@ -213,6 +214,20 @@ async def test_next_hop_gets_what_is_left_of_the_grpc_deadline() -> None:
     assert 2000 < int(seen["header"]) <= reply.call.time_remaining_ms <= 4000
     assert 0 < seen["remaining_ms"] <= int(seen["header"])
     assert json.loads(unbounded.body) == {"header": None, "remaining_ms": None}
+
+
+async def test_a_next_hop_out_of_the_deadline_is_the_calls_deadline_exceeded() -> None:
+    """The next hop answers 504 when the deadline it was handed runs out, which can
+    come a few milliseconds before the call's own: the caller sees DEADLINE_EXCEEDED
+    either way, never OK with a 504 inside (the demo's chain once did, under load)."""
+    timed_out = b"HTTP/1.1 504 Gateway Timeout\r\nContent-Length: 18\r\n\r\ndeadline exceeded\n"
+    with RawUpstream(lambda method, target: timed_out) as hop, \
+            order_service(env={"ORDERS_NEXT_HOP": f"http://{hop.address}"}) as server:
+        async with stub_for(server) as stub:
+            with pytest.raises(grpc.aio.AioRpcError) as failed:
+                await stub.ForwardOrder(pb.ForwardOrderRequest(path="/query"), timeout=10)
+    assert failed.value.code() == grpc.StatusCode.DEADLINE_EXCEEDED, failed.value
+    assert ("GET", "/query") in hop.requests
 
 
 # -- reload and stop ------------------------------------------------------------------

@@ -89,6 +89,12 @@ class OrderService:
         # tether.Client sends what is left of this call's deadline to the next hop
         # (x-request-timeout-ms) and gives up when it runs out.
         response = await self.client.get(request.path or "/budget")
+        if response.status_code == 504:
+            # The next hop got what was left of this call's deadline and ran out of it
+            # (tether answers 504 then), a few milliseconds before this call's own
+            # deadline would have: the caller gets DEADLINE_EXCEEDED either way.
+            raise ConnectError(Code.DEADLINE_EXCEEDED,
+                               f"the next hop ran out of the deadline: {response.text}")
         return pb.ForwardOrderReply(status=response.status_code, body=response.text,
                                     call=info)
 
