@@ -209,9 +209,7 @@ class HttpMetrics:
     def observe(self, status: int, seconds: float) -> None:
         cls = status // 100
         self.by_class[cls if 0 <= cls <= 5 else (0 if cls < 0 else 5)] += 1
-        duration = self.duration  # (Histogram.observe inline: once per response)
-        duration.counts[bisect.bisect_left(duration.bounds, seconds)] += 1
-        duration.total += seconds
+        self.duration.observe(seconds)
 
     def values(self) -> Values:
         out = self.duration.values()

@@ -43,7 +43,7 @@ from __future__ import annotations
 import contextlib
 import logging
 import os
-from collections.abc import AsyncIterator, Awaitable
+from collections.abc import AsyncIterator, Awaitable, Sequence
 from typing import Any, Final, NamedTuple
 
 from tether.asgi import Receive, Scope, Send
@@ -213,7 +213,12 @@ def _hop_fields(peer: str | None, proto: str, hop_proto: str, host: bytes | None
         pairs.append((name, b", ".join([*values, node])))
     if host_override is not None:
         pairs.append((b"host", host_override.encode("latin-1")))
-    return HopFields(tuple(pairs), b"".join([b"%s: %s\r\n" % pair for pair in pairs]))
+    return HopFields(tuple(pairs), _header_lines(pairs))
+
+
+def _header_lines(fields: Sequence[tuple[bytes, bytes]]) -> bytes:
+    """``name: value\r\n`` for each field (nothing for none)."""
+    return b"\r\n".join([b": ".join(field) for field in fields]) + b"\r\n" if fields else b""
 
 
 def response_headers(headers: list[tuple[bytes, bytes]]) -> list[tuple[bytes, bytes]]:
@@ -234,8 +239,8 @@ def response_head(headers: list[tuple[bytes, bytes]]) -> tuple[wire.CheckedHead,
     which is all the server's own check would refuse; Transfer-Encoding and
     Connection are dropped here, so the server frames the response itself."""
     fields, length, overridden = _end_to_end(headers)
-    lines = b"\r\n".join([b": ".join(field) for field in fields]) + b"\r\n"
-    return (lines, length, overridden), length is not None and length <= BUFFER_LIMIT
+    small = length is not None and length <= BUFFER_LIMIT
+    return (_header_lines(fields), length, overridden), small
 
 
 def _end_to_end(
@@ -309,10 +314,7 @@ def framed_fields(
     CR, LF and NUL in them) and from the proxy's configuration (a route's ``host`` is
     checked when it is loaded), so nothing here can end a line early; counting the
     line ends makes sure of it in one scan in C, instead of a check per header."""
-    if fields:
-        lines = b"\r\n".join([b": ".join(field) for field in fields]) + b"\r\n" + hop.lines
-    else:
-        lines = hop.lines
+    lines = _header_lines(fields) + hop.lines
     expected = len(fields) + len(hop.pairs)
     declared = None
     if length is not None:

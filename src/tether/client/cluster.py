@@ -577,9 +577,7 @@ class Cluster:
         """``address`` answered ``status``: report it; whether the request may go to
         another provider now (a retryable status, a method that allows it, the
         budget, the deadline)."""
-        actions = self.machine.on_answer(address, status, time.monotonic())
-        if actions:
-            self._apply(actions)
+        self._report(self.machine.on_answer(address, status, time.monotonic()))
         return (status in RETRYABLE_STATUS
                 and may_resend(Answered(address, status), method, replayable)
                 and self._may_retry(attempt))

@@ -133,9 +133,7 @@ class HTTPConnection(asyncio.Protocol):
                     f"malformed response: {detail}", target=self.target, phase="read"))
         # Whatever the callbacks saw (a head, body, the end, an error): the waiter
         # learns it once per read, not once per callback.
-        waiter = self._waiter
-        if waiter is not None and not waiter.done():
-            waiter.set_result(None)
+        self._wake()
 
     def _drop_after_response(self) -> None:
         """Bytes followed a complete response in the same exchange. tether never

@@ -288,11 +288,11 @@ class ProviderStateMachine:
 
     def on_outcome(self, outcome: Outcome, now: float) -> Sequence[Action]:
         """What a probe or a request saw; the whole failure policy is here."""
+        if isinstance(outcome, Answered):  # first: the request path's common case
+            return self.on_answer(outcome.address, outcome.status, now)
         record = self.records.get(outcome.address)
         if record is None:
             return NO_ACTIONS  # it left meanwhile
-        if isinstance(outcome, Answered):  # first: the request path's common case
-            return self.on_answer(outcome.address, outcome.status, now)
         if isinstance(outcome, NotSent):
             return NO_ACTIONS  # our own congestion: no evidence against the provider
         if isinstance(outcome, Probed):

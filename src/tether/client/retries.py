@@ -46,12 +46,8 @@ class RetryBudget:
         self._last: float | None = None  # no request seen yet: nothing to refill
 
     def on_request(self, now: float) -> None:
-        # (_refill inline: this runs for every request)
-        last, self._last = self._last, now
-        tokens = self.tokens + self.ratio
-        if last is not None:
-            tokens += self.floor * max(0.0, now - last)
-        self.tokens = min(self.cap, tokens)
+        self._refill(now)
+        self.tokens = min(self.cap, self.tokens + self.ratio)
 
     def try_retry(self, now: float) -> bool:
         self._refill(now)

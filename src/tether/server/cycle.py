@@ -504,11 +504,14 @@ class RequestCycle:
         head = [wire.status_line(status)]
         overridden = 0  # bits of the default headers (date, server...) the app sent
         checked: wire.CheckedHead | None = message.get(wire.CHECKED_HEAD)
-        if checked is not None:  # tether proxy's (see wire.CHECKED_HEAD)
+        if checked is None:
+            headers = message.get("headers", ())
+        else:  # tether proxy's head, rendered and checked already (wire.CHECKED_HEAD)
             lines, self.expected_length, overridden = checked
             head.append(lines)
+            headers = ()
         render = wire.render_header
-        for name, value in message.get("headers", ()) if checked is None else ():
+        for name, value in headers:
             try:
                 kind, line, argument = render(name, value)
             except ValueError as exc:
