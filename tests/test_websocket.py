@@ -175,7 +175,11 @@ async def _close_code(reader: asyncio.StreamReader) -> int:
     (_frame(0x1, b"\xff\xfe not utf-8"), 1007),
     (_frame(0x2, b"unmasked", mask=False), 1002),
     (_frame(0x0, b"a continuation with nothing to continue"), 1002),
-], ids=["invalid-utf8", "unmasked", "stray-continuation"])
+    (_frame(0x8, struct.pack("!H", 1006)), 1002),  # a code no endpoint may send
+    (_frame(0x8, struct.pack("!H", 5000)), 1002),  # outside the registry's ranges
+    (_frame(0x9, b"p" * 126), 1002),  # a control frame over 125 bytes
+], ids=["invalid-utf8", "unmasked", "stray-continuation", "close-1006", "close-5000",
+        "long-ping"])
 async def test_protocol_errors_close_with_their_code_and_log_once(
     frame: bytes, code: int, caplog: pytest.LogCaptureFixture
 ) -> None:
@@ -288,6 +292,45 @@ async def test_the_app_closing_ends_the_session_cleanly(caplog: pytest.LogCaptur
         assert closed.value.rcvd is not None
         assert (closed.value.rcvd.code, closed.value.rcvd.reason) == (1000, "done")
     assert not [r for r in caplog.records if r.levelno >= logging.WARNING]
+
+
+async def test_the_clients_close_is_answered_with_its_code_and_reaches_the_app() -> None:
+    async with serve(ws_app.app) as server:
+        ws = await websockets.connect(_url(server, "/reason"))
+        await ws.send("hello")
+        assert await ws.recv() == "hello"
+        await ws.close(4001, "bye now")
+        # the server answered with the same code and closed the TCP connection itself
+        answer = ws.protocol.close_rcvd
+        assert answer is not None and (answer.code, answer.reason) == (4001, "bye now")
+        await wait_for(lambda: ws_app.SEEN.get("reason") == ["4001 bye now"], 5,
+                       "the app told the client's code and reason")
+        reader, writer = await _raw_session(server.port, b"/reason")
+        writer.write(_frame(0x8, b""))  # a close with no code: the app is told 1005
+        first, second = await asyncio.wait_for(reader.readexactly(2), 5)
+        assert (first, second) == (0x88, 0)  # answered with an empty close
+        assert await asyncio.wait_for(reader.read(), 5) == b""  # then the server's EOF
+        writer.close()
+        await wait_for(lambda: ws_app.SEEN.get("reason") == ["4001 bye now", "1005 "], 5,
+                       "the app told 1005")
+
+
+async def test_pings_are_answered_and_fragments_joined_between_them() -> None:
+    async with serve(ws_app.app) as server:
+        reader, writer = await _raw_session(server.port)
+        writer.write(_frame(0x1, b"one ", fin=False) + _frame(0x9, b"still there?")
+                     + _frame(0x0, b"two ", fin=False) + _frame(0x0, b"three"))
+        pong = await asyncio.wait_for(reader.readexactly(2 + 12), 5)
+        assert pong == bytes([0x8A, 12]) + b"still there?"
+        echo = await asyncio.wait_for(reader.readexactly(2 + 13), 5)
+        assert echo == bytes([0x81, 13]) + b"one two three"
+        writer.close()
+    # and through a real client, with permessage-deflate negotiated
+    async with serve(ws_app.app) as server, websockets.connect(_url(server, "/echo")) as ws:
+        assert ws.protocol.extensions  # deflated both ways
+        await ws.send(["fragmented ", "and ", "deflated " * 100])
+        assert await ws.recv() == "fragmented and " + "deflated " * 100
+        await asyncio.wait_for(await ws.ping(b"x"), 5)  # its pong came
 
 
 async def test_a_deadline_bounds_the_handshake_not_the_session() -> None:
