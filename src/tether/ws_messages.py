@@ -1,10 +1,10 @@
-"""Whole WebSocket messages from frames, for both ends of a session (the server's
-``server/websocket.py`` and the client's ``client/websocket.py``).
+"""Whole WebSocket messages from frames, for the client's sessions
+(``client/websocket.py``; the server's reader joins fragments itself: ``server/ws_reader.py``).
 
-Why this exists: tether uses the ``websockets`` library's sans-I/O core, which parses
-frames but, unlike its asyncio layer, does not join a fragmented message's frames.
-That rule lives here, once. (Each end checks a text message is UTF-8 as it hands it
-over, closing with 1007 if not.)
+Why this exists: the client uses the ``websockets`` library's sans-I/O core, which
+parses frames but, unlike its asyncio layer, does not join a fragmented message's
+frames. (The client checks a text message is UTF-8 as it hands it over, closing with
+1007 if not.)
 """
 
 from __future__ import annotations

@@ -8,8 +8,10 @@ owns its socket from the handshake to the close, and closing the session closes 
 Rules of this file:
 - Frames are parsed and written by ``ClientProtocol`` (masking, permessage-deflate,
   the size limit, answering pings, the closing handshake); fragmented messages
-  are joined by ``tether.ws_messages`` (as on the server side), and this file checks
-  text for UTF-8 (1007).
+  are joined by ``tether.ws_messages``, and this file checks text for UTF-8 (1007).
+  (The server reads frames with aiohttp's compiled reader instead, for speed:
+  ``server/ws_reader.py``. A client session's reading cost is not its bottleneck;
+  the ``websockets`` core keeps the client in one library.)
 - The handshake is bounded by the caller (the client's timeouts and the current
   deadline); the session is not.
 - Received messages queue up to :data:`HIGH_WATER` bytes, then reading pauses until
