@@ -315,6 +315,15 @@ async def test_the_clients_close_is_answered_with_its_code_and_reaches_the_app()
                        "the app told 1005")
 
 
+async def test_nothing_after_the_clients_close_is_read() -> None:
+    async with serve(ws_app.app) as server:
+        reader, writer = await _raw_session(server.port)
+        writer.write(_frame(0x8, b"") + _frame(0x9, b"a") + _frame(0x1, b"late"))
+        # the empty close answered, then the server's EOF: no pong, no echo
+        assert await asyncio.wait_for(reader.read(), 5) == bytes([0x88, 0])
+        writer.close()
+
+
 async def test_pings_are_answered_and_fragments_joined_between_them() -> None:
     async with serve(ws_app.app) as server:
         reader, writer = await _raw_session(server.port)

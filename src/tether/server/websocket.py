@@ -277,6 +277,8 @@ class WebSocketCycle(RequestCycle):
 
     def feed(self, data: bytes) -> None:
         """Bytes from the client after the upgrade request's head."""
+        if self.connection_done:
+            return  # closed or failed: nothing more is read (the reader would go on)
         reader = self.reader
         if reader is None:  # not accepted yet
             self.pending.append(data)  # a client must wait for the 101; some do not
@@ -301,6 +303,8 @@ class WebSocketCycle(RequestCycle):
 
     def _on_message(self, message: tuple[Any, ...], size: int) -> None:
         """A whole message from the reader (ws_reader.message_reader)."""
+        if self.connection_done:
+            return  # what followed a close or a fault in the same read
         kind = message[0]
         if kind in (BINARY, TEXT):
             if self.close_code is None:

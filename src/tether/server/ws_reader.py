@@ -33,6 +33,8 @@ queue's limit: the session applies its own backpressure.
 from __future__ import annotations
 
 import asyncio
+import logging
+import zlib
 from collections.abc import Callable
 from typing import Any, Final
 
@@ -48,8 +50,10 @@ PONG: Final = int(WSMsgType.PONG)
 
 #: aiohttp keeps the largest message size in a C ``unsigned int``
 _LARGEST_LIMIT: Final = 2**32 - 1
-#: the close code for a failure the reader did not name
 PROTOCOL_ERROR: Final = 1002
+INTERNAL_ERROR: Final = 1011
+
+error_log = logging.getLogger("tether.error")
 
 #: a message (kind, data, extra) and its payload size in bytes
 OnMessage = Callable[[tuple[Any, ...], int], None]
@@ -71,10 +75,16 @@ class MessageSink(WebSocketDataQueue):
         self.on_message(data, size)
 
     def set_exception(self, exc: BaseException, exc_cause: BaseException | None = None) -> None:
+        # The reader reports here any exception raised while it ran, the session's own
+        # included: only its WebSocketError and a corrupt deflate stream are the peer's.
         if isinstance(exc, WebSocketError):
             self.on_error(exc.code, str(exc))
-        else:  # not one of the reader's own faults: still the peer's bytes
-            self.on_error(PROTOCOL_ERROR, f"unreadable frame: {exc!r}")
+        elif isinstance(exc, zlib.error):
+            self.on_error(PROTOCOL_ERROR, f"corrupt permessage-deflate data: {exc}")
+        else:
+            error_log.error("WebSocket session failed reading a message",
+                            exc_info=(type(exc), exc, exc.__traceback__))
+            self.on_error(INTERNAL_ERROR, "internal error")
 
 
 def message_reader(on_message: OnMessage, on_error: OnError, *, max_size: int,
@@ -84,7 +94,8 @@ def message_reader(on_message: OnMessage, on_error: OnError, *, max_size: int,
     ``on_error`` (once: the reader reads nothing after it). ``inflate``: the session
     negotiated permessage-deflate. Messages larger than ``max_size`` bytes fail with
     1009 (but an inflated one may pass by a byte: the session checks sizes too)."""
-    # aiohttp refuses a message of max_msg_size bytes or more; 0 means no limit
-    limit = max_size + 1 if max_size + 1 <= _LARGEST_LIMIT else 0
+    # aiohttp refuses a message of max_msg_size bytes or more (0 would mean no limit:
+    # never passed); above its C type's range the reader caps at 4 GiB
+    limit = min(max_size + 1, _LARGEST_LIMIT)
     return WebSocketReader(MessageSink(on_message, on_error, loop), limit,
                            compress=inflate, decode_text=True)
